@@ -1,0 +1,188 @@
+"""The ``hlb`` command line."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import List, Optional
+
+import click
+import typer
+
+from hlbcli.errors import ConfigError, HlbError
+
+app = typer.Typer(
+    name="hlb",
+    help="Fast CIFAR training where every trick is a plugin: train, ablate, measure.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+tricks_app = typer.Typer(help="The registered tricks: built-in and installed.", no_args_is_help=True)
+config_app = typer.Typer(help="Resolve and show configs.", no_args_is_help=True)
+app.add_typer(tricks_app, name="tricks")
+app.add_typer(config_app, name="config")
+
+PresetOpt = typer.Option("94", "--preset", "-p", help="preset name (see `hlb config presets`) or a .toml path")
+ConfigOpt = typer.Option(None, "--config", "-c", help="TOML file layered over the preset")
+SetOpt = typer.Option(None, "--set", "-s", help="override one key: section.key=value (TOML value); repeatable")
+DisableOpt = typer.Option(None, "--disable", "-d", help="turn a trick off; repeatable")
+EnableOpt = typer.Option(None, "--enable", "-e", help="turn a trick on; repeatable")
+
+
+@app.command()
+def train(
+    preset: str = PresetOpt,
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[List[str]] = SetOpt,
+    disable: Optional[List[str]] = DisableOpt,
+    enable: Optional[List[str]] = EnableOpt,
+    runs: int = typer.Option(1, "--runs", "-n", min=1, help="seeds to train, one after another in this process"),
+    seed: int = typer.Option(0, "--seed", help="seed of the first run; run i uses seed + i"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="dataset folder (default: $HLB_DATA_DIR, else a user cache)"),
+    no_download: bool = typer.Option(False, "--no-download", help="fail instead of downloading a missing dataset"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="write one JSON record per run and summary.json here"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="print nothing but errors"),
+    deterministic: bool = typer.Option(False, "--deterministic", help="ask CUDA for deterministic kernels"),
+    stop_on_failure: bool = typer.Option(False, "--stop-on-failure", help="stop the batch at the first diverged run"),
+) -> None:
+    """Train a preset for one or more seeds."""
+    from hlbcli.runner import TrainOptions, train_runs
+    from hlbcli.session import resolve
+
+    cfg, tm = resolve(preset, str(config) if config else None, set_ or [], enable or [], disable or [])
+    opts = TrainOptions(
+        runs=runs, seed=seed, device=device, data_dir=str(data_dir) if data_dir else None,
+        download=not no_download, out=out, quiet=quiet, deterministic=deterministic,
+        stop_on_failure=stop_on_failure,
+    )
+    _, code = train_runs(cfg, tm, opts)
+    raise typer.Exit(code)
+
+
+@config_app.command("show")
+def config_show(
+    preset: str = PresetOpt,
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[List[str]] = SetOpt,
+    disable: Optional[List[str]] = DisableOpt,
+    enable: Optional[List[str]] = EnableOpt,
+) -> None:
+    """Print the resolved config as TOML."""
+    from hlbcli.config import dump_toml, to_dict
+    from hlbcli.session import resolve
+
+    cfg, _ = resolve(preset, str(config) if config else None, set_ or [], enable or [], disable or [])
+    typer.echo(dump_toml(to_dict(cfg)))
+
+
+@config_app.command("presets")
+def config_presets() -> None:
+    """List the presets shipped with hlb."""
+    from hlbcli.config import load_preset, preset_names
+
+    for name in preset_names():
+        desc = load_preset(name).get("description", "")
+        typer.echo(f"{name:10} {desc}")
+
+
+@tricks_app.command("list")
+def tricks_list(
+    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="mark the tricks this preset turns on"),
+) -> None:
+    """Every registered trick: name, stages, summary, origin, and whether the preset uses it."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from hlbcli.config import load_preset
+    from hlbcli.plugins import build_manager
+
+    tm = build_manager(None)
+    on = set(load_preset(preset).get("tricks", [])) if preset else None
+    table = Table(box=None, pad_edge=False, show_edge=False)
+    for col in ["name", "stages", "summary", "origin"] + ([f"in {preset}"] if preset else []):
+        table.add_column(col, overflow="fold")
+    for name in tm.trick_names():
+        info = tm.info(name)
+        row = [name, ",".join(tm.stages(name)), info.summary, tm.origins[name]]
+        if on is not None:
+            row.append("on" if name in on else "off")
+        table.add_row(*row)
+    Console(highlight=False, width=200 if not sys.stdout.isatty() else None).print(table)
+
+
+@tricks_app.command("show")
+def tricks_show(name: str = typer.Argument(..., help="trick name")) -> None:
+    """A trick's settings: type, default and meaning of each field."""
+    from hlbcli.plugins import build_manager, check_names
+
+    check_names([name], "tricks show")
+    tm = build_manager([name])
+    info = tm.info(name)
+    typer.echo(f"{name}: {info.summary}")
+    typer.echo(f"origin: {tm.origins[name]}; stages: {', '.join(tm.stages(name))}")
+    if info.requires:
+        typer.echo(f"requires: {', '.join(info.requires)}")
+    if info.conflicts:
+        typer.echo(f"conflicts with: {', '.join(info.conflicts)}")
+    models = tm.settings_models()
+    if not models:
+        typer.echo("no settings")
+    for section, model in models.items():
+        typer.echo(f"\n[{section}]")
+        for field, f in model.model_fields.items():
+            ann = getattr(f.annotation, "__name__", None) or str(f.annotation).replace("typing.", "")
+            typer.echo(f"  {field}: {ann} = {f.default!r}  {f.description or ''}".rstrip())
+
+
+def _print_error(e: HlbError) -> None:
+    typer.echo(f"error: {e.line()}", err=True)
+    if isinstance(e, ConfigError) and len(e.rows) > 1:
+        w = max(len(r[0]) for r in e.rows)
+        for where, what in e.rows:
+            typer.echo(f"  {where:<{w}}  {what}", err=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: errors become one line and an exit code; --debug shows tracebacks."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("HLB_DEBUG") == "1"
+    args = [a for a in args if a != "--debug"]
+    cmd = typer.main.get_command(app)
+    try:
+        rv = cmd.main(args=args, prog_name="hlb", standalone_mode=False)
+        code = rv if isinstance(rv, int) else 0
+    except HlbError as e:
+        if debug:
+            traceback.print_exc()
+        _print_error(e)
+        code = e.exit_code
+    except click.exceptions.Exit as e:
+        code = e.exit_code
+    except click.exceptions.Abort:
+        typer.echo("error: aborted", err=True)
+        code = 130
+    except click.ClickException as e:
+        if debug:
+            traceback.print_exc()
+        where = f" (see 'hlb {e.ctx.info_name if getattr(e, 'ctx', None) else ''} --help')".replace("hlb hlb", "hlb") if getattr(e, "ctx", None) else ""
+        typer.echo(f"error: {e.format_message()}{where}", err=True)
+        code = e.exit_code
+    except KeyboardInterrupt:
+        typer.echo("error: interrupted", err=True)
+        code = 130
+    except Exception as e:
+        if debug:
+            traceback.print_exc()
+        typer.echo(f"error: internal error: {e.__class__.__name__}: {e} (rerun with --debug for the traceback and report it)", err=True)
+        code = 1
+    if argv is None:
+        sys.exit(code)
+    return code
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,253 @@
+"""Layered, validated configuration: preset < --config FILE < --set key=value.
+
+Every model is frozen and forbids unknown keys. The core owns the ``data``, ``model`` and
+``train`` sections; each active trick adds the section its ``hlb_config_model`` hook returns.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+
+from hlbcli.errors import ConfigError, UsageError
+
+CORE_SECTIONS = ("description", "tricks", "data", "model", "train")
+
+
+class Settings(BaseModel):
+    """Base for every settings model: frozen, unknown keys rejected."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DataSettings(Settings):
+    """Which dataset to train on."""
+
+    dataset: Literal["cifar10", "cifar100", "synthetic"] = Field(
+        "cifar10", description="cifar10 / cifar100 (upstream python layout) or a seeded synthetic set"
+    )
+    synthetic_train: int = Field(4096, gt=0, description="synthetic: training images")
+    synthetic_test: int = Field(1024, gt=0, description="synthetic: test images")
+    synthetic_classes: int = Field(10, ge=2, le=1000, description="synthetic: number of classes")
+    synthetic_size: int = Field(32, ge=8, le=256, description="synthetic: image side in pixels")
+    synthetic_noise: float = Field(0.25, ge=0, description="synthetic: pixel noise (0..1 scale)")
+    synthetic_seed: int = Field(0, description="synthetic: generator seed (the data, not the run)")
+
+
+class ModelSettings(Settings):
+    """The conv net: a 2x2 stem, conv groups that halve the resolution, max-pool, linear head."""
+
+    widths: list[int] = Field([64, 256, 256], min_length=1, max_length=5, description="channels of each conv group")
+    depth: int = Field(2, ge=2, le=3, description="convs per group; 3 adds a residual over the last two")
+    stem_width: int = Field(24, ge=1, description="output channels of the stem conv (whitening needs 2*C*k*k)")
+    stem_kernel: int = Field(2, ge=1, le=5, description="stem conv kernel size (no padding)")
+    scaling_factor: float = Field(1 / 9, gt=0, description="the logits are multiplied by this")
+    bn_momentum: float = Field(0.1, gt=0, le=1, description="batchnorm running-stat momentum (PyTorch convention)")
+    bn_eps: float = Field(1e-5, gt=0, description="batchnorm epsilon")
+
+    @field_validator("widths")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(w < 1 for w in v):
+            raise ValueError("every width must be a positive integer")
+        return v
+
+
+class TrainSettings(Settings):
+    """The optimisation: hyperparameters in airbench's decoupled form."""
+
+    epochs: float = Field(9.9, gt=0, le=1000, description="training length in epochs (fractional allowed)")
+    batch_size: int = Field(1024, gt=0, description="examples per step (the last partial batch is dropped)")
+    lr: float = Field(11.5, gt=0, description="learning rate per 1024 examples, decoupled from momentum")
+    momentum: float = Field(0.85, ge=0, lt=1, description="SGD momentum")
+    nesterov: bool = Field(True, description="Nesterov momentum")
+    weight_decay: float = Field(0.0153, ge=0, description="weight decay per 1024 examples, decoupled from lr")
+    lr_start: float = Field(0.2, ge=0, description="lr multiplier at step 0")
+    lr_peak_at: float = Field(0.23, ge=0, le=1, description="fraction of training where the lr multiplier is 1")
+    lr_end: float = Field(0.07, ge=0, description="lr multiplier at the last step")
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto", description="autocast dtype on CUDA (auto = fp16); the CPU always trains in fp32"
+    )
+    channels_last: bool = Field(True, description="channels_last memory format on CUDA")
+    compile: Literal["auto", "on", "off"] = Field("auto", description="torch.compile the model (auto: on for CUDA)")
+    eval_every_epoch: bool = Field(True, description="measure val accuracy (no TTA) after every epoch, untimed")
+    eval_batch_size: int = Field(2000, gt=0, description="batch size for evaluation")
+
+
+# --- TOML helpers ----------------------------------------------------------------------------
+
+
+def parse_value(text: str) -> Any:
+    """Parse a --set value as a TOML value; anything that is not TOML is a plain string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _toml_scalar(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_scalar(x) for x in v) + "]"
+    if v is None:
+        return '""'
+    raise TypeError(f"cannot write {type(v).__name__} as TOML")
+
+
+def dump_toml(data: dict, _prefix: str = "") -> str:
+    """Write a nested dict as TOML (scalars first, then one table per sub-dict)."""
+    lines = [f"{k} = {_toml_scalar(v)}" for k, v in data.items() if not isinstance(v, dict)]
+    out = "\n".join(lines)
+    for k, v in data.items():
+        if isinstance(v, dict):
+            name = f"{_prefix}{k}"
+            body = dump_toml(v, name + ".")
+            out += ("\n\n" if out else "") + f"[{name}]\n" + body
+    return out
+
+
+# --- layering --------------------------------------------------------------------------------
+
+
+def preset_names() -> list[str]:
+    files = resources.files("hlbcli.presets").iterdir()
+    return sorted(p.name[:-5] for p in files if p.name.endswith(".toml"))
+
+
+def load_toml_file(path: str | Path, what: str) -> dict:
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"{what} not found: {p}", "check the path")
+    if p.is_dir():
+        raise UsageError(f"{what} is a directory, not a TOML file: {p}", "name a .toml file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"{what} cannot be read: {p}: {e.__class__.__name__}", "check its permissions and encoding")
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"{what} is not valid TOML: {p}: {e}", "fix the syntax at that line")
+
+
+def load_preset(name: str) -> dict:
+    """A preset by name (shipped in the package) or by path to a TOML file."""
+    if name.endswith(".toml") or "/" in name:
+        return load_toml_file(name, "preset file")
+    ref = resources.files("hlbcli.presets").joinpath(f"{name}.toml")
+    if not ref.is_file():
+        raise UsageError(f"unknown preset '{name}'", f"choose one of: {', '.join(preset_names())}")
+    return tomllib.loads(ref.read_text(encoding="utf-8"))
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def apply_set(data: dict, assignment: str) -> dict:
+    """Apply one ``a.b=value`` override."""
+    if "=" not in assignment:
+        raise UsageError(f"--set '{assignment}' has no '='", "write --set section.key=value, e.g. --set train.epochs=5")
+    key, _, raw = assignment.partition("=")
+    key = key.strip()
+    parts = key.split(".")
+    if not key or any(not p for p in parts):
+        raise UsageError(f"--set '{assignment}' has an empty key", "write --set section.key=value")
+    out = copy.deepcopy(data)
+    node = out
+    for p in parts[:-1]:
+        nxt = node.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise UsageError(f"--set {key}: '{p}' is a value, not a section", "set the value itself, not a key below it")
+        node = nxt
+    node[parts[-1]] = parse_value(raw.strip())
+    return out
+
+
+def layered(preset: str, config_file: str | None, sets: list[str]) -> dict:
+    data = load_preset(preset)
+    if config_file:
+        data = deep_merge(data, load_toml_file(config_file, "config file"))
+    for s in sets:
+        data = apply_set(data, s)
+    return data
+
+
+def active_tricks(data: dict, enable: list[str], disable: list[str]) -> list[str]:
+    """The preset's trick list plus --enable, minus --disable, in order, without repeats."""
+    tricks = data.get("tricks", [])
+    if not isinstance(tricks, list) or not all(isinstance(t, str) for t in tricks):
+        raise ConfigError([("tricks", "must be a list of trick names")], "e.g. tricks = [\"flip\", \"ema\"]")
+    out: list[str] = []
+    for t in [*tricks, *enable]:
+        if t not in out and t not in disable:
+            out.append(t)
+    return out
+
+
+def build_config_model(sections: dict[str, type[BaseModel]]) -> type[BaseModel]:
+    fields: dict[str, Any] = {
+        "description": (str, ""),
+        "tricks": (list[str], Field(default_factory=list)),
+        "data": (DataSettings, DataSettings()),
+        "model": (ModelSettings, ModelSettings()),
+        "train": (TrainSettings, TrainSettings()),
+    }
+    for name, model in sections.items():
+        if name in fields:
+            raise UsageError(f"trick section '{name}' clashes with a core section", "rename the trick")
+        fields[name] = (model, model())
+    return create_model("HlbConfig", __base__=Settings, **fields)
+
+
+def _rows_from(e: ValidationError, known: list[str]) -> list[tuple[str, str]]:
+    rows = []
+    for err in e.errors():
+        where = ".".join(str(x) for x in err["loc"]) or "config"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+            if len(err["loc"]) == 1:
+                msg += f" (sections: {', '.join(known)})"
+        elif "input" in err and not isinstance(err["input"], (dict, list)):
+            msg += f" (got {err['input']!r})"
+        rows.append((where, msg))
+    return rows
+
+
+def validate(data: dict, sections: dict[str, type[BaseModel]], inactive: set[str]) -> BaseModel:
+    """Validate the merged dict. Sections of known but inactive tricks are dropped."""
+    data = {k: v for k, v in data.items() if k not in inactive}
+    model = build_config_model(sections)
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        known = list(model.model_fields)
+        raise ConfigError(_rows_from(e, known), "see `hlb config show --preset NAME` for the valid keys") from None
+
+
+def to_dict(cfg: BaseModel) -> dict:
+    return cfg.model_dump(mode="json")

@@ -1,0 +1,136 @@
+"""The objects that cross the plugin contract: what hooks receive and return."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+import torch
+
+#: The stages a trick can hook into, in pipeline order.
+STAGES = ("setup", "data", "model", "loss", "optimizer", "step", "run", "eval")
+
+
+@dataclass(frozen=True)
+class TrickInfo:
+    """What a trick says about itself (``hlb_trick_info``)."""
+
+    name: str
+    summary: str
+    version: str = ""
+    #: tricks that must be active too
+    requires: tuple[str, ...] = ()
+    #: tricks that cannot be active at the same time
+    conflicts: tuple[str, ...] = ()
+
+
+@dataclass
+class Dataset:
+    """A labelled image dataset held as uint8 tensors (N, C, H, W) on one device."""
+
+    name: str
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def to(self, device: torch.device | str) -> "Dataset":
+        return Dataset(
+            self.name,
+            self.train_images.to(device),
+            self.train_labels.to(device),
+            self.test_images.to(device),
+            self.test_labels.to(device),
+            self.num_classes,
+            self.mean,
+            self.std,
+        )
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.train_images.shape[1])
+
+
+@dataclass(frozen=True)
+class Transform:
+    """A data augmentation returned by ``hlb_batch_transforms``.
+
+    ``level="epoch"``: ``fn(images, epoch, generator) -> images`` runs once per epoch on the
+    whole normalised training set (N, C, H, W), outside the step (flip, translate).
+    ``level="batch"``: ``fn(images, targets) -> (images, targets)`` runs inside the fused step
+    on every batch, with soft targets (B, K) (CutMix). Active for epochs in
+    ``[start_epoch, stop_epoch)``; lower ``order`` runs first.
+    """
+
+    name: str
+    fn: Callable[..., Any]
+    level: Literal["epoch", "batch"] = "batch"
+    order: int = 0
+    start_epoch: int = 0
+    stop_epoch: int | None = None
+
+    def active(self, epoch: int) -> bool:
+        return epoch >= self.start_epoch and (self.stop_epoch is None or epoch < self.stop_epoch)
+
+
+@dataclass(frozen=True)
+class StepAction:
+    """A function placed in the fused training step (``hlb_step_actions``).
+
+    ``where``: ``"before_forward"``, ``"after_backward"`` (gradients present, before the
+    optimizer) or ``"after_step"`` (after the optimizer step). ``fn(step)`` gets the global
+    step index (a Python int, counted on the host: reading it costs no sync) and must not
+    sync with the device. It runs when ``step % every == 0`` and ``start_step <= step``
+    (and ``step < stop_step`` when set). ``at_end`` actions run once after the last step.
+    """
+
+    name: str
+    fn: Callable[[int], None]
+    where: Literal["before_forward", "after_backward", "after_step", "at_end"] = "after_step"
+    every: int = 1
+    start_step: int = 0
+    stop_step: int | None = None
+
+    def active(self, step: int) -> bool:
+        return (
+            step >= self.start_step
+            and (self.stop_step is None or step < self.stop_step)
+            and step % self.every == 0
+        )
+
+
+@dataclass
+class RunContext:
+    """Everything a run knows, handed to hooks; ``state`` is free space for plugins."""
+
+    cfg: Any
+    device: torch.device
+    dtype: torch.dtype
+    dataset: Dataset
+    seed: int
+    batch_size: int
+    steps_per_epoch: int
+    total_steps: int
+    epochs: float
+    num_epochs: int
+    model: torch.nn.Module | None = None
+    optimizer: torch.optim.Optimizer | None = None
+    generator: torch.Generator | None = None
+    state: dict[str, Any] = field(default_factory=dict)
+    #: Set by ``hlb_epoch_start``/``hlb_epoch_end`` implementations that need the trainer to
+    #: rebuild the step (a phase boundary that transforms and actions do not already mark).
+    rebuild_step: bool = False
+
+    def autocast(self):
+        """The autocast context of this run (a no-op in fp32)."""
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def settings(self, name: str) -> Any:
+        """The settings section of trick ``name`` (its pydantic model instance)."""
+        return getattr(self.cfg, name)

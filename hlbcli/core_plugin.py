@@ -1,0 +1,112 @@
+"""The core's own hook implementations: the defaults every trick builds on or replaces.
+
+All are ``trylast``, so a trick's implementation of a firstresult hook wins, and wrappers see
+these results.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from hlbcli import hookimpl
+from hlbcli.contract import RunContext
+from hlbcli.data import load_cifar, synthetic
+from hlbcli.model import build_net, check_fits
+
+
+def kilostep_scale(momentum: float) -> float:
+    """How much larger (Nesterov) momentum makes steps than the gradients, times 1024: the
+    decoupled lr is divided by it (airbench's parametrisation)."""
+    return 1024 * (1 + 1 / (1 - momentum))
+
+
+def sgd_hparams(train) -> tuple[float, float]:
+    """(PyTorch SGD lr, absolute per-step weight decay) from the decoupled settings. The loss
+    is summed over the batch, so the step scales with the batch size."""
+    scale = kilostep_scale(train.momentum)
+    return train.lr / scale, train.weight_decay * train.batch_size / scale
+
+
+@hookimpl(trylast=True)
+def hlb_dataset_build(cfg, device, data_dir, download):
+    d = cfg.data
+    if d.dataset == "synthetic":
+        ds = synthetic(d.synthetic_train, d.synthetic_test, d.synthetic_classes, d.synthetic_size, d.synthetic_noise, d.synthetic_seed)
+    else:
+        ds = load_cifar(d.dataset, data_dir, download)
+    return ds.to(device)
+
+
+@hookimpl(trylast=True)
+def hlb_model_build(cfg, num_classes, in_channels):
+    return build_net(cfg.model, num_classes, in_channels)
+
+
+@hookimpl(trylast=True)
+def hlb_loss_build(cfg, ctx):
+    def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, targets, reduction="none")
+
+    return cross_entropy
+
+
+@hookimpl(trylast=True)
+def hlb_param_groups(model, cfg, ctx):
+    lr, wd = sgd_hparams(cfg.train)
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [dict(params=params, lr=lr, weight_decay=wd / lr, name="all")]
+
+
+@hookimpl(trylast=True)
+def hlb_optimizer_build(param_groups, cfg, ctx):
+    t = cfg.train
+    return torch.optim.SGD(param_groups, momentum=t.momentum, nesterov=t.nesterov and t.momentum > 0)
+
+
+def piecewise_linear(total_steps: int, start: float, peak_at: float, end: float) -> torch.Tensor:
+    """Multipliers rising linearly from ``start`` to 1 at ``peak_at`` of training, then
+    falling linearly to ``end`` at the last step (``total_steps + 1`` values)."""
+    peak = int(peak_at * total_steps)
+    x = torch.arange(total_steps + 1, dtype=torch.float64)
+    up = start + (1 - start) * x / max(peak, 1)
+    down = 1 + (end - 1) * (x - peak) / max(total_steps - peak, 1)
+    return torch.where(x < peak, up, down).float()
+
+
+@hookimpl(trylast=True)
+def hlb_lr_schedule(total_steps, cfg, ctx):
+    t = cfg.train
+    return piecewise_linear(total_steps, t.lr_start, t.lr_peak_at, t.lr_end)
+
+
+@hookimpl(trylast=True)
+def hlb_eval_forward(model, cfg, ctx):
+    return model
+
+
+@hookimpl(trylast=True)
+def hlb_evaluate(model, images, labels, forward, ctx: RunContext):
+    from hlbcli.data import normalize
+
+    ds = ctx.dataset
+    bs = ctx.cfg.train.eval_batch_size
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), device=images.device)
+    loss = torch.zeros((), device=images.device)
+    with torch.no_grad(), ctx.autocast():
+        for i in range(0, len(images), bs):
+            x = normalize(images[i : i + bs], ds.mean, ds.std, ctx.dtype)
+            if ctx.device.type == "cuda" and ctx.cfg.train.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = labels[i : i + bs]
+            logits = forward(x).float()
+            correct += (logits.argmax(1) == y).sum()
+            loss += F.cross_entropy(logits, y, reduction="sum")
+    model.train(was_training)
+    n = max(len(images), 1)
+    return {"accuracy": correct.item() / n, "loss": loss.item() / n}
+
+
+__all__ = ["check_fits", "kilostep_scale", "sgd_hparams", "piecewise_linear"]

@@ -1,0 +1,39 @@
+"""User-facing errors: one line, a hint, an exit code."""
+
+from __future__ import annotations
+
+EXIT_USAGE = 2
+EXIT_RUNTIME = 1
+EXIT_INTERRUPTED = 130
+
+
+class HlbError(Exception):
+    """An error meant for the user: printed as one line, never as a traceback."""
+
+    exit_code = EXIT_RUNTIME
+
+    def __init__(self, message: str, hint: str | None = None, exit_code: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+    def line(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class UsageError(HlbError):
+    """Bad input from the user: exit code 2."""
+
+    exit_code = EXIT_USAGE
+
+
+class ConfigError(UsageError):
+    """A config that does not validate: carries rows of (where, what) for a short table."""
+
+    def __init__(self, rows: list[tuple[str, str]], hint: str | None = None):
+        self.rows = rows
+        first = rows[0] if rows else ("config", "invalid")
+        more = f" (+{len(rows) - 1} more)" if len(rows) > 1 else ""
+        super().__init__(f"invalid config: {first[0]}: {first[1]}{more}", hint)

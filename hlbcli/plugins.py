@@ -1,0 +1,178 @@
+"""The plugin manager: block what is off, register the core and built-in tricks, load
+third-party tricks from the ``hlb.tricks`` entry-point group, validate."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as md
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Iterable
+
+import pluggy
+
+from hlbcli import PROJECT, hookspecs
+from hlbcli.contract import STAGES, TrickInfo
+from hlbcli.errors import UsageError
+
+ENTRY_POINT_GROUP = "hlb.tricks"
+CORE_NAME = "core"
+
+
+def builtin_tricks() -> dict[str, str]:
+    """Built-in trick name -> module (the list lives with the tricks, in ``hlb_plugins``)."""
+    from hlb_plugins import BUILTINS
+
+    return dict(BUILTINS)
+
+
+def third_party_entry_points() -> dict[str, md.EntryPoint]:
+    return {ep.name: ep for ep in md.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def known_tricks() -> list[str]:
+    """Every trick name that can be enabled, without importing any of them."""
+    names = list(builtin_tricks())
+    names += [n for n in third_party_entry_points() if n not in names]
+    return names
+
+
+def check_names(names: Iterable[str], flag: str) -> None:
+    known = known_tricks()
+    for n in names:
+        if n not in known:
+            raise UsageError(f"unknown trick '{n}' in {flag}", f"known tricks: {', '.join(known)}")
+
+
+@dataclass
+class TrickManager:
+    """A pluggy manager plus where each registered trick came from."""
+
+    pm: pluggy.PluginManager
+    origins: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def hook(self):
+        return self.pm.hook
+
+    def trick_names(self) -> list[str]:
+        return [n for n in self.origins]
+
+    def info(self, name: str) -> TrickInfo:
+        plugin = self.pm.get_plugin(name)
+        fn = getattr(plugin, "hlb_trick_info", None)
+        if fn is None:
+            return TrickInfo(name=name, summary="(no hlb_trick_info)")
+        return fn()
+
+    def stages(self, name: str) -> list[str]:
+        plugin = self.pm.get_plugin(name)
+        hooks = {c.name for c in self.pm.get_hookcallers(plugin) or []}
+        used = {hookspecs.HOOK_STAGES[h] for h in hooks if h in hookspecs.HOOK_STAGES} - {"setup"}
+        return [s for s in STAGES if s in used]
+
+    def settings_models(self) -> dict:
+        out = {}
+        for name in self.origins:
+            plugin = self.pm.get_plugin(name)
+            fn = getattr(plugin, "hlb_config_model", None)
+            if fn is not None:
+                section, model = fn()
+                out[section] = model
+        return out
+
+
+def _dist_label(ep: md.EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    if dist is None:
+        return f"entry point {ep.value}"
+    return f"{dist.metadata['Name']} {dist.version}"
+
+
+def new_plugin_manager() -> pluggy.PluginManager:
+    pm = pluggy.PluginManager(PROJECT)
+    pm.add_hookspecs(hookspecs)
+    return pm
+
+
+def build_manager(active: Iterable[str] | None = None, extra: dict[str, object] | None = None) -> TrickManager:
+    """Register the core and the tricks in ``active`` (all known tricks when None).
+
+    Every known trick that is not active is blocked *before* anything registers, so a
+    disabled trick is never imported. ``extra`` registers given plugin objects by name
+    (tests, :mod:`hlbcli.testing`).
+    """
+    from hlbcli import core_plugin
+
+    pm = new_plugin_manager()
+    builtins = builtin_tricks()
+    eps = third_party_entry_points()
+    known = list(builtins) + [n for n in eps if n not in builtins]
+    extra = dict(extra or {})
+    want = known + [n for n in extra if n not in known] if active is None else list(active)
+    unknown = [n for n in want if n not in known and n not in extra]
+    if unknown:
+        raise UsageError(f"unknown trick '{unknown[0]}'", f"known tricks: {', '.join(known)}")
+    for n in known:
+        if n not in want:
+            pm.set_blocked(n)
+    tm = TrickManager(pm)
+    pm.register(core_plugin, name=CORE_NAME)
+    for name in want:
+        if name in extra:
+            _register(tm, extra[name], name, "given")
+        elif name in builtins:
+            _register(tm, importlib.import_module(builtins[name]), name, "built-in")
+        else:
+            ep = eps[name]
+            label = _dist_label(ep)
+            try:
+                module = ep.load()
+            except Exception as e:  # the third party's import error, whatever it is
+                raise UsageError(
+                    f"trick '{name}' from {label} failed to import: {e.__class__.__name__}: {e}",
+                    f"fix or uninstall that distribution, or run with --disable {name}",
+                ) from None
+            _register(tm, module, name, label)
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as e:
+        name = pm.get_name(e.plugin) or "?"
+        raise UsageError(
+            f"trick '{name}' ({tm.origins.get(name, '?')}) implements a hook hlb does not have: {e}",
+            f"update the trick for this hlb version, or run with --disable {name}",
+        ) from None
+    if active is not None:
+        _check_relations(tm)
+    return tm
+
+
+def _register(tm: TrickManager, plugin: object | ModuleType, name: str, origin: str) -> None:
+    try:
+        tm.pm.register(plugin, name=name)
+    except pluggy.PluginValidationError as e:
+        raise UsageError(
+            f"trick '{name}' ({origin}) does not match the hook contract: {e}",
+            f"update the trick for this hlb version, or run with --disable {name}",
+        ) from None
+    except ValueError as e:
+        raise UsageError(f"trick '{name}' ({origin}) could not register: {e}", f"run with --disable {name}") from None
+    tm.origins[name] = origin
+    info = tm.info(name)
+    if info.name != name:
+        raise UsageError(
+            f"trick registered as '{name}' ({origin}) calls itself '{info.name}'",
+            "make the entry-point name and hlb_trick_info's name agree",
+        )
+
+
+def _check_relations(tm: TrickManager) -> None:
+    active = set(tm.origins)
+    for name in tm.origins:
+        info = tm.info(name)
+        for need in getattr(info, "requires", ()):
+            if need not in active:
+                raise UsageError(f"trick '{name}' needs trick '{need}'", f"add --enable {need} or --disable {name}")
+        for other in getattr(info, "conflicts", ()):
+            if other in active:
+                raise UsageError(f"tricks '{name}' and '{other}' conflict", f"add --disable {other} or --disable {name}")

@@ -1,0 +1,1 @@
+"""Presets: TOML recipes shipped with hlb (data, not code)."""

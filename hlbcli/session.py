@@ -1,0 +1,32 @@
+"""Resolve a config and its plugin manager from the command line's words."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from hlbcli.config import active_tricks, layered, validate
+from hlbcli.plugins import TrickManager, build_manager, check_names, known_tricks
+
+
+def resolve(
+    preset: str,
+    config_file: str | None = None,
+    sets: Iterable[str] = (),
+    enable: Iterable[str] = (),
+    disable: Iterable[str] = (),
+    extra: dict[str, object] | None = None,
+) -> tuple[Any, TrickManager]:
+    """preset < --config FILE < --set; then the active tricks (preset list + --enable -
+    --disable) are registered, each contributing its settings section, and the whole is
+    validated."""
+    enable, disable = list(enable), list(disable)
+    extra = extra or {}
+    check_names([n for n in enable if n not in extra], "--enable")
+    check_names([n for n in disable if n not in extra], "--disable")
+    data = layered(preset, config_file, list(sets))
+    active = active_tricks(data, enable, disable)
+    tm = build_manager(active, extra=extra)
+    inactive = (set(known_tricks()) | set(extra)) - set(active)
+    data["tricks"] = active
+    cfg = validate(data, tm.settings_models(), inactive)
+    return cfg, tm

@@ -1,0 +1,342 @@
+"""The trainer: build once per process, then for each seed reset, init, and run a fused step
+per phase. No hook call, host sync or per-image Python inside a step."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from hlbcli.contract import Dataset, RunContext, StepAction, Transform
+from hlbcli.data import normalize
+from hlbcli.errors import UsageError
+from hlbcli.model import check_fits
+from hlbcli.plugins import TrickManager
+
+
+class RunDiverged(Exception):
+    def __init__(self, epoch: int, value: float):
+        super().__init__(f"training loss became {value} in epoch {epoch}")
+        self.epoch = epoch
+        self.value = value
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for, but no CUDA GPU is visible", "use --device cpu or --device auto")
+    if device not in ("cpu", "cuda"):
+        raise UsageError(f"unknown device '{device}'", "use auto, cpu or cuda")
+    return torch.device(device)
+
+
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    if device.type != "cuda" or precision == "fp32":
+        return torch.float32
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+class Timer:
+    """Wall time of the timed phases, synchronising the device when it reads the clock."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+
+@dataclass
+class Session:
+    """What is built once per process and reused across seeds."""
+
+    cfg: Any
+    tm: TrickManager
+    device: torch.device
+    dtype: torch.dtype
+    dataset: Dataset
+    model: torch.nn.Module
+    forward_model: torch.nn.Module
+    compiled: bool
+    deterministic: bool
+    load_seconds: float
+    build_seconds: float
+    warmup_seconds: float = 0.0
+    warmed_up: bool = False
+    tricks: list[str] = field(default_factory=list)
+
+    @property
+    def train_size(self) -> int:
+        return len(self.dataset.train_labels)
+
+
+def set_deterministic(on: bool) -> None:
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    elif torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+
+
+def prepare(
+    cfg: Any,
+    tm: TrickManager,
+    device: str = "auto",
+    data_dir: str | None = None,
+    download: bool = True,
+    deterministic: bool = False,
+) -> Session:
+    dev = resolve_device(device)
+    dtype = resolve_dtype(cfg.train.precision, dev)
+    set_deterministic(deterministic)
+    t0 = time.perf_counter()
+    dataset = tm.hook.hlb_dataset_build(cfg=cfg, device=dev, data_dir=data_dir, download=download)
+    load_s = time.perf_counter() - t0
+    n = len(dataset.train_labels)
+    if cfg.train.batch_size > n:
+        raise UsageError(
+            f"train.batch_size {cfg.train.batch_size} is larger than the training set ({n} images)",
+            f"use --set train.batch_size={min(1024, n)} or fewer",
+        )
+    check_fits(list(cfg.model.widths), int(dataset.train_images.shape[-1]), cfg.model.stem_kernel)
+    t0 = time.perf_counter()
+    model = tm.hook.hlb_model_build(cfg=cfg, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
+    model = model.to(dev)
+    if dev.type == "cuda" and cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    compile_on = cfg.train.compile == "on" or (cfg.train.compile == "auto" and dev.type == "cuda")
+    forward_model = torch.compile(model) if compile_on else model
+    build_s = time.perf_counter() - t0
+    return Session(
+        cfg, tm, dev, dtype, dataset, model, forward_model, compile_on,
+        deterministic or dev.type == "cpu", load_s, build_s, tricks=tm.trick_names(),
+    )
+
+
+def reset_weights(session: Session, seed: int) -> None:
+    """Give the built model the seed's fresh initial weights in place (the compiled graph
+    keeps pointing at the same tensors)."""
+    torch.manual_seed(seed)
+    cfg, ds = session.cfg, session.dataset
+    fresh = session.tm.hook.hlb_model_build(cfg=cfg, num_classes=ds.num_classes, in_channels=ds.in_channels)
+    with torch.no_grad():
+        session.model.load_state_dict(fresh.state_dict())
+    for p, q in zip(session.model.parameters(), fresh.parameters()):
+        p.requires_grad_(q.requires_grad)
+        p.grad = None
+
+
+def _flatten(results: list) -> list:
+    out = []
+    for r in results:
+        if r is None:
+            continue
+        out.extend(r if isinstance(r, (list, tuple)) else [r])
+    return out
+
+
+def build_step(
+    forward: torch.nn.Module,
+    loss_fn: Callable,
+    optimizer: torch.optim.Optimizer,
+    base_lrs: list[float],
+    lr_table: list[float],
+    batch_transforms: list[Transform],
+    actions: list[StepAction],
+    num_classes: int,
+    ctx: RunContext,
+    totals: tuple[torch.Tensor, torch.Tensor],
+) -> Callable[[torch.Tensor, torch.Tensor, int], None]:
+    """Fuse one phase's transforms and actions into a plain step function."""
+    before = tuple(a for a in actions if a.where == "before_forward")
+    after_bwd = tuple(a for a in actions if a.where == "after_backward")
+    after = tuple(a for a in actions if a.where == "after_step")
+    transforms = tuple(t.fn for t in batch_transforms)
+    groups = optimizer.param_groups
+    loss_total, correct_total = totals
+    autocast = ctx.autocast
+
+    def step(x: torch.Tensor, y: torch.Tensor, i: int) -> None:
+        for a in before:
+            if a.active(i):
+                a.fn(i)
+        targets = F.one_hot(y, num_classes).float()
+        for fn in transforms:
+            x, targets = fn(x, targets)
+        with autocast():
+            logits = forward(x)
+        loss = loss_fn(logits.float(), targets).sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for a in after_bwd:
+            if a.active(i):
+                a.fn(i)
+        scale = lr_table[i]
+        for g, base in zip(groups, base_lrs):
+            g["lr"] = base * scale
+        optimizer.step()
+        for a in after:
+            if a.active(i):
+                a.fn(i)
+        loss_total.add_(loss.detach())
+        correct_total.add_((logits.detach().argmax(1) == y).sum())
+
+    return step
+
+
+@dataclass
+class RunResult:
+    seed: int
+    status: str
+    accuracy: float
+    train_seconds: float
+    phases: dict
+    epochs: list[dict]
+    message: str = ""
+    final: dict = field(default_factory=dict)
+
+
+def run_one(
+    session: Session,
+    seed: int,
+    on_epoch: Callable[[dict], None] | None = None,
+    warmup: bool = False,
+) -> RunResult:
+    """Train one seed. ``warmup`` runs two steps per epoch on the same plan (it compiles every
+    phase's graphs) and skips the per-epoch evaluation's output."""
+    cfg, tm, dev, ds = session.cfg, session.tm, session.device, session.dataset
+    if dev.type == "cuda":
+        torch.cuda.manual_seed_all(seed)
+    reset_weights(session, seed)
+    torch.manual_seed(seed)
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    model, fwd = session.model, session.forward_model
+    model.train()
+    t = cfg.train
+    n = session.train_size
+    steps_per_epoch = n // t.batch_size
+    total_steps = max(1, math.ceil(t.epochs * steps_per_epoch))
+    num_epochs = math.ceil(total_steps / steps_per_epoch)
+    ctx = RunContext(
+        cfg=cfg, device=dev, dtype=session.dtype, dataset=ds, seed=seed, batch_size=t.batch_size,
+        steps_per_epoch=steps_per_epoch, total_steps=total_steps, epochs=t.epochs, num_epochs=num_epochs,
+        model=model, generator=gen,
+    )
+    ctx.state["warmup"] = warmup
+    timer = Timer(dev)
+    phases = {"init": 0.0, "train": 0.0, "eval": 0.0}
+
+    t0 = timer.now()
+    train_images = normalize(ds.train_images, ds.mean, ds.std, session.dtype)
+    if dev.type == "cuda" and t.channels_last:
+        train_images = train_images.contiguous(memory_format=torch.channels_last)
+    ctx.state["train_images"] = train_images
+    tm.hook.hlb_model_init(model=model, ctx=ctx)
+    transforms = sorted(_flatten(tm.hook.hlb_batch_transforms(cfg=cfg, ctx=ctx)), key=lambda tr: tr.order)
+    loss_fn = tm.hook.hlb_loss_build(cfg=cfg, ctx=ctx)
+    groups = tm.hook.hlb_param_groups(model=model, cfg=cfg, ctx=ctx)
+    optimizer = tm.hook.hlb_optimizer_build(param_groups=groups, cfg=cfg, ctx=ctx)
+    ctx.optimizer = optimizer
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    lr_table = tm.hook.hlb_lr_schedule(total_steps=total_steps, cfg=cfg, ctx=ctx)
+    if len(lr_table) < total_steps + 1:
+        raise UsageError(f"the lr schedule has {len(lr_table)} values for {total_steps} steps", "fix the schedule hook")
+    lr_table = [float(v) for v in lr_table.tolist()]
+    actions = _flatten(tm.hook.hlb_step_actions(model=model, optimizer=optimizer, cfg=cfg, ctx=ctx))
+    tm.hook.hlb_train_start(ctx=ctx)
+    phases["init"] = timer.now() - t0
+    labels = ds.train_labels
+    loss_total = torch.zeros((), device=dev)
+    correct_total = torch.zeros((), device=dev, dtype=torch.long)
+    epochs: list[dict] = []
+    step_fn = None
+    phase_key = None
+    step = 0
+    elapsed = phases["init"]
+    status, message = "completed", ""
+
+    for epoch in range(num_epochs):
+        t0 = timer.now()
+        ctx.rebuild_step = False
+        tm.hook.hlb_epoch_start(epoch=epoch, ctx=ctx)
+        batch_tr = [tr for tr in transforms if tr.level == "batch" and tr.active(epoch)]
+        key = tuple(tr.name for tr in batch_tr)
+        if step_fn is None or key != phase_key or ctx.rebuild_step:
+            step_fn = build_step(fwd, loss_fn, optimizer, base_lrs, lr_table, batch_tr, actions, ds.num_classes, ctx, (loss_total, correct_total))
+            phase_key = key
+        images = train_images
+        for tr in transforms:
+            if tr.level == "epoch" and tr.active(epoch):
+                images = tr.fn(images, epoch, gen)
+        perm = torch.randperm(n, device=dev, generator=gen)
+        n_steps = min(steps_per_epoch, total_steps - step)
+        if warmup:
+            n_steps = min(n_steps, 2)
+        loss_total.zero_()
+        correct_total.zero_()
+        bs = t.batch_size
+        for i in range(n_steps):
+            idx = perm[i * bs : (i + 1) * bs]
+            step_fn(images[idx], labels[idx], step)
+            step += 1
+        seen = max(n_steps * bs, 1)
+        train_loss = loss_total.item() / seen
+        train_acc = correct_total.item() / seen
+        dt = timer.now() - t0
+        phases["train"] += dt
+        elapsed += dt
+        row = {"epoch": epoch + 1, "steps": step, "train_loss": train_loss, "train_acc": train_acc, "val_acc": None, "elapsed": elapsed}
+        if not math.isfinite(train_loss):
+            status, message = "diverged", f"training loss became {train_loss} in epoch {epoch + 1}"
+            epochs.append(row)
+            if on_epoch and not warmup:
+                on_epoch(row)
+            break
+        if t.eval_every_epoch and epoch < num_epochs - 1:
+            res = tm.hook.hlb_evaluate(model=model, images=ds.test_images, labels=ds.test_labels, forward=fwd, ctx=ctx)
+            row["val_acc"] = res["accuracy"]
+        tm.hook.hlb_epoch_end(epoch=epoch, metrics=row, ctx=ctx)
+        epochs.append(row)
+        if on_epoch and epoch < num_epochs - 1 and not warmup:
+            on_epoch(row)
+
+    accuracy = float("nan")
+    final: dict = {}
+    if status == "completed":
+        t0 = timer.now()
+        for a in actions:
+            if a.where == "at_end":
+                a.fn(step)
+        tm.hook.hlb_train_end(ctx=ctx)
+        forward = tm.hook.hlb_eval_forward(model=fwd, cfg=cfg, ctx=ctx)
+        final = tm.hook.hlb_evaluate(model=model, images=ds.test_images, labels=ds.test_labels, forward=forward, ctx=ctx)
+        dt = timer.now() - t0
+        phases["eval"] = dt
+        accuracy = final["accuracy"]
+        elapsed += dt
+        epochs[-1]["val_acc"] = accuracy
+        epochs[-1]["elapsed"] = elapsed
+        if on_epoch and not warmup:
+            on_epoch(epochs[-1])
+    return RunResult(seed, status, accuracy, sum(phases.values()), phases, epochs, message, final)
+
+
+def warm_up(session: Session, seed: int = 0) -> float:
+    """Compile every phase's graphs once (two steps per epoch), untimed, before the runs."""
+    if session.warmed_up or not session.compiled:
+        return 0.0
+    t0 = time.perf_counter()
+    run_one(session, seed, warmup=True)
+    session.warmup_seconds = time.perf_counter() - t0
+    session.warmed_up = True
+    return session.warmup_seconds

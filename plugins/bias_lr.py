@@ -1,0 +1,50 @@
+"""Bias lr scaling: batchnorm parameters train with a larger lr (x ``scaler``) but the same
+absolute weight decay as the rest."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from hlbcli import hookimpl
+from hlbcli.config import Settings
+from hlbcli.contract import TrickInfo
+from hlbcli.core_plugin import sgd_hparams
+from hlbcli.model import batchnorms
+
+NAME = "bias_lr"
+
+
+class BiasLrSettings(Settings):
+    scaler: float = Field(64.0, gt=0, description="lr multiplier of batchnorm parameters (weight decay unchanged)")
+
+
+def split_groups(model, lr: float, wd: float, scaler: float) -> list[dict]:
+    """Two SGD groups: batchnorm parameters at lr * scaler, the rest at lr; both decay by
+    ``wd`` per step in absolute terms (PyTorch multiplies weight_decay by lr)."""
+    bn_ids = {id(p) for bn in batchnorms(model) for p in bn.parameters()}
+    params = [p for p in model.parameters() if p.requires_grad]
+    bn = [p for p in params if id(p) in bn_ids]
+    rest = [p for p in params if id(p) not in bn_ids]
+    lr_bn = lr * scaler
+    groups = []
+    if bn:
+        groups.append(dict(params=bn, lr=lr_bn, weight_decay=wd / lr_bn, name="batchnorm"))
+    if rest:
+        groups.append(dict(params=rest, lr=lr, weight_decay=wd / lr, name="other"))
+    return groups
+
+
+@hookimpl
+def hlb_trick_info():
+    return TrickInfo(NAME, "batchnorm parameters get a scaled-up lr, same absolute weight decay")
+
+
+@hookimpl
+def hlb_config_model():
+    return NAME, BiasLrSettings
+
+
+@hookimpl
+def hlb_param_groups(model, cfg):
+    lr, wd = sgd_hparams(cfg.train)
+    return split_groups(model, lr, wd, getattr(cfg, NAME).scaler)

@@ -1,0 +1,109 @@
+"""Lookahead-EMA (airbench): every ``every`` steps the average moves toward the net with decay
+base**every * (t / T)**power and is copied back into the net; after the last step the net
+becomes the average, and evaluation uses the averaged weights. All tensors move in one batch
+of foreach operations; the decays are a precomputed device tensor."""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+
+from hlbcli import hookimpl
+from hlbcli.config import Settings
+from hlbcli.contract import StepAction, TrickInfo
+
+NAME = "ema"
+
+
+class EmaSettings(Settings):
+    every: int = Field(5, ge=1, description="steps between updates")
+    base: float = Field(0.95, ge=0, le=1, description="per-step decay base; an update decays by base**every * (t/T)**power")
+    power: float = Field(3.0, ge=0, description="warm-up exponent of (t/T): early updates follow the net closely")
+    start_epoch: float = Field(0.0, ge=0, description="first epoch with updates (the seed's v0.7 starts at 2)")
+
+
+def decay_table(total_steps: int, every: int, base: float, power: float, device=None) -> torch.Tensor:
+    """decay[t] = base**every * (t / T)**power for t = 0..T."""
+    t = torch.arange(total_steps + 1, dtype=torch.float64, device=device)
+    return (base**every * (t / max(total_steps, 1)) ** power).float()
+
+
+class Lookahead:
+    """The average of a fixed list of tensors (parameters and float buffers)."""
+
+    def __init__(self, tensors: list[torch.Tensor]):
+        self.net = tensors
+        self.avg = [t.detach().clone() for t in tensors]
+
+    @torch.no_grad()
+    def update(self, decay: torch.Tensor) -> None:
+        """avg <- decay * avg + (1 - decay) * net; net <- avg. ``decay`` may be a 0-d device
+        tensor: nothing reads it on the host."""
+        diff = torch._foreach_sub(self.net, self.avg)
+        torch._foreach_mul_(diff, 1 - decay)
+        torch._foreach_add_(self.avg, diff)
+        torch._foreach_copy_(self.net, self.avg)
+
+    @torch.no_grad()
+    def finish(self) -> None:
+        torch._foreach_copy_(self.net, self.avg)
+
+    @torch.no_grad()
+    def swap(self) -> None:
+        """Exchange net and average (used around a mid-run evaluation)."""
+        tmp = [t.clone() for t in self.net]
+        torch._foreach_copy_(self.net, self.avg)
+        torch._foreach_copy_(self.avg, tmp)
+
+
+def tracked_tensors(model: torch.nn.Module) -> list[torch.Tensor]:
+    """Every floating parameter and buffer (batchnorm running stats included)."""
+    out = [p for p in model.parameters() if p.is_floating_point()]
+    out += [b for b in model.buffers() if b.is_floating_point()]
+    return out
+
+
+@hookimpl
+def hlb_trick_info():
+    return TrickInfo(NAME, "lookahead-EMA: average pulled toward the net every k steps and copied back")
+
+
+@hookimpl
+def hlb_config_model():
+    return NAME, EmaSettings
+
+
+@hookimpl
+def hlb_step_actions(model, cfg, ctx):
+    s = getattr(cfg, NAME)
+    state = Lookahead(tracked_tensors(model))
+    ctx.state[NAME] = state
+    decays = decay_table(ctx.total_steps, s.every, s.base, s.power, ctx.device)
+    start = int(s.start_epoch * ctx.steps_per_epoch)
+
+    def update(step: int) -> None:
+        if step == start and start > 0:
+            torch._foreach_copy_(state.avg, state.net)  # the average starts where the net is
+        state.update(decays[step])
+
+    return [
+        StepAction(NAME, update, where="after_step", every=s.every, start_step=start),
+        StepAction(NAME + "_final", lambda step: state.finish(), where="at_end"),
+    ]
+
+
+@hookimpl(wrapper=True)
+def hlb_evaluate(ctx):
+    state = ctx.state.get(NAME)
+    if state is None or ctx.state.get(NAME + "_finished"):
+        return (yield)
+    state.swap()
+    try:
+        return (yield)
+    finally:
+        state.swap()
+
+
+@hookimpl
+def hlb_train_end(ctx):
+    ctx.state[NAME + "_finished"] = True

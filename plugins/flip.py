@@ -1,0 +1,59 @@
+"""Horizontal flips of the training set, once per epoch. ``alternating`` (airbench): each
+image gets a random flip bit once, and every other epoch all bits invert, so each image is
+flipped in exactly one of any two consecutive epochs. ``random``: a fresh coin per image per
+epoch."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from hlbcli import hookimpl
+from hlbcli.config import Settings
+from hlbcli.contract import Transform, TrickInfo
+
+NAME = "flip"
+
+
+class FlipSettings(Settings):
+    mode: Literal["alternating", "random"] = Field("alternating", description="alternating (airbench) or random per epoch")
+
+
+def flip_masked(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Flip (left-right) the images where ``mask`` (N,) is true."""
+    return torch.where(mask.view(-1, 1, 1, 1), images.flip(-1), images)
+
+
+def alternating_masks(base: torch.Tensor, epoch: int) -> torch.Tensor:
+    """The flip mask of ``epoch``: the base bits on even epochs, inverted on odd ones."""
+    return base if epoch % 2 == 0 else ~base
+
+
+def make_transform(n: int, mode: str, device, generator: torch.Generator | None) -> Transform:
+    base = torch.rand(n, device=device, generator=generator) < 0.5
+
+    def flip_epoch(images: torch.Tensor, epoch: int, gen: torch.Generator | None = None) -> torch.Tensor:
+        if mode == "alternating":
+            mask = alternating_masks(base, epoch)
+        else:
+            mask = torch.rand(len(images), device=images.device, generator=gen) < 0.5
+        return flip_masked(images, mask)
+
+    return Transform(NAME, flip_epoch, level="epoch", order=0)
+
+
+@hookimpl
+def hlb_trick_info():
+    return TrickInfo(NAME, "horizontal flips, alternating per epoch (each image in one of two epochs) or random")
+
+
+@hookimpl
+def hlb_config_model():
+    return NAME, FlipSettings
+
+
+@hookimpl
+def hlb_batch_transforms(cfg, ctx):
+    return [make_transform(len(ctx.dataset.train_labels), getattr(cfg, NAME).mode, ctx.device, ctx.generator)]
