@@ -98,7 +98,7 @@ def hlb_evaluate(model, images, labels, forward, ctx: RunContext):
     with torch.no_grad(), ctx.autocast():
         for i in range(0, len(images), bs):
             x = normalize(images[i : i + bs], ds.mean, ds.std, ctx.dtype)
-            if ctx.device.type == "cuda" and ctx.cfg.train.channels_last:
+            if ctx.cfg.train.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = labels[i : i + bs]
             logits = forward(x).float()

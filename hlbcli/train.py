@@ -112,7 +112,7 @@ def prepare(
     t0 = time.perf_counter()
     model = tm.hook.hlb_model_build(cfg=cfg, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
     model = model.to(dev)
-    if dev.type == "cuda" and cfg.train.channels_last:
+    if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     compile_on = cfg.train.compile == "on" or (cfg.train.compile == "auto" and dev.type == "cuda")
     forward_model = torch.compile(model) if compile_on else model
@@ -238,7 +238,7 @@ def run_one(
 
     t0 = timer.now()
     train_images = normalize(ds.train_images, ds.mean, ds.std, session.dtype)
-    if dev.type == "cuda" and t.channels_last:
+    if t.channels_last:
         train_images = train_images.contiguous(memory_format=torch.channels_last)
     ctx.state["train_images"] = train_images
     tm.hook.hlb_model_init(model=model, ctx=ctx)
@@ -278,6 +278,8 @@ def run_one(
         for tr in transforms:
             if tr.level == "epoch" and tr.active(epoch):
                 images = tr.fn(images, epoch, gen)
+        if t.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         perm = torch.randperm(n, device=dev, generator=gen)
         n_steps = min(steps_per_epoch, total_steps - step)
         if warmup:
