@@ -1,0 +1,63 @@
+"""Shared fixtures: tiny configs on synthetic data, and the CLI in-process or as a process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+# small and fast: tiny widths, synthetic data, few steps
+TINY = [
+    "data.dataset=\"synthetic\"",
+    "data.synthetic_train=256",
+    "data.synthetic_test=128",
+    "model.widths=[8,16,16]",
+    "train.batch_size=64",
+    "train.epochs=2",
+    "train.compile=\"off\"",
+    "whitening.num_images=128",
+]
+
+
+def tiny_sets(*more: str) -> list[str]:
+    return [*TINY, *more]
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run ``hlb ARGS`` in-process through the real entry function: (code, out, err)."""
+    from hlbcli.cli import main
+
+    def run(*args: str):
+        code = main([str(a) for a in args])
+        cap = capsys.readouterr()
+        return code, cap.out, cap.err
+
+    return run
+
+
+@pytest.fixture
+def hlb_proc():
+    """Run the installed ``hlb`` console script as a real process."""
+
+    def run(*args: str, timeout: float = 300, env: dict | None = None, **kw):
+        e = dict(os.environ)
+        e.update(env or {})
+        exe = Path(sys.executable).with_name("hlb")
+        cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "hlbcli.cli"]
+        return subprocess.run([*cmd, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=e, **kw)
+
+    return run
+
+
+def set_args(sets: list[str]) -> list[str]:
+    out = []
+    for s in sets:
+        out += ["--set", s]
+    return out
