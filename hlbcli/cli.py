@@ -53,6 +53,8 @@ def train(
     from hlbcli.runner import TrainOptions, train_runs
     from hlbcli.session import resolve
 
+    _threads_from_env()
+
     cfg, tm = resolve(preset, str(config) if config else None, set_ or [], enable or [], disable or [])
     opts = TrainOptions(
         runs=runs, seed=seed, device=device, data_dir=str(data_dir) if data_dir else None,
@@ -61,6 +63,70 @@ def train(
     )
     _, code = train_runs(cfg, tm, opts)
     raise typer.Exit(code)
+
+
+def _threads_from_env() -> None:
+    """``HLB_THREADS=K`` (set by ``hlb ablate --workers``): this process uses K CPU threads."""
+    k = os.environ.get("HLB_THREADS", "").strip()
+    if k.isdigit() and int(k) > 0:
+        import torch
+
+        torch.set_num_threads(int(k))
+
+
+@app.command()
+def ablate(
+    preset: str = PresetOpt,
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[List[str]] = SetOpt,
+    disable: Optional[List[str]] = typer.Option(None, "--disable", "-d", help="an arm without this trick; repeatable"),
+    enable: Optional[List[str]] = typer.Option(None, "--enable", "-e", help="an arm with this trick added; repeatable"),
+    leave_one_out: bool = typer.Option(False, "--leave-one-out", help="one arm per active trick, each without it"),
+    runs: int = typer.Option(3, "--runs", "-n", min=1, help="seeds per arm (the same seeds in every arm)"),
+    seed: int = typer.Option(0, "--seed", help="first seed; arm runs use seed .. seed + runs - 1"),
+    workers: int = typer.Option(1, "--workers", "-w", min=1, help="arms trained at once: one per visible GPU, or CPU processes sharing the cores"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="dataset folder (default: $HLB_DATA_DIR, else a user cache)"),
+    no_download: bool = typer.Option(False, "--no-download", help="fail instead of downloading a missing dataset"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="results folder (default: ./hlb-ablate-PRESET-TIME)"),
+    plot: bool = typer.Option(False, "--plot", help="also write accuracy.png (needs the 'plot' extra)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="print only the table and errors"),
+) -> None:
+    """Baseline vs arms with tricks off (or on), N paired seeds each, with statistics."""
+    from rich.console import Console
+
+    from hlbcli.ablate import AblateOptions, print_table, run_ablation
+
+    opts = AblateOptions(
+        preset=preset, config=str(config) if config else None, sets=set_ or [], disable=disable or [],
+        enable=enable or [], leave_one_out=leave_one_out, runs=runs, seed=seed, workers=workers, device=device,
+        data_dir=str(data_dir) if data_dir else None, download=not no_download, out=out, plot=plot, quiet=quiet,
+    )
+    console = Console(highlight=False, soft_wrap=True)
+    say = (lambda text: None) if quiet else (lambda text: console.print(text, markup=False))
+    summary, code = run_ablation(opts, say)
+    print_table(summary, console)
+    out_dir = Path(summary["out"])
+    if plot and any(a["n"] for a in summary["arms"]):
+        from hlbcli.plot import PNG_NAME, plot_summary
+
+        say(f"plot: {plot_summary(summary, out_dir / PNG_NAME)}")
+    say(f"summary: {out_dir / 'summary.json'} and {out_dir / 'summary.md'}")
+    if summary.get("error"):
+        typer.echo(f"error: {summary['error']}", err=True)
+    raise typer.Exit(code)
+
+
+@app.command("plot")
+def plot_cmd(
+    folder: Path = typer.Argument(..., help="an --out folder of hlb ablate or hlb train (or its summary.json)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="PNG to write (default: FOLDER/accuracy.png)"),
+) -> None:
+    """Draw each arm's accuracies (points, mean, 95% CI) as a PNG."""
+    from hlbcli.plot import plot_dir, require_matplotlib
+
+    require_matplotlib()
+    typer.echo(str(plot_dir(folder, out)))
 
 
 @config_app.command("show")
@@ -92,15 +158,17 @@ def config_presets() -> None:
 @tricks_app.command("list")
 def tricks_list(
     preset: Optional[str] = typer.Option(None, "--preset", "-p", help="mark the tricks this preset turns on"),
+    disable: Optional[List[str]] = typer.Option(None, "--disable", "-d", help="leave a trick out (one that fails to load, say); repeatable"),
 ) -> None:
     """Every registered trick: name, stages, summary, origin, and whether the preset uses it."""
     from rich.console import Console
     from rich.table import Table
 
     from hlbcli.config import load_preset
-    from hlbcli.plugins import build_manager
+    from hlbcli.plugins import build_manager, check_names, known_tricks
 
-    tm = build_manager(None)
+    check_names(disable or [], "--disable")
+    tm = build_manager([n for n in known_tricks() if n not in (disable or [])], check_relations=False)
     on = set(load_preset(preset).get("tricks", [])) if preset else None
     table = Table(box=None, pad_edge=False, show_edge=False)
     for col in ["name", "stages", "summary", "origin"] + ([f"in {preset}"] if preset else []):
@@ -120,7 +188,7 @@ def tricks_show(name: str = typer.Argument(..., help="trick name")) -> None:
     from hlbcli.plugins import build_manager, check_names
 
     check_names([name], "tricks show")
-    tm = build_manager([name])
+    tm = build_manager([name], check_relations=False)
     info = tm.info(name)
     typer.echo(f"{name}: {info.summary}")
     typer.echo(f"origin: {tm.origins[name]}; stages: {', '.join(tm.stages(name))}")
@@ -135,7 +203,18 @@ def tricks_show(name: str = typer.Argument(..., help="trick name")) -> None:
         typer.echo(f"\n[{section}]")
         for field, f in model.model_fields.items():
             ann = getattr(f.annotation, "__name__", None) or str(f.annotation).replace("typing.", "")
+            bounds = ", ".join(_bound(m) for m in f.metadata if _bound(m))
+            ann += f" ({bounds})" if bounds else ""
             typer.echo(f"  {field}: {ann} = {f.default!r}  {f.description or ''}".rstrip())
+
+
+def _bound(meta: object) -> str:
+    """``Field(ge=1)`` and friends as text (``>= 1``)."""
+    for attr, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+        v = getattr(meta, attr, None)
+        if v is not None:
+            return f"{op} {v}"
+    return ""
 
 
 def _print_error(e: HlbError) -> None:

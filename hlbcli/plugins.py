@@ -95,12 +95,15 @@ def new_plugin_manager() -> pluggy.PluginManager:
     return pm
 
 
-def build_manager(active: Iterable[str] | None = None, extra: dict[str, object] | None = None) -> TrickManager:
+def build_manager(
+    active: Iterable[str] | None = None, extra: dict[str, object] | None = None, check_relations: bool = True
+) -> TrickManager:
     """Register the core and the tricks in ``active`` (all known tricks when None).
 
     Every known trick that is not active is blocked *before* anything registers, so a
     disabled trick is never imported. ``extra`` registers given plugin objects by name
-    (tests, :mod:`hlbcli.testing`).
+    (tests, :mod:`hlbcli.testing`). ``check_relations=False`` skips the requires/conflicts
+    check (listing tricks is not running them together).
     """
     from hlbcli import core_plugin
 
@@ -142,7 +145,7 @@ def build_manager(active: Iterable[str] | None = None, extra: dict[str, object] 
             f"trick '{name}' ({tm.origins.get(name, '?')}) implements a hook hlb does not have: {e}",
             f"update the trick for this hlb version, or run with --disable {name}",
         ) from None
-    if active is not None:
+    if active is not None and check_relations:
         _check_relations(tm)
     return tm
 

@@ -1,0 +1,445 @@
+"""``hlb ablate``: a baseline arm and one arm per trick switched off (or on), N paired seeds
+each, every arm trained by ``hlb train`` in a process of its own, compared with Welch's test.
+
+Layout of ``--out DIR``::
+
+    DIR/summary.json           arms, their statistics and every run record
+    DIR/summary.md             the table in Markdown
+    DIR/arms/<arm>/run-*.json  written by each arm's ``hlb train`` as its runs finish
+    DIR/arms/<arm>/train.log   that process's stderr
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from hlbcli import record, stats
+from hlbcli.errors import EXIT_INTERRUPTED, HlbError, UsageError
+
+BASELINE = "baseline"
+SIGNIFICANCE = 0.05
+
+
+@dataclass
+class Arm:
+    """One arm: the preset's tricks minus ``disabled`` plus ``enabled``."""
+
+    name: str
+    disabled: list[str] = field(default_factory=list)
+    enabled: list[str] = field(default_factory=list)
+
+    @property
+    def folder(self) -> str:
+        if self.name == BASELINE:
+            return BASELINE
+        parts = [f"no-{d}" for d in self.disabled] + [f"with-{e}" for e in self.enabled]
+        return re.sub(r"[^A-Za-z0-9_.+-]", "_", "_".join(parts))
+
+
+@dataclass
+class AblateOptions:
+    preset: str
+    config: str | None = None
+    sets: list[str] = field(default_factory=list)
+    disable: list[str] = field(default_factory=list)
+    enable: list[str] = field(default_factory=list)
+    leave_one_out: bool = False
+    runs: int = 3
+    seed: int = 0
+    workers: int = 1
+    device: str = "auto"
+    data_dir: str | None = None
+    download: bool = True
+    out: Path | None = None
+    plot: bool = False
+    quiet: bool = False
+
+
+def plan_arms(active: list[str], disable: Iterable[str], enable: Iterable[str], leave_one_out: bool) -> list[Arm]:
+    """The baseline, then one arm per ``--disable``, per ``--enable`` and (with
+    ``leave_one_out``) per active trick not already named."""
+    arms = [Arm(BASELINE)]
+    seen: set[str] = set()
+    for name in disable:
+        if name not in active:
+            raise UsageError(
+                f"--disable {name}: the preset does not turn '{name}' on, so there is nothing to take away",
+                f"active tricks: {', '.join(active) or 'none'}; use --enable {name} to measure adding it",
+            )
+        if name not in seen:
+            seen.add(name)
+            arms.append(Arm(f"-{name}", disabled=[name]))
+    for name in enable:
+        if name in active:
+            raise UsageError(
+                f"--enable {name}: the preset already turns '{name}' on",
+                f"use --disable {name} to measure taking it away",
+            )
+        if f"+{name}" not in {a.name for a in arms}:
+            arms.append(Arm(f"+{name}", enabled=[name]))
+    if leave_one_out:
+        for name in active:
+            if name not in seen:
+                seen.add(name)
+                arms.append(Arm(f"-{name}", disabled=[name]))
+    if len(arms) == 1:
+        raise UsageError(
+            "nothing to compare: no arm besides the baseline",
+            "name tricks with --disable NAME or --enable NAME, or pass --leave-one-out",
+        )
+    return arms
+
+
+def validate_arms(opts: AblateOptions, arms: list[Arm]) -> list[str]:
+    """Resolve every arm's config in this process, so that a bad ``--set``, an unknown name or
+    a trick another one needs fails now, not after hours of training. Returns the baseline's
+    active tricks."""
+    from hlbcli.session import resolve
+
+    base_cfg, _ = resolve(opts.preset, opts.config, opts.sets)
+    for arm in arms[1:]:
+        try:
+            resolve(opts.preset, opts.config, opts.sets, arm.enabled, arm.disabled)
+        except HlbError as e:
+            raise UsageError(f"arm '{arm.name}' cannot be built: {e.message}", e.hint) from None
+    return list(base_cfg.tricks)
+
+
+def child_command(opts: AblateOptions, arm: Arm, arm_dir: Path) -> list[str]:
+    cmd = [sys.executable, "-m", "hlbcli.cli", "train", "--preset", opts.preset]
+    if opts.config:
+        cmd += ["--config", str(opts.config)]
+    for s in opts.sets:
+        cmd += ["--set", s]
+    for d in arm.disabled:
+        cmd += ["--disable", d]
+    for e in arm.enabled:
+        cmd += ["--enable", e]
+    cmd += ["--runs", str(opts.runs), "--seed", str(opts.seed), "--device", opts.device]
+    if opts.data_dir:
+        cmd += ["--data-dir", str(opts.data_dir)]
+    if not opts.download:
+        cmd += ["--no-download"]
+    cmd += ["--out", str(arm_dir), "--quiet"]
+    return cmd
+
+
+def worker_slots(device: str, workers: int) -> list[dict[str, str]]:
+    """The environment of each parallel slot: one GPU each on CUDA, else an equal share of
+    the CPU cores."""
+    workers = max(1, workers)
+    if device in ("auto", "cuda"):
+        try:
+            import torch
+
+            ngpu = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        except Exception:
+            ngpu = 0
+        if ngpu:
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            ids = [v.strip() for v in visible.split(",") if v.strip()] if visible else [str(i) for i in range(ngpu)]
+            return [{"CUDA_VISIBLE_DEVICES": ids[i]} for i in range(min(workers, ngpu, len(ids)))]
+    cores = os.cpu_count() or 1
+    if workers == 1:
+        return [{}]
+    threads = str(max(1, cores // workers))
+    return [{"HLB_THREADS": threads, "OMP_NUM_THREADS": threads} for _ in range(workers)]
+
+
+# --- reading results -------------------------------------------------------------------------
+
+
+def arm_runs(arm_dir: Path) -> list[dict]:
+    """The run records an arm's process has written so far, by seed."""
+    out = []
+    for p in sorted(arm_dir.glob("run-*.json")):
+        try:
+            out.append(json.loads(p.read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            continue  # written atomically, so this is a foreign file: skip it
+    return sorted(out, key=lambda r: r.get("seed", 0))
+
+
+def arm_stats(arm: Arm, runs: list[dict], base: dict | None) -> dict:
+    done = [r for r in runs if r.get("status") == "completed" and r.get("accuracy") is not None]
+    accs = [r["accuracy"] for r in done]
+    times = [r["train_seconds"] for r in done if r.get("train_seconds") is not None]
+    mean, std = stats.mean_std(accs)
+    lo, hi = stats.ci95(accs)
+    tmean, _ = stats.mean_std(times)
+    row: dict[str, Any] = {
+        "name": arm.name,
+        "disabled": list(arm.disabled),
+        "enabled": list(arm.enabled),
+        "n": len(done),
+        "n_started": len(runs),
+        "seeds": [r.get("seed") for r in done],
+        "mean_accuracy": mean,
+        "std_accuracy": std,
+        "ci95": [lo, hi],
+        "delta_accuracy": None,
+        "p_value": None,
+        "mean_train_seconds": tmean,
+        "delta_train_seconds": None,
+    }
+    if base is not None:
+        base_accs = base["_accs"]
+        row["delta_accuracy"] = mean - base["mean_accuracy"] if accs and base_accs else None
+        row["p_value"] = stats.welch(base_accs, accs)[1]
+        if times and base["_times"]:
+            row["delta_train_seconds"] = tmean - base["mean_train_seconds"]
+    row["_accs"], row["_times"] = accs, times
+    return row
+
+
+def summarize(opts: AblateOptions, arms: list[Arm], out: Path, status: dict[str, str], partial: bool) -> dict:
+    rows = []
+    base_row = None
+    for arm in arms:
+        runs = arm_runs(out / "arms" / arm.folder)
+        row = arm_stats(arm, runs, base_row)
+        if base_row is None:
+            base_row = row
+        row["status"] = status.get(arm.name, "not started")
+        row["dir"] = f"arms/{arm.folder}"
+        row["runs"] = runs
+        rows.append(row)
+    for row in rows:
+        row.pop("_accs"), row.pop("_times")
+    return {
+        "kind": "ablation",
+        "out": str(out),
+        "preset": opts.preset,
+        "config": opts.config,
+        "sets": list(opts.sets),
+        "runs_per_arm": opts.runs,
+        "seeds": list(range(opts.seed, opts.seed + opts.runs)),
+        "baseline": BASELINE,
+        "significance": SIGNIFICANCE,
+        "partial": partial,
+        "arms": rows,
+    }
+
+
+# --- the table -------------------------------------------------------------------------------
+
+COLUMNS = ["arm", "n", "accuracy", "std", "ci95", "Δ acc", "p", "time s", "Δ time s"]
+
+
+def _f(v: Any, spec: str, signed: bool = False) -> str:
+    if v is None or (isinstance(v, float) and v != v):
+        return "-"
+    return format(v, ("+" if signed else "") + spec)
+
+
+def table_rows(summary: dict) -> list[list[str]]:
+    rows = []
+    for a in summary["arms"]:
+        lo, hi = a["ci95"]
+        p = a["p_value"]
+        ptxt = _f(p, ".3g")
+        if p is not None and p == p and p < summary.get("significance", SIGNIFICANCE):
+            ptxt += " *"
+        rows.append([
+            a["name"],
+            f"{a['n']}" + (f"/{a['n_started']}" if a.get("n_started", a["n"]) != a["n"] else ""),
+            _f(a["mean_accuracy"], ".4f"),
+            _f(a["std_accuracy"], ".4f"),
+            f"[{_f(lo, '.4f')}, {_f(hi, '.4f')}]" if a["n"] else "-",
+            _f(a["delta_accuracy"], ".4f", signed=True),
+            ptxt,
+            _f(a["mean_train_seconds"], ".2f"),
+            _f(a["delta_train_seconds"], ".2f", signed=True),
+        ])
+    return rows
+
+
+def footnote(summary: dict) -> str:
+    alpha = summary.get("significance", SIGNIFICANCE)
+    note = (
+        f"Δ: arm minus baseline; p: Welch's t-test against the baseline, * where p < {alpha:g}; "
+        f"seeds {summary['seeds'][0]}..{summary['seeds'][-1]} in every arm"
+    ) if summary["seeds"] else "no seeds"
+    if summary.get("partial"):
+        note += "; PARTIAL: interrupted or failed before every run finished"
+    return note
+
+
+def markdown(summary: dict) -> str:
+    rows = table_rows(summary)
+    lines = [
+        f"# Ablation of preset `{summary['preset']}`",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "| " + " | ".join(["---"] + ["---:"] * (len(COLUMNS) - 1)) + " |",
+    ]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+    lines += ["", footnote(summary), ""]
+    return "\n".join(lines)
+
+
+def print_table(summary: dict, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console(highlight=False, soft_wrap=True)
+    rows = table_rows(summary)
+    if console.is_terminal:
+        t = Table(title=f"ablation of {summary['preset']}", title_justify="left")
+        for i, c in enumerate(COLUMNS):
+            t.add_column(c, justify="left" if i == 0 else "right", no_wrap=True)
+        for r in rows:
+            t.add_row(*r)
+        console.print(t)
+    else:
+        widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(COLUMNS)]
+        fmt = lambda cells: "  ".join(  # noqa: E731
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        ).rstrip()
+        console.print(fmt(COLUMNS), markup=False)
+        for r in rows:
+            console.print(fmt(r), markup=False)
+    console.print(footnote(summary), markup=False)
+
+
+# --- running ---------------------------------------------------------------------------------
+
+
+def default_out(preset: str) -> Path:
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(preset).stem if preset.endswith(".toml") else preset)
+    return Path(f"hlb-ablate-{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def prepare_out(out: Path) -> Path:
+    out = record.prepare_out_dir(out)
+    arms_dir = out / "arms"
+    if arms_dir.exists() and any(arms_dir.iterdir()):
+        raise UsageError(f"--out {out} already holds an ablation", "choose a new folder, or delete that one")
+    arms_dir.mkdir(exist_ok=True)
+    return out
+
+
+class _Job:
+    def __init__(self, arm: Arm, proc: subprocess.Popen, log, slot: int):
+        self.arm, self.proc, self.log, self.slot = arm, proc, log, slot
+
+
+def _stop(jobs: list[_Job], grace: float = 15.0) -> None:
+    """Ask every running child to stop (SIGINT: it keeps its finished runs), then make sure."""
+    for j in jobs:
+        if j.proc.poll() is None:
+            try:
+                j.proc.send_signal(signal.SIGINT)
+            except OSError:
+                pass
+    deadline = time.monotonic() + grace
+    for j in jobs:
+        try:
+            j.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            j.proc.kill()
+            j.proc.wait()
+        j.log.close()
+
+
+def _last_error(log_path: Path) -> str:
+    try:
+        lines = [ln.strip() for ln in log_path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    errs = [ln for ln in lines if ln.startswith("error:")]
+    return (errs or lines or [""])[-1]
+
+
+def run_ablation(opts: AblateOptions, say=None) -> tuple[dict, int]:
+    """Validate, train every arm in its own process, write and return the summary."""
+    from hlbcli.plugins import check_names
+
+    say = say or (lambda text: None)
+    if opts.runs < 1:
+        raise UsageError(f"--runs {opts.runs}: need at least one seed per arm", "use --runs 3 or more for a p-value")
+    check_names(opts.disable, "--disable")
+    check_names(opts.enable, "--enable")
+    if opts.plot:
+        from hlbcli.plot import require_matplotlib
+
+        require_matplotlib()
+    from hlbcli.session import resolve
+
+    base_cfg, _ = resolve(opts.preset, opts.config, opts.sets)
+    arms = plan_arms(list(base_cfg.tricks), opts.disable, opts.enable, opts.leave_one_out)
+    validate_arms(opts, arms)
+    out = prepare_out(opts.out or default_out(opts.preset))
+    slots = worker_slots(opts.device, opts.workers)
+    say(
+        f"{len(arms)} arms x {opts.runs} seeds (seeds {opts.seed}..{opts.seed + opts.runs - 1}), "
+        f"{len(slots)} at a time; results in {out}"
+    )
+    status: dict[str, str] = {}
+    pending = list(arms)
+    running: list[_Job] = []
+    failed: list[str] = []
+    t0 = time.monotonic()
+
+    def write(partial: bool) -> dict:
+        summary = summarize(opts, arms, out, status, partial)
+        summary["wall_seconds"] = time.monotonic() - t0
+        record.write_json(out / "summary.json", summary)
+        record.write_text(out / "summary.md", markdown(summary))
+        return summary
+
+    from hlbcli.runner import Interrupted, interruptible
+
+    try:
+        with interruptible():
+            while pending or running:
+                free = [i for i in range(len(slots)) if i not in {j.slot for j in running}]
+                while pending and free:
+                    arm, slot = pending.pop(0), free.pop(0)
+                    arm_dir = out / "arms" / arm.folder
+                    arm_dir.mkdir(parents=True, exist_ok=True)
+                    cmd = child_command(opts, arm, arm_dir)
+                    (arm_dir / "command.txt").write_text(shlex.join(cmd) + "\n", encoding="utf-8")
+                    log = open(arm_dir / "train.log", "w", encoding="utf-8")
+                    env = dict(os.environ, **slots[slot])
+                    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+                    running.append(_Job(arm, proc, log, slot))
+                    status[arm.name] = "running"
+                    say(f"arm {arm.name}: started ({len(arms) - len(pending)}/{len(arms)})")
+                time.sleep(0.1)
+                for j in [j for j in running if j.proc.poll() is not None]:
+                    running.remove(j)
+                    j.log.close()
+                    n = len([r for r in arm_runs(out / "arms" / j.arm.folder) if r.get("status") == "completed"])
+                    if j.proc.returncode == 0:
+                        status[j.arm.name] = "completed"
+                        say(f"arm {j.arm.name}: {n}/{opts.runs} runs done")
+                    else:
+                        status[j.arm.name] = f"failed (exit {j.proc.returncode})"
+                        failed.append(j.arm.name)
+                        why = _last_error(out / "arms" / j.arm.folder / "train.log")
+                        say(f"arm {j.arm.name}: exit {j.proc.returncode} after {n}/{opts.runs} runs: {why}")
+                    write(partial=True)
+    except Interrupted as e:
+        _stop(running)
+        for j in running:
+            status[j.arm.name] = "interrupted"
+        summary = write(partial=True)
+        kept = sum(a["n"] for a in summary["arms"])
+        say(f"interrupted: {kept} finished run(s) kept in {out}")
+        return summary, EXIT_INTERRUPTED if e.signum == signal.SIGINT else e.exit_code
+    summary = write(partial=bool(failed))
+    if failed:
+        summary["error"] = f"arm(s) {', '.join(failed)} failed; see train.log in {out / 'arms'}/<arm>"
+        return summary, 1
+    return summary, 0

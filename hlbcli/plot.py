@@ -1,0 +1,86 @@
+"""A picture of accuracy per arm: every run as a point, the mean as a bar, the 95% interval as
+a whisker. Needs matplotlib, an optional extra: ``pip install 'hlbcli[plot]'``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from hlbcli import stats
+from hlbcli.errors import UsageError
+
+PNG_NAME = "accuracy.png"
+
+
+def require_matplotlib():
+    """Import matplotlib with a headless backend, or fail with one line saying how to get it."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UsageError("plotting needs matplotlib", "pip install 'hlbcli[plot]'") from None
+    return plt
+
+
+def load_summary(folder: Path) -> dict:
+    path = Path(folder)
+    if path.is_dir():
+        path = path / "summary.json"
+    if not path.is_file():
+        raise UsageError(f"no summary.json in {folder}", "point at the --out folder of hlb ablate or hlb train")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{path} is not a readable summary: {e}", "rerun the command that wrote it") from None
+
+
+def groups(summary: dict, label: str = "runs") -> list[dict[str, Any]]:
+    """(name, accuracies, mean, ci95) per arm; a ``hlb train`` summary is one group."""
+    arms = summary.get("arms")
+    if arms is None:
+        arms = [{"name": label, "runs": summary.get("runs", [])}]
+    out = []
+    for a in arms:
+        accs = [r["accuracy"] for r in a.get("runs", []) if r.get("status") == "completed" and r.get("accuracy") is not None]
+        mean, _ = stats.mean_std(accs)
+        out.append({"name": a["name"], "accs": accs, "mean": mean, "ci95": stats.ci95(accs)})
+    return out
+
+
+def plot_summary(summary: dict, path: Path, title: str | None = None) -> Path:
+    plt = require_matplotlib()
+    gs = groups(summary, label=Path(path).parent.name or "runs")
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(gs) + 2), 4.0), dpi=120)
+    for i, g in enumerate(gs):
+        n = len(g["accs"])
+        if n:
+            # spread the points sideways by a fixed pattern (no randomness: same data, same picture)
+            xs = [i + 0.18 * ((k % 7) - 3) / 3 for k in range(n)]
+            ax.scatter(xs, g["accs"], s=14, alpha=0.6, color="C0" if i == 0 else "C1", zorder=2)
+            lo, hi = g["ci95"]
+            ax.errorbar([i], [g["mean"]], yerr=[[g["mean"] - lo], [hi - g["mean"]]], fmt="_", color="black",
+                        markersize=22, capsize=6, linewidth=1.5, zorder=3)
+    base = gs[0]["mean"] if gs and gs[0]["accs"] else None
+    if base is not None and len(gs) > 1:
+        ax.axhline(base, color="C0", linewidth=0.8, linestyle="--", zorder=1)
+    ax.set_xticks(range(len(gs)), [f"{g['name']}\nn={len(g['accs'])}" for g in gs])
+    ax.set_xlim(-0.6, len(gs) - 0.4)
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title or (f"ablation of {summary.get('preset')}" if "arms" in summary else "accuracy per run"))
+    ax.grid(axis="y", alpha=0.3)
+    fig.text(0.01, 0.01, "points: runs; bar: mean; whiskers: 95% CI", fontsize=7, alpha=0.7)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_dir(folder: Path, out: Path | None = None) -> Path:
+    summary = load_summary(folder)
+    folder = Path(folder)
+    target = out or ((folder if folder.is_dir() else folder.parent) / PNG_NAME)
+    return plot_summary(summary, target)
