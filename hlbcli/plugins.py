@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata as md
+import re
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Iterable
@@ -142,7 +143,7 @@ def build_manager(
     except pluggy.PluginValidationError as e:
         name = pm.get_name(e.plugin) or "?"
         raise UsageError(
-            f"trick '{name}' ({tm.origins.get(name, '?')}) implements a hook hlb does not have: {e}",
+            f"trick '{name}' ({tm.origins.get(name, '?')}) implements a hook hlb does not have: {_one_line(e)}",
             f"update the trick for this hlb version, or run with --disable {name}",
         ) from None
     if active is not None and check_relations:
@@ -150,12 +151,20 @@ def build_manager(
     return tm
 
 
+def _one_line(e: Exception) -> str:
+    """pluggy's validation messages span lines and quote module reprs: make them one line."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    if len(lines) > 1 and lines[0].startswith("Plugin "):
+        lines = lines[1:]
+    return re.sub(r" in plugin <[^>]*>", "", "; ".join(lines))
+
+
 def _register(tm: TrickManager, plugin: object | ModuleType, name: str, origin: str) -> None:
     try:
         tm.pm.register(plugin, name=name)
     except pluggy.PluginValidationError as e:
         raise UsageError(
-            f"trick '{name}' ({origin}) does not match the hook contract: {e}",
+            f"trick '{name}' ({origin}) does not match the hook contract: {_one_line(e)}",
             f"update the trick for this hlb version, or run with --disable {name}",
         ) from None
     except ValueError as e:
