@@ -1,0 +1,93 @@
+"""The fused step: zero pluggy calls and no host sync inside a step."""
+
+from __future__ import annotations
+
+import torch
+
+import hlbcli.train as train_mod
+from conftest import tiny_sets
+from hlbcli.session import resolve
+from hlbcli.train import prepare, run_one
+
+
+def _count_hook_calls(batch_size: int, extra=()):
+    cfg, tm = resolve("smoke", sets=tiny_sets(f"train.batch_size={batch_size}", *extra), enable=["cutmix", "weight_norm"])
+    s = prepare(cfg, tm, "cpu")
+    calls: list[str] = []
+    in_step = {"on": False, "steps": 0}
+
+    def before(hook_name, hook_impls, kwargs):
+        assert not in_step["on"], f"pluggy hook {hook_name} called inside a training step"
+        calls.append(hook_name)
+
+    def after(outcome, hook_name, hook_impls, kwargs):
+        pass
+
+    orig_build = train_mod.build_step
+
+    def build_step(*a, **k):
+        step = orig_build(*a, **k)
+
+        def guarded(x, y, i):
+            in_step["on"] = True
+            in_step["steps"] += 1
+            try:
+                step(x, y, i)
+            finally:
+                in_step["on"] = False
+
+        return guarded
+
+    undo = tm.pm.add_hookcall_monitoring(before, after)
+    train_mod.build_step = build_step
+    try:
+        run_one(s, 0)
+    finally:
+        train_mod.build_step = orig_build
+        undo()
+    return calls, in_step["steps"]
+
+
+def test_no_hook_call_inside_a_step_and_calls_do_not_grow_with_steps():
+    few, n_few = _count_hook_calls(64)  # 4 steps per epoch
+    many, n_many = _count_hook_calls(16)  # 16 steps per epoch
+    assert n_many == 4 * n_few
+    assert sorted(few) == sorted(many)  # hook calls depend on epochs, not steps
+
+
+def test_no_host_sync_inside_a_step(monkeypatch):
+    """Reading a tensor on the host inside a step raises: item(), tolist(), bool(), float()."""
+    cfg, tm = resolve("smoke", sets=tiny_sets(), enable=["cutmix", "weight_norm"])
+    s = prepare(cfg, tm, "cpu")
+    orig_build = train_mod.build_step
+    state = {"on": False, "steps": 0}
+
+    def forbid(name):
+        orig = getattr(torch.Tensor, name)
+
+        def guard(self, *a, **k):
+            if state["on"]:
+                raise AssertionError(f"host sync via Tensor.{name} inside a training step")
+            return orig(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, guard)
+
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy"):
+        forbid(name)
+
+    def build_step(*a, **k):
+        step = orig_build(*a, **k)
+
+        def guarded(x, y, i):
+            state["on"] = True
+            state["steps"] += 1
+            try:
+                step(x, y, i)
+            finally:
+                state["on"] = False
+
+        return guarded
+
+    monkeypatch.setattr(train_mod, "build_step", build_step)
+    res = run_one(s, 0)
+    assert res.status == "completed" and state["steps"] > 0
