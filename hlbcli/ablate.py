@@ -361,11 +361,11 @@ def _last_error(log_path: Path) -> str:
     return (errs or lines or [""])[-1]
 
 
-def run_ablation(opts: AblateOptions, say=None) -> tuple[dict, int]:
-    """Validate, train every arm in its own process, write and return the summary."""
+def prepare(opts: AblateOptions) -> list[Arm]:
+    """Check everything that can be checked before training: names, ``--set`` values, every
+    arm's config, the plotting extra. Returns the arms, the baseline first."""
     from hlbcli.plugins import check_names
 
-    say = say or (lambda text: None)
     if opts.runs < 1:
         raise UsageError(f"--runs {opts.runs}: need at least one seed per arm", "use --runs 3 or more for a p-value")
     check_names(opts.disable, "--disable")
@@ -379,6 +379,13 @@ def run_ablation(opts: AblateOptions, say=None) -> tuple[dict, int]:
     base_cfg, _ = resolve(opts.preset, opts.config, opts.sets)
     arms = plan_arms(list(base_cfg.tricks), opts.disable, opts.enable, opts.leave_one_out)
     validate_arms(opts, arms)
+    return arms
+
+
+def run_ablation(opts: AblateOptions, say=None) -> tuple[dict, int]:
+    """Validate, train every arm in its own process, write and return the summary."""
+    say = say or (lambda text: None)
+    arms = prepare(opts)
     out = prepare_out(opts.out or default_out(opts.preset))
     slots = worker_slots(opts.device, opts.workers)
     say(

@@ -91,11 +91,12 @@ def ablate(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="results folder (default: ./hlb-ablate-PRESET-TIME)"),
     plot: bool = typer.Option(False, "--plot", help="also write accuracy.png (needs the 'plot' extra)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="print only the table and errors"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="check everything, print the arms and their commands, train nothing"),
 ) -> None:
     """Baseline vs arms with tricks off (or on), N paired seeds each, with statistics."""
     from rich.console import Console
 
-    from hlbcli.ablate import AblateOptions, print_table, run_ablation
+    from hlbcli.ablate import AblateOptions, child_command, prepare, print_table, run_ablation
 
     opts = AblateOptions(
         preset=preset, config=str(config) if config else None, sets=set_ or [], disable=disable or [],
@@ -104,6 +105,13 @@ def ablate(
     )
     console = Console(highlight=False, soft_wrap=True)
     say = (lambda text: None) if quiet else (lambda text: console.print(text, markup=False))
+    if dry_run:
+        import shlex
+
+        for arm in prepare(opts):
+            cmd = child_command(opts, arm, Path(str(out or "OUT")) / "arms" / arm.folder)
+            typer.echo(f"{arm.name}\t{shlex.join(['hlb', *cmd[3:]])}")
+        raise typer.Exit(0)
     summary, code = run_ablation(opts, say)
     print_table(summary, console)
     out_dir = Path(summary["out"])

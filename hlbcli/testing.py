@@ -1,0 +1,135 @@
+"""Helpers for trick authors' tests.
+
+    from hlbcli import testing
+
+    tm = testing.manager(my_trick)                 # the core plus only my_trick
+    with testing.HookRecorder(tm) as rec:
+        tm.hook.hlb_batch_transforms(cfg=cfg, ctx=ctx)
+    assert rec.count("hlb_batch_transforms") == 1
+
+    cfg, tm = testing.resolve_config(my_trick, sets=["my_trick.strength=0.5"])
+    summary = testing.train(cfg, tm)               # one tiny run on synthetic data, in-process
+
+Nothing here touches the installed third-party tricks unless asked: a manager built by
+:func:`manager` holds the core and the plugins given, with every other trick blocked.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from types import ModuleType
+from typing import Any, Iterable
+
+from hlbcli.data import synthetic
+from hlbcli.plugins import TrickManager, build_manager
+
+__all__ = ["HookRecorder", "TINY_SETS", "manager", "plugin_name", "resolve_config", "synthetic", "train"]
+
+#: ``--set`` overrides that make any preset tiny: synthetic data, small widths, two epochs.
+TINY_SETS = [
+    'data.dataset="synthetic"',
+    "data.synthetic_train=256",
+    "data.synthetic_test=128",
+    "model.widths=[8,16,16]",
+    "train.batch_size=64",
+    "train.epochs=2",
+    'train.compile="off"',
+]
+
+
+def plugin_name(plugin: object) -> str:
+    """The trick name a plugin gives itself (``hlb_trick_info().name``), else its ``NAME``."""
+    fn = getattr(plugin, "hlb_trick_info", None)
+    if fn is not None:
+        return fn().name
+    name = getattr(plugin, "NAME", None)
+    if isinstance(name, str):
+        return name
+    raise TypeError(f"{plugin!r} has neither hlb_trick_info nor NAME: pass names=[...] to say what it is called")
+
+
+def _named(plugins: Iterable[object], names: Iterable[str] | None) -> dict[str, object]:
+    plugins = list(plugins)
+    names = list(names) if names is not None else [plugin_name(p) for p in plugins]
+    if len(names) != len(plugins):
+        raise ValueError(f"{len(plugins)} plugins but {len(names)} names")
+    if len(set(names)) != len(names):
+        raise ValueError(f"two plugins share a name: {names}")
+    return dict(zip(names, plugins))
+
+
+def manager(*plugins: object | ModuleType, names: Iterable[str] | None = None, builtins: Iterable[str] = ()) -> TrickManager:
+    """A plugin manager holding the core, the given plugin objects (modules or instances) and
+    the built-in tricks named in ``builtins``; every other built-in or installed trick is
+    blocked and never imported. The contract is checked as in real use."""
+    extra = _named(plugins, names)
+    return build_manager([*builtins, *extra], extra=extra)
+
+
+def resolve_config(
+    *plugins: object | ModuleType,
+    preset: str = "smoke",
+    sets: Iterable[str] = (),
+    names: Iterable[str] | None = None,
+    enable: Iterable[str] = (),
+    disable: Iterable[str] = (),
+    tiny: bool = True,
+) -> tuple[Any, TrickManager]:
+    """The config and manager ``hlb train --preset PRESET`` would build, with the given
+    plugins added as active tricks (their settings sections validated, ``sets`` applied).
+    ``tiny`` prepends :data:`TINY_SETS`."""
+    from hlbcli.session import resolve
+
+    extra = _named(plugins, names)
+    all_sets = [*(TINY_SETS if tiny else []), *sets]
+    if tiny and preset == "smoke":
+        all_sets.insert(len(TINY_SETS), "whitening.num_images=128")
+    return resolve(preset, None, all_sets, [*enable, *extra], list(disable), extra=extra)
+
+
+def train(cfg: Any, tm: TrickManager, runs: int = 1, seed: int = 0, device: str = "cpu") -> dict:
+    """Train in this process, quietly; return the summary (``runs`` holds each run record)."""
+    from hlbcli.runner import TrainOptions, train_runs
+
+    summary, _ = train_runs(cfg, tm, TrainOptions(runs=runs, seed=seed, device=device, quiet=True, download=False))
+    return summary
+
+
+class HookRecorder:
+    """Records every hook call on a manager: ``calls`` is a list of ``(hook, kwargs)``;
+    ``counts`` a Counter by hook name. Use as a context manager, or call :meth:`stop`."""
+
+    def __init__(self, tm: TrickManager | Any):
+        self.pm = getattr(tm, "pm", tm)
+        self.calls: list[tuple[str, dict]] = []
+        self.counts: Counter[str] = Counter()
+        self._undo = self.pm.add_hookcall_monitoring(self._before, self._after)
+
+    def _before(self, hook_name: str, hook_impls, kwargs: dict) -> None:
+        self.calls.append((hook_name, dict(kwargs)))
+        self.counts[hook_name] += 1
+
+    def _after(self, outcome, hook_name: str, hook_impls, kwargs: dict) -> None:
+        pass
+
+    def count(self, hook_name: str) -> int:
+        return self.counts[hook_name]
+
+    def names(self) -> list[str]:
+        """Hook names in call order, one per call."""
+        return [name for name, _ in self.calls]
+
+    def clear(self) -> None:
+        self.calls.clear()
+        self.counts.clear()
+
+    def stop(self) -> None:
+        if self._undo is not None:
+            self._undo()
+            self._undo = None
+
+    def __enter__(self) -> "HookRecorder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
