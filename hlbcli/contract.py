@@ -82,10 +82,12 @@ class StepAction:
     """A function placed in the fused training step (``hlb_step_actions``).
 
     ``where``: ``"before_forward"``, ``"after_backward"`` (gradients present, before the
-    optimizer) or ``"after_step"`` (after the optimizer step). ``fn(step)`` gets the global
-    step index (a Python int, counted on the host: reading it costs no sync) and must not
-    sync with the device. It runs when ``step % every == 0`` and ``start_step <= step``
-    (and ``step < stop_step`` when set). ``at_end`` actions run once after the last step.
+    optimizer) or ``"after_step"`` (after the optimizer step). ``fn(step)`` gets a Python int
+    counted on the host (reading it costs no sync) and must not sync with the device: the
+    0-based index of the current step for ``before_forward``/``after_backward``, the number
+    of steps completed for ``after_step`` (so ``every=5`` runs after steps 5, 10, ...). It
+    runs when ``step % every == 0`` and ``start_step <= step`` (and ``step < stop_step``
+    when set). ``at_end`` actions run once after the last step, with the total.
     """
 
     name: str

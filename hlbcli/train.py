@@ -185,9 +185,10 @@ def build_step(
         for g, base in zip(groups, base_lrs):
             g["lr"] = base * scale
         optimizer.step()
+        done = i + 1
         for a in after:
-            if a.active(i):
-                a.fn(i)
+            if a.active(done):
+                a.fn(done)
         loss_total.add_(loss.detach())
         correct_total.add_((logits.detach().argmax(1) == y).sum())
 

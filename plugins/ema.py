@@ -80,14 +80,17 @@ def hlb_step_actions(model, cfg, ctx):
     ctx.state[NAME] = state
     decays = decay_table(ctx.total_steps, s.every, s.base, s.power, ctx.device)
     start = int(s.start_epoch * ctx.steps_per_epoch)
+    if start > 0:
+        # the average starts where the net is when updates begin
+        restart = StepAction(NAME + "_start", lambda step: torch._foreach_copy_(state.avg, state.net), where="after_step", start_step=start, stop_step=start + 1)
+    else:
+        restart = None
 
     def update(step: int) -> None:
-        if step == start and start > 0:
-            torch._foreach_copy_(state.avg, state.net)  # the average starts where the net is
         state.update(decays[step])
 
-    return [
-        StepAction(NAME, update, where="after_step", every=s.every, start_step=start),
+    return [a for a in [restart] if a] + [
+        StepAction(NAME, update, where="after_step", every=s.every, start_step=start + 1),
         StepAction(NAME + "_final", lambda step: state.finish(), where="at_end"),
     ]
 
