@@ -207,25 +207,41 @@ class RunResult:
     final: dict = field(default_factory=dict)
 
 
-def run_one(
-    session: Session,
-    seed: int,
-    on_epoch: Callable[[dict], None] | None = None,
-    warmup: bool = False,
-) -> RunResult:
-    """Train one seed. ``warmup`` runs two steps per epoch on the same plan (it compiles every
-    phase's graphs) and skips the per-epoch evaluation's output."""
+@dataclass
+class RunPlan:
+    """A run assembled from the hooks, ready for the loop: built once per seed."""
+
+    ctx: RunContext
+    transforms: list[Transform]
+    loss_fn: Callable
+    optimizer: torch.optim.Optimizer
+    base_lrs: list[float]
+    lr_table: list[float]
+    actions: list[StepAction]
+    train_images: torch.Tensor
+    loss_total: torch.Tensor
+    correct_total: torch.Tensor
+
+    def step_fn(self, forward: torch.nn.Module, batch_transforms: list[Transform]):
+        return build_step(
+            forward, self.loss_fn, self.optimizer, self.base_lrs, self.lr_table, batch_transforms,
+            self.actions, self.ctx.dataset.num_classes, self.ctx, (self.loss_total, self.correct_total),
+        )
+
+
+def plan_run(session: Session, seed: int, warmup: bool = False) -> RunPlan:
+    """Reset the weights to the seed's, then call the build-time hooks once: data-aware init,
+    transforms, loss, parameter groups, optimizer, lr table, step actions, train start."""
     cfg, tm, dev, ds = session.cfg, session.tm, session.device, session.dataset
     if dev.type == "cuda":
         torch.cuda.manual_seed_all(seed)
     reset_weights(session, seed)
     torch.manual_seed(seed)
     gen = torch.Generator(device=dev).manual_seed(seed)
-    model, fwd = session.model, session.forward_model
+    model = session.model
     model.train()
     t = cfg.train
-    n = session.train_size
-    steps_per_epoch = n // t.batch_size
+    steps_per_epoch = session.train_size // t.batch_size
     total_steps = max(1, math.ceil(t.epochs * steps_per_epoch))
     num_epochs = math.ceil(total_steps / steps_per_epoch)
     ctx = RunContext(
@@ -234,10 +250,6 @@ def run_one(
         model=model, generator=gen,
     )
     ctx.state["warmup"] = warmup
-    timer = Timer(dev)
-    phases = {"init": 0.0, "train": 0.0, "eval": 0.0}
-
-    t0 = timer.now()
     train_images = normalize(ds.train_images, ds.mean, ds.std, session.dtype)
     if t.channels_last:
         train_images = train_images.contiguous(memory_format=torch.channels_last)
@@ -255,10 +267,33 @@ def run_one(
     lr_table = [float(v) for v in lr_table.tolist()]
     actions = _flatten(tm.hook.hlb_step_actions(model=model, optimizer=optimizer, cfg=cfg, ctx=ctx))
     tm.hook.hlb_train_start(ctx=ctx)
+    return RunPlan(
+        ctx, transforms, loss_fn, optimizer, base_lrs, lr_table, actions, train_images,
+        torch.zeros((), device=dev), torch.zeros((), device=dev, dtype=torch.long),
+    )
+
+
+def run_one(
+    session: Session,
+    seed: int,
+    on_epoch: Callable[[dict], None] | None = None,
+    warmup: bool = False,
+) -> RunResult:
+    """Train one seed. ``warmup`` runs two steps per epoch on the same plan (it compiles every
+    phase's graphs) and skips the per-epoch evaluation's output."""
+    cfg, tm, dev, ds = session.cfg, session.tm, session.device, session.dataset
+    timer = Timer(dev)
+    phases = {"init": 0.0, "train": 0.0, "eval": 0.0}
+    t0 = timer.now()
+    plan = plan_run(session, seed, warmup)
     phases["init"] = timer.now() - t0
+    ctx, transforms, actions, train_images = plan.ctx, plan.transforms, plan.actions, plan.train_images
+    loss_total, correct_total = plan.loss_total, plan.correct_total
+    model, fwd, gen = session.model, session.forward_model, ctx.generator
+    t = cfg.train
+    n = session.train_size
+    steps_per_epoch, total_steps, num_epochs = ctx.steps_per_epoch, ctx.total_steps, ctx.num_epochs
     labels = ds.train_labels
-    loss_total = torch.zeros((), device=dev)
-    correct_total = torch.zeros((), device=dev, dtype=torch.long)
     epochs: list[dict] = []
     step_fn = None
     phase_key = None
@@ -273,7 +308,7 @@ def run_one(
         batch_tr = [tr for tr in transforms if tr.level == "batch" and tr.active(epoch)]
         key = tuple(tr.name for tr in batch_tr)
         if step_fn is None or key != phase_key or ctx.rebuild_step:
-            step_fn = build_step(fwd, loss_fn, optimizer, base_lrs, lr_table, batch_tr, actions, ds.num_classes, ctx, (loss_total, correct_total))
+            step_fn = plan.step_fn(fwd, batch_tr)
             phase_key = key
         images = train_images
         for tr in transforms:
