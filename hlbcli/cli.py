@@ -8,10 +8,31 @@ import traceback
 from pathlib import Path
 from typing import List, Optional
 
-import click
 import typer
 
 from hlbcli.errors import ConfigError, HlbError
+
+
+def _click_classes(name: str) -> tuple[type, ...]:
+    """``name`` from click and from the click that typer vendors (typer >= 0.2x raises its
+    own ``typer._click`` exceptions, which ``click.ClickException`` does not catch)."""
+    import importlib
+
+    found: list[type] = []
+    for mod in ("click.exceptions", "typer.exceptions", "typer._click.exceptions"):
+        try:
+            cls = getattr(importlib.import_module(mod), name, None)
+        except ImportError:
+            cls = None
+        if isinstance(cls, type) and cls not in found:
+            found.append(cls)
+    return tuple(found)
+
+
+_CLICK_EXIT = _click_classes("Exit")
+_CLICK_ABORT = _click_classes("Abort")
+_CLICK_NO_ARGS = _click_classes("NoArgsIsHelpError")
+_CLICK_ERROR = _click_classes("ClickException")
 
 app = typer.Typer(
     name="hlb",
@@ -247,16 +268,22 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         _print_error(e)
         code = e.exit_code
-    except click.exceptions.Exit as e:
+    except _CLICK_EXIT as e:
         code = e.exit_code
-    except click.exceptions.Abort:
+    except _CLICK_ABORT:
         typer.echo("error: aborted", err=True)
         code = 130
-    except click.ClickException as e:
+    except _CLICK_NO_ARGS as e:  # a bare group: typer has printed its help already
+        if e.format_message().strip():
+            typer.echo(e.format_message(), err=True)
+        code = e.exit_code
+    except _CLICK_ERROR as e:
         if debug:
             traceback.print_exc()
-        where = f" (see 'hlb {e.ctx.info_name if getattr(e, 'ctx', None) else ''} --help')".replace("hlb hlb", "hlb") if getattr(e, "ctx", None) else ""
-        typer.echo(f"error: {e.format_message()}{where}", err=True)
+        ctx = getattr(e, "ctx", None)
+        where = f" (see '{ctx.command_path if ctx is not None else 'hlb'} --help')"
+        msg = " ".join(e.format_message().split())
+        typer.echo(f"error: {msg}{where}", err=True)
         code = e.exit_code
     except KeyboardInterrupt:
         typer.echo("error: interrupted", err=True)

@@ -7,6 +7,7 @@ Every model is frozen and forbids unknown keys. The core owns the ``data``, ``mo
 from __future__ import annotations
 
 import copy
+import difflib
 import math
 import tomllib
 from importlib import resources
@@ -21,9 +22,9 @@ CORE_SECTIONS = ("description", "tricks", "data", "model", "train")
 
 
 class Settings(BaseModel):
-    """Base for every settings model: frozen, unknown keys rejected."""
+    """Base for every settings model: frozen, unknown keys rejected, floats finite."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class DataSettings(Settings):
@@ -188,12 +189,34 @@ def apply_set(data: dict, assignment: str) -> dict:
 
 
 def layered(preset: str, config_file: str | None, sets: list[str]) -> dict:
+    return layered_sources(preset, config_file, sets)[0]
+
+
+def layered_sources(preset: str, config_file: str | None, sets: list[str]) -> tuple[dict, dict[str, str]]:
+    """The merged dict, and each top-level key the user wrote (not the preset) with where:
+    ``--config FILE`` or ``--set KEY``."""
     data = load_preset(preset)
+    user: dict[str, str] = {}
     if config_file:
-        data = deep_merge(data, load_toml_file(config_file, "config file"))
+        over = load_toml_file(config_file, "config file")
+        data = deep_merge(data, over)
+        user.update({k: f"--config {config_file}" for k in over})
     for s in sets:
         data = apply_set(data, s)
-    return data
+        key = s.partition("=")[0].strip()
+        user[key.split(".")[0]] = f"--set {key}"
+    return data, user
+
+
+def check_inactive_sections(user: dict[str, str], inactive: set[str], disable: list[str]) -> None:
+    """A section the user wrote for a known trick that is off is an error (the setting would
+    silently do nothing), unless ``--disable`` names that trick: the preset's and the user's
+    settings for a trick switched off on purpose (an ablation arm) stay accepted."""
+    stray = [(k, where) for k, where in user.items() if k in inactive and k not in disable]
+    if stray:
+        rows = [(k, f"trick '{k}' is not active, so {where} would do nothing") for k, where in stray]
+        name = stray[0][0]
+        raise ConfigError(rows, f"add --enable {name} to turn it on, or drop the setting")
 
 
 def active_tricks(data: dict, enable: list[str], disable: list[str]) -> list[str]:
@@ -223,15 +246,34 @@ def build_config_model(sections: dict[str, type[BaseModel]]) -> type[BaseModel]:
     return create_model("HlbConfig", __base__=Settings, **fields)
 
 
-def _rows_from(e: ValidationError, known: list[str]) -> list[tuple[str, str]]:
+def _keys_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The field names of the (sub)model at ``loc`` inside ``model``; [] when not a model."""
+    for part in loc:
+        field = model.model_fields.get(str(part)) if isinstance(part, str) else None
+        ann = field.annotation if field is not None else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return list(model.model_fields)
+
+
+def unknown_key_message(key: str, known: list[str], what: str = "key", also: list[str] = ()) -> str:
+    """'unknown key, did you mean 'epochs'?' (difflib), else the list of valid keys."""
+    close = difflib.get_close_matches(key, [*known, *also], n=1, cutoff=0.6)
+    if close:
+        return f"unknown {what}, did you mean '{close[0]}'?"
+    return f"unknown {what} (valid: {', '.join(known)})" if known else f"unknown {what}"
+
+
+def _rows_from(e: ValidationError, model: type[BaseModel], others: list[str] = ()) -> list[tuple[str, str]]:
     rows = []
     for err in e.errors():
-        where = ".".join(str(x) for x in err["loc"]) or "config"
+        loc = tuple(err["loc"])
+        where = ".".join(str(x) for x in loc) or "config"
         msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-            if len(err["loc"]) == 1:
-                msg += f" (sections: {', '.join(known)})"
+        if err["type"] == "extra_forbidden" and loc:
+            top = len(loc) == 1
+            msg = unknown_key_message(str(loc[-1]), _keys_at(model, loc[:-1]), "section" if top else "key", others if top else [])
         elif "input" in err and not isinstance(err["input"], (dict, list)):
             msg += f" (got {err['input']!r})"
         rows.append((where, msg))
@@ -245,8 +287,8 @@ def validate(data: dict, sections: dict[str, type[BaseModel]], inactive: set[str
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        known = list(model.model_fields)
-        raise ConfigError(_rows_from(e, known), "see `hlb config show --preset NAME` for the valid keys") from None
+        rows = _rows_from(e, model, sorted(inactive))
+        raise ConfigError(rows, "see `hlb config show --preset NAME` for the valid keys") from None
 
 
 def to_dict(cfg: BaseModel) -> dict:

@@ -82,7 +82,7 @@ def load_cifar(name: str, data_dir: str | Path | None = None, download: bool = T
     files = [folder / f for f in train_files + test_files]
     if not all(f.exists() for f in files):
         if not download:
-            missing = next(f for f in files if not f.exists())
+            missing = folder if not folder.is_dir() else next(f for f in files if not f.exists())
             raise UsageError(
                 f"{name} not found: {missing} is missing",
                 f"drop --no-download to fetch it into {root}, or pass --data-dir to a folder holding '{folder_name}'",

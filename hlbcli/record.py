@@ -44,14 +44,27 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write to a temporary file in the same folder, then rename: never a half-written file."""
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # read once, at import: os.umask can only be read by setting it
+
+
+def _write_atomic(path: Path, write) -> None:
+    """Write through ``write(file)`` to a temporary file in the same folder, flush it to disk,
+    then rename it over ``path``: a reader (or a killed process) never sees a half-written
+    file, and a failure leaves no temporary behind."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(_clean(data), f, indent=2, allow_nan=False)
-            f.write("\n")
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -61,12 +74,15 @@ def write_json(path: Path, data: Any) -> None:
         raise
 
 
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (a temporary file, then rename): never a half-written file."""
+    text = json.dumps(_clean(data), indent=2, allow_nan=False) + "\n"  # serialise before touching disk
+    _write_atomic(path, lambda f: f.write(text))
+
+
 def write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    """Write text atomically, like :func:`write_json`."""
+    _write_atomic(path, lambda f: f.write(text))
 
 
 def prepare_out_dir(out: str | Path) -> Path:

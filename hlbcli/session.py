@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from hlbcli.config import active_tricks, layered, validate
+from hlbcli.config import active_tricks, check_inactive_sections, layered_sources, validate
 from hlbcli.plugins import TrickManager, build_manager, check_names, known_tricks
 
 
@@ -23,10 +23,11 @@ def resolve(
     extra = extra or {}
     check_names([n for n in enable if n not in extra], "--enable")
     check_names([n for n in disable if n not in extra], "--disable")
-    data = layered(preset, config_file, list(sets))
+    data, user = layered_sources(preset, config_file, list(sets))
     active = active_tricks(data, enable, disable)
-    tm = build_manager(active, extra=extra)
     inactive = (set(known_tricks()) | set(extra)) - set(active)
+    check_inactive_sections(user, inactive, disable)
+    tm = build_manager(active, extra=extra)
     data["tricks"] = active
     cfg = validate(data, tm.settings_models(), inactive)
     return cfg, tm
