@@ -58,7 +58,7 @@ def plot_summary(summary: dict, path: Path, title: str | None = None) -> Path:
         n = len(g["accs"])
         if n:
             # spread the points sideways by a fixed pattern (no randomness: same data, same picture)
-            xs = [i + 0.18 * ((k % 7) - 3) / 3 for k in range(n)]
+            xs = [i + (0.3 * (k / (n - 1) - 0.5) if n > 1 else 0.0) for k in range(n)]
             ax.scatter(xs, g["accs"], s=14, alpha=0.6, color="C0" if i == 0 else "C1", zorder=2)
             lo, hi = g["ci95"]
             ax.errorbar([i], [g["mean"]], yerr=[[g["mean"] - lo], [hi - g["mean"]]], fmt="_", color="black",
