@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import importlib.util
 import json
 import os
 import signal
@@ -190,8 +191,12 @@ def test_plot_writes_a_png(cli, tmp_path):
 def test_ablate_disable_ema_three_runs(cli, tmp_path):
     """The checked command: two arms, n = 3 each, the same seeds, six run records."""
     out_dir = tmp_path / "D"
-    code, out, err = cli("ablate", "--preset", "smoke", "--disable", "ema", "--runs", "3", *set_args(FAST), "--out", out_dir)
+    plot = ["--plot"] if importlib.util.find_spec("matplotlib") else []
+    code, out, err = cli("ablate", "--preset", "smoke", "--disable", "ema", "--runs", "3", *set_args(FAST), *plot,
+                         "--out", out_dir)
     assert code == 0, err
+    if plot:
+        assert (out_dir / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
     table = [ln.split() for ln in out.splitlines()]
     header = next(i for i, r in enumerate(table) if r[:2] == ["arm", "n"])
     assert [table[header + 1][0], table[header + 2][0]] == ["baseline", "-ema"]
