@@ -419,7 +419,10 @@ def run_ablation(opts: AblateOptions, say=None) -> tuple[dict, int]:
                     (arm_dir / "command.txt").write_text(shlex.join(cmd) + "\n", encoding="utf-8")
                     log = open(arm_dir / "train.log", "w", encoding="utf-8")
                     env = dict(os.environ, **slots[slot])
-                    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+                    # a session of its own: a terminal's Ctrl-C reaches only this process, which
+                    # then asks each child once to stop (a second SIGINT could cut its last write)
+                    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            env=env, start_new_session=True)
                     running.append(_Job(arm, proc, log, slot))
                     status[arm.name] = "running"
                     say(f"arm {arm.name}: started ({len(arms) - len(pending)}/{len(arms)})")
