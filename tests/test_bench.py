@@ -1,0 +1,26 @@
+import json
+import math
+
+from conftest import set_args, tiny_sets
+
+
+def test_hlb_bench_reports_phases(cli, tmp_path):
+    code, out, err = cli("bench", "--preset", "smoke", "--runs", "2", *set_args(tiny_sets()), "--out", tmp_path)
+    assert code == 0, err
+    assert "accuracy  mean" in out and "phases" in out and "train steps" in out
+    rep = json.loads((tmp_path / "bench.json").read_text())
+    assert rep["n"] == 2
+    for key in ("accuracy_mean", "accuracy_std", "accuracy_min", "time_mean", "time_median", "phase_init_mean", "phase_train_mean", "phase_eval_mean"):
+        assert rep[key] is not None and math.isfinite(rep[key]), key
+    # the timed figure is the sum of the timed phases
+    s = json.loads((tmp_path / "summary.json").read_text())
+    for r in s["runs"]:
+        assert abs(sum(r["phases"].values()) - r["train_seconds"]) < 1e-6
+
+
+def test_overhead_benchmark_prints_a_ratio(capsys):
+    from hlbcli.bench import main
+
+    main(["overhead", "--widths", "8,8,8", "--batch-size", "32", "--steps", "2", "--trials", "1", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert "ratio" in out and "core" in out and "94-step" in out
