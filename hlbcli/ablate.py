@@ -37,6 +37,9 @@ class Arm:
     name: str
     disabled: list[str] = field(default_factory=list)
     enabled: list[str] = field(default_factory=list)
+    #: tricks other arms enable and this one does not: passed as ``--disable`` too (a no-op on
+    #: the trick list) so that ``--set``/``--config`` settings for them are accepted here
+    silenced: list[str] = field(default_factory=list)
 
     @property
     def folder(self) -> str:
@@ -97,6 +100,9 @@ def plan_arms(active: list[str], disable: Iterable[str], enable: Iterable[str], 
             "nothing to compare: no arm besides the baseline",
             "name tricks with --disable NAME or --enable NAME, or pass --leave-one-out",
         )
+    added = [e for a in arms for e in a.enabled]
+    for a in arms:
+        a.silenced = [e for e in added if e not in a.enabled]
     return arms
 
 
@@ -106,13 +112,17 @@ def validate_arms(opts: AblateOptions, arms: list[Arm]) -> list[str]:
     active tricks."""
     from hlbcli.session import resolve
 
-    base_cfg, _ = resolve(opts.preset, opts.config, opts.sets)
-    for arm in arms[1:]:
+    active = []
+    for arm in arms:
         try:
-            resolve(opts.preset, opts.config, opts.sets, arm.enabled, arm.disabled)
+            cfg, _ = resolve(opts.preset, opts.config, opts.sets, arm.enabled, arm.disabled + arm.silenced)
         except HlbError as e:
+            if arm.name == BASELINE:
+                raise
             raise UsageError(f"arm '{arm.name}' cannot be built: {e.message}", e.hint) from None
-    return list(base_cfg.tricks)
+        if arm.name == BASELINE:
+            active = list(cfg.tricks)
+    return active
 
 
 def child_command(opts: AblateOptions, arm: Arm, arm_dir: Path) -> list[str]:
@@ -121,7 +131,7 @@ def child_command(opts: AblateOptions, arm: Arm, arm_dir: Path) -> list[str]:
         cmd += ["--config", str(opts.config)]
     for s in opts.sets:
         cmd += ["--set", s]
-    for d in arm.disabled:
+    for d in arm.disabled + arm.silenced:
         cmd += ["--disable", d]
     for e in arm.enabled:
         cmd += ["--enable", e]
@@ -374,10 +384,13 @@ def prepare(opts: AblateOptions) -> list[Arm]:
         from hlbcli.plot import require_matplotlib
 
         require_matplotlib()
-    from hlbcli.session import resolve
+    from hlbcli.config import active_tricks, layered
 
-    base_cfg, _ = resolve(opts.preset, opts.config, opts.sets)
-    arms = plan_arms(list(base_cfg.tricks), opts.disable, opts.enable, opts.leave_one_out)
+    # the baseline's tricks from the layered data alone: its settings are validated below,
+    # once it is known which tricks other arms add
+    active = active_tricks(layered(opts.preset, opts.config, list(opts.sets)), [], [])
+    check_names(active, "the preset's tricks")
+    arms = plan_arms(active, opts.disable, opts.enable, opts.leave_one_out)
     validate_arms(opts, arms)
     return arms
 

@@ -136,6 +136,20 @@ def test_out_folder_with_an_ablation_is_refused(cli, tmp_path):
     assert code == 2 and "already holds an ablation" in err
 
 
+def test_settings_of_an_added_trick_reach_only_the_arms_with_it(cli):
+    code, out, err = cli("ablate", "--preset", "smoke", "--enable", "cutmix", "--enable", "cutout",
+                         "--set", "cutmix.size=5", "--dry-run")
+    assert code == 0, err
+    lines = dict(ln.split("\t") for ln in out.strip().splitlines())
+    assert set(lines) == {"baseline", "+cutmix", "+cutout"}
+    assert "--disable cutmix --disable cutout" in lines["baseline"]  # no-ops that accept the settings
+    assert "--enable cutmix" in lines["+cutmix"] and "--disable cutout" in lines["+cutmix"]
+    assert "--disable cutmix" in lines["+cutout"] and "--enable cutout" in lines["+cutout"]
+    assert all("--set cutmix.size=5" in v for v in lines.values())
+    code, _, err = cli("ablate", "--preset", "smoke", "--enable", "cutout", "--set", "cutmix.size=5", "--dry-run")
+    assert code == 2 and "trick 'cutmix' is not active" in err  # a setting no arm uses
+
+
 def test_dry_run_leave_one_out_lists_one_arm_per_active_trick(cli):
     code, out, err = cli("ablate", "--preset", "smoke", "--leave-one-out", "--dry-run", "--runs", "2")
     assert code == 0, err
