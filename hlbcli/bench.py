@@ -106,6 +106,22 @@ def overhead(
     return out
 
 
+def write_airbench_data(dest: str, data_dir: str | None = None) -> None:
+    """The same CIFAR-10 hlb trains on, in the file format airbench's loader reads
+    (``{"images": uint8 NHWC, "labels": int64, "classes": [...]}``), for side-by-side runs."""
+    from pathlib import Path
+
+    from hlbcli.data import load_cifar
+
+    ds = load_cifar("cifar10", data_dir, download=False)
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    out = Path(dest)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, x, y in (("train", ds.train_images, ds.train_labels), ("test", ds.test_images, ds.test_labels)):
+        torch.save({"images": x.permute(0, 2, 3, 1).contiguous(), "labels": y, "classes": classes}, out / f"{name}.pt")
+    print(f"wrote {out}/train.pt ({len(ds.train_labels)}) and test.pt ({len(ds.test_labels)})")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m hlbcli.bench", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -115,7 +131,13 @@ def main(argv: list[str] | None = None) -> None:
     o.add_argument("--steps", type=int, default=10)
     o.add_argument("--trials", type=int, default=5)
     o.add_argument("--threads", type=int, default=2)
+    d = sub.add_parser("airbench-data", help="write CIFAR-10 as airbench's train.pt/test.pt into a folder")
+    d.add_argument("dest")
+    d.add_argument("--data-dir", default=None)
     a = ap.parse_args(argv)
+    if a.cmd == "airbench-data":
+        write_airbench_data(a.dest, a.data_dir)
+        return
     rows = overhead(tuple(int(w) for w in a.widths.split(",")), a.batch_size, a.steps, a.trials, a.threads)
     print(f"{'variant':10} {'hlb ms/step':>12} {'plain ms/step':>14} {'ratio':>7}")
     for r in rows:
