@@ -246,12 +246,17 @@ def _bound(meta: object) -> str:
     return ""
 
 
+def _one_line(text: str) -> str:
+    """Control characters (a newline in a --set value, say) shown escaped: one line stays one."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 def _print_error(e: HlbError) -> None:
-    typer.echo(f"error: {e.line()}", err=True)
+    typer.echo(f"error: {_one_line(e.line())}", err=True)
     if isinstance(e, ConfigError) and len(e.rows) > 1:
         w = max(len(r[0]) for r in e.rows)
         for where, what in e.rows:
-            typer.echo(f"  {where:<{w}}  {what}", err=True)
+            typer.echo(f"  {_one_line(where):<{w}}  {_one_line(what)}", err=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import json
 import math
 import tomllib
 from importlib import resources
@@ -103,8 +104,8 @@ def _toml_scalar(v: Any) -> str:
         if math.isinf(v):
             return "inf" if v > 0 else "-inf"
         return repr(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, str):  # a TOML basic string: JSON's escapes are TOML's, plus DEL
+        return json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_scalar(x) for x in v) + "]"
     if v is None:
@@ -112,13 +113,17 @@ def _toml_scalar(v: Any) -> str:
     raise TypeError(f"cannot write {type(v).__name__} as TOML")
 
 
+def _toml_key(k: str) -> str:
+    return k if k and all(c.isascii() and (c.isalnum() or c in "_-") for c in k) else _toml_scalar(str(k))
+
+
 def dump_toml(data: dict, _prefix: str = "") -> str:
     """Write a nested dict as TOML (scalars first, then one table per sub-dict)."""
-    lines = [f"{k} = {_toml_scalar(v)}" for k, v in data.items() if not isinstance(v, dict)]
+    lines = [f"{_toml_key(k)} = {_toml_scalar(v)}" for k, v in data.items() if not isinstance(v, dict)]
     out = "\n".join(lines)
     for k, v in data.items():
         if isinstance(v, dict):
-            name = f"{_prefix}{k}"
+            name = f"{_prefix}{_toml_key(k)}"
             body = dump_toml(v, name + ".")
             out += ("\n\n" if out else "") + f"[{name}]\n" + body
     return out
@@ -171,12 +176,12 @@ def deep_merge(base: dict, over: dict) -> dict:
 def apply_set(data: dict, assignment: str) -> dict:
     """Apply one ``a.b=value`` override."""
     if "=" not in assignment:
-        raise UsageError(f"--set '{assignment}' has no '='", "write --set section.key=value, e.g. --set train.epochs=5")
+        raise UsageError(f"--set {assignment!r} has no '='", "write --set section.key=value, e.g. --set train.epochs=5")
     key, _, raw = assignment.partition("=")
     key = key.strip()
     parts = key.split(".")
     if not key or any(not p for p in parts):
-        raise UsageError(f"--set '{assignment}' has an empty key", "write --set section.key=value")
+        raise UsageError(f"--set {assignment!r} has an empty key", "write --set section.key=value")
     out = copy.deepcopy(data)
     node = out
     for p in parts[:-1]:

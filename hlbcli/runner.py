@@ -86,7 +86,7 @@ def train_runs(cfg: Any, tm, opts: TrainOptions, printer: Printer | None = None)
     session = None
 
     def write_summary(partial: bool) -> dict:
-        extra = {"preset_tricks": tricks, "partial": partial}
+        extra = {"preset_tricks": tricks, "partial": partial, "runs_requested": opts.runs}
         if session is not None:
             extra.update(
                 device=device_name(session.device),
@@ -145,15 +145,21 @@ def train_runs(cfg: Any, tm, opts: TrainOptions, printer: Printer | None = None)
                 printer.run_done(rec)
                 if res.status != "completed":
                     exit_code = 1
-                    printer.error(f"run {i + 1} (seed {seed}): {res.message}; the record says so")
+                    then = "--stop-on-failure ends the batch here" if opts.stop_on_failure else "the batch goes on"
+                    printer.error(f"run {i + 1} (seed {seed}) {res.status}: {res.message} ({'its record says so; ' if out else ''}{then})")
                     if opts.stop_on_failure:
                         break
                 write_summary(partial=i + 1 < opts.runs)
     except Interrupted as e:
         summary = write_summary(partial=True)
-        printer.error(f"interrupted by {signal.Signals(e.signum).name}: {summary['n']} finished run(s) kept" + (f" in {out}" if out else ""))
+        done = sum(1 for r in runs if r.get("status") != "interrupted")
+        rest = f"(the rest: --seed {opts.seed + done} --runs {opts.runs - done})" if done < opts.runs else ""
+        printer.error(
+            f"interrupted by {signal.Signals(e.signum).name}: {summary['n']} finished run(s) kept"
+            + (f" in {out}" if out else "") + (f" {rest}" if rest else "")
+        )
         printer.summary(summary)
         return summary, e.exit_code if e.signum != signal.SIGINT else EXIT_INTERRUPTED
-    summary = write_summary(partial=False)
+    summary = write_summary(partial=len(runs) < opts.runs)  # --stop-on-failure may end early
     printer.summary(summary)
     return summary, exit_code

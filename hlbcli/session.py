@@ -25,6 +25,7 @@ def resolve(
     check_names([n for n in disable if n not in extra], "--disable")
     data, user = layered_sources(preset, config_file, list(sets))
     active = active_tricks(data, enable, disable)
+    check_names([n for n in active if n not in extra], "the tricks list")
     inactive = (set(known_tricks()) | set(extra)) - set(active)
     check_inactive_sections(user, inactive, disable)
     tm = build_manager(active, extra=extra)
