@@ -18,8 +18,12 @@ from hlbcli.output import Printer
 from hlbcli.train import prepare, run_one, warm_up
 
 
-class Interrupted(Exception):
-    """Ctrl-C or SIGTERM: the runner writes what it has and exits 128 + signal."""
+class Interrupted(BaseException):
+    """Ctrl-C or SIGTERM: the runner writes what it has and exits 128 + signal.
+
+    A ``BaseException``, like ``KeyboardInterrupt``: the signal handler raises it wherever the
+    process happens to be, and an ``except Exception`` there (the dataset reader turning any
+    error into "file is corrupt", a plugin's fallback) must not swallow it."""
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)

@@ -17,7 +17,7 @@ import torch
 
 from conftest import set_args, tiny_sets
 from hlbcli import record
-from test_errors import install_trick
+from test_errors import fake_cifar, install_trick  # noqa: F401 (a fixture)
 
 TINY = set_args(tiny_sets())
 
@@ -115,6 +115,24 @@ def test_signal_keeps_finished_runs_and_a_partial_summary(tmp_path, sig, want):
     for r in done:
         assert parsed[f"run-{r['seed']:03d}-seed{r['seed']}.json"]["accuracy"] == r["accuracy"]
     assert all(r["status"] in ("completed", "interrupted") for r in s["runs"])
+
+
+def test_interrupt_while_loading_data_is_not_a_corrupt_file(cli, tmp_path, fake_cifar, monkeypatch):
+    """The signal handler raises wherever the process is: the dataset reader's
+    ``except Exception`` must not turn Ctrl-C into "file is corrupt"."""
+    import hlbcli.data
+    from hlbcli.runner import Interrupted
+
+    def interrupted(*a, **k):
+        raise Interrupted(signal.SIGINT)
+
+    monkeypatch.setattr(hlbcli.data.pickle, "load", interrupted)
+    code, out, err = cli("train", "--preset", "smoke", *TINY, "--set", 'data.dataset="cifar10"', "--data-dir", fake_cifar,
+                         "--no-download", "--out", tmp_path / "out", "--quiet")
+    assert code == 130, err
+    assert "interrupted by SIGINT" in err and "corrupt" not in err
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert s["partial"] is True and s["n"] == 0
 
 
 # --- atomic writes ---------------------------------------------------------------------------
