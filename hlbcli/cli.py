@@ -246,6 +246,41 @@ def _bound(meta: object) -> str:
     return ""
 
 
+@app.command()
+def bench(
+    preset: str = PresetOpt,
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[List[str]] = SetOpt,
+    disable: Optional[List[str]] = DisableOpt,
+    enable: Optional[List[str]] = EnableOpt,
+    runs: int = typer.Option(5, "--runs", "-n", min=1, help="seeds to time"),
+    seed: int = typer.Option(0, "--seed", help="seed of the first run"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="dataset folder"),
+    no_download: bool = typer.Option(False, "--no-download", help="fail instead of downloading"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="write records, summary.json and bench.json here"),
+) -> None:
+    """Time a preset over N seeds: accuracy mean/std/min, time mean/median, and each phase
+    (compile and warm-up excluded from the timed figure, reported beside it)."""
+    from hlbcli import record
+    from hlbcli.bench import bench_report, format_report
+    from hlbcli.runner import TrainOptions, train_runs
+    from hlbcli.session import resolve
+
+    cfg, tm = resolve(preset, str(config) if config else None, set_ or [], enable or [], disable or [])
+    opts = TrainOptions(
+        runs=runs, seed=seed, device=device, data_dir=str(data_dir) if data_dir else None,
+        download=not no_download, out=out, quiet=True,
+    )
+    summary, code = train_runs(cfg, tm, opts)
+    rep = bench_report(summary)
+    rep.update(preset=preset, command="hlb " + " ".join(sys.argv[1:]) if sys.argv else "")
+    if out:
+        record.write_json(Path(out) / "bench.json", rep)
+    typer.echo(format_report(rep, preset))
+    raise typer.Exit(code)
+
+
 def _one_line(text: str) -> str:
     """Control characters (a newline in a --set value, say) shown escaped: one line stays one."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
