@@ -136,3 +136,33 @@ class RunContext:
     def settings(self, name: str) -> Any:
         """The settings section of trick ``name`` (its pydantic model instance)."""
         return getattr(self.cfg, name)
+
+
+def trick(
+    name: str,
+    summary: str,
+    settings: type | None = None,
+    *,
+    version: str = "",
+    requires: tuple[str, ...] = (),
+    conflicts: tuple[str, ...] = (),
+):
+    """The two setup hooks every trick has, to assign at module level::
+
+        hlb_trick_info, hlb_config_model = trick("flip", "horizontal flips", FlipSettings)
+
+    ``settings`` (a :class:`hlbcli.config.Settings` subclass) becomes the config section
+    ``name``; without it the trick has no settings."""
+    from hlbcli import hookimpl
+
+    info = TrickInfo(name, summary, version, tuple(requires), tuple(conflicts))
+
+    @hookimpl
+    def hlb_trick_info() -> TrickInfo:
+        return info
+
+    @hookimpl
+    def hlb_config_model():
+        return (name, settings) if settings is not None else None
+
+    return hlb_trick_info, hlb_config_model

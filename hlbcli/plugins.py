@@ -77,8 +77,9 @@ class TrickManager:
         for name in self.origins:
             plugin = self.pm.get_plugin(name)
             fn = getattr(plugin, "hlb_config_model", None)
-            if fn is not None:
-                section, model = fn()
+            result = fn() if fn is not None else None
+            if result is not None:
+                section, model = result
                 out[section] = model
         return out
 

@@ -7,7 +7,7 @@ from pydantic import Field
 
 from hlbcli import hookimpl
 from hlbcli.config import Settings
-from hlbcli.contract import TrickInfo
+from hlbcli.contract import trick
 from hlbcli.core_plugin import sgd_hparams
 from hlbcli.model import batchnorms
 
@@ -34,14 +34,7 @@ def split_groups(model, lr: float, wd: float, scaler: float) -> list[dict]:
     return groups
 
 
-@hookimpl
-def hlb_trick_info():
-    return TrickInfo(NAME, "batchnorm parameters get a scaled-up lr, same absolute weight decay")
-
-
-@hookimpl
-def hlb_config_model():
-    return NAME, BiasLrSettings
+hlb_trick_info, hlb_config_model = trick(NAME, "batchnorm parameters get a scaled-up lr, same absolute weight decay", BiasLrSettings)
 
 
 @hookimpl

@@ -8,7 +8,7 @@ from pydantic import Field
 
 from hlbcli import hookimpl
 from hlbcli.config import Settings
-from hlbcli.contract import Transform, TrickInfo
+from hlbcli.contract import Transform, trick
 
 NAME = "cutmix"
 
@@ -35,14 +35,7 @@ def cutmix(images: torch.Tensor, targets: torch.Tensor, size: int) -> tuple[torc
     return mixed, targets * (1 - area) + targets[partner] * area
 
 
-@hookimpl
-def hlb_trick_info():
-    return TrickInfo(NAME, "paste a square from another image, mix the targets by area")
-
-
-@hookimpl
-def hlb_config_model():
-    return NAME, CutmixSettings
+hlb_trick_info, hlb_config_model = trick(NAME, "paste a square from another image, mix the targets by area", CutmixSettings)
 
 
 @hookimpl

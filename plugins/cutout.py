@@ -8,7 +8,7 @@ from pydantic import Field
 
 from hlbcli import hookimpl
 from hlbcli.config import Settings
-from hlbcli.contract import Transform, TrickInfo
+from hlbcli.contract import Transform, trick
 
 NAME = "cutout"
 
@@ -32,14 +32,7 @@ def cutout(images: torch.Tensor, size: int, generator=None) -> torch.Tensor:
     return images.masked_fill(square_masks(n, h, w, size, images.device, generator), 0)
 
 
-@hookimpl
-def hlb_trick_info():
-    return TrickInfo(NAME, "zero a random square of each training image, per epoch")
-
-
-@hookimpl
-def hlb_config_model():
-    return NAME, CutoutSettings
+hlb_trick_info, hlb_config_model = trick(NAME, "zero a random square of each training image, per epoch", CutoutSettings)
 
 
 @hookimpl

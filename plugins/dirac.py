@@ -8,7 +8,7 @@ from pydantic import Field
 
 from hlbcli import hookimpl
 from hlbcli.config import Settings
-from hlbcli.contract import TrickInfo
+from hlbcli.contract import trick
 from hlbcli.model import group_convs
 
 NAME = "dirac"
@@ -29,14 +29,7 @@ def dirac_partial_(weight: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     return weight
 
 
-@hookimpl
-def hlb_trick_info():
-    return TrickInfo(NAME, "identity init of the first filters of each group conv (partial dirac)")
-
-
-@hookimpl
-def hlb_config_model():
-    return NAME, DiracSettings
+hlb_trick_info, hlb_config_model = trick(NAME, "identity init of the first filters of each group conv (partial dirac)", DiracSettings)
 
 
 @hookimpl

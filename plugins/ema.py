@@ -10,7 +10,7 @@ from pydantic import Field
 
 from hlbcli import hookimpl
 from hlbcli.config import Settings
-from hlbcli.contract import StepAction, TrickInfo
+from hlbcli.contract import StepAction, trick
 
 NAME = "ema"
 
@@ -63,14 +63,7 @@ def tracked_tensors(model: torch.nn.Module) -> list[torch.Tensor]:
     return out
 
 
-@hookimpl
-def hlb_trick_info():
-    return TrickInfo(NAME, "lookahead-EMA: average pulled toward the net every k steps and copied back")
-
-
-@hookimpl
-def hlb_config_model():
-    return NAME, EmaSettings
+hlb_trick_info, hlb_config_model = trick(NAME, "lookahead-EMA: average pulled toward the net every k steps and copied back", EmaSettings)
 
 
 @hookimpl

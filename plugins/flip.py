@@ -12,7 +12,7 @@ from pydantic import Field
 
 from hlbcli import hookimpl
 from hlbcli.config import Settings
-from hlbcli.contract import Transform, TrickInfo
+from hlbcli.contract import Transform, trick
 
 NAME = "flip"
 
@@ -44,14 +44,7 @@ def make_transform(n: int, mode: str, device, generator: torch.Generator | None)
     return Transform(NAME, flip_epoch, level="epoch", order=0)
 
 
-@hookimpl
-def hlb_trick_info():
-    return TrickInfo(NAME, "horizontal flips, alternating per epoch (each image in one of two epochs) or random")
-
-
-@hookimpl
-def hlb_config_model():
-    return NAME, FlipSettings
+hlb_trick_info, hlb_config_model = trick(NAME, "horizontal flips, alternating per epoch (each image in one of two epochs) or random", FlipSettings)
 
 
 @hookimpl

@@ -8,7 +8,7 @@ from pydantic import Field
 
 from hlbcli import hookimpl
 from hlbcli.config import Settings
-from hlbcli.contract import TrickInfo
+from hlbcli.contract import trick
 
 NAME = "label_smoothing"
 
@@ -21,14 +21,7 @@ def smooth(targets: torch.Tensor, factor: float) -> torch.Tensor:
     return targets * (1 - factor) + factor / targets.shape[-1]
 
 
-@hookimpl
-def hlb_trick_info():
-    return TrickInfo(NAME, "soft targets: (1 - eps) * y + eps / K, composes with CutMix")
-
-
-@hookimpl
-def hlb_config_model():
-    return NAME, LabelSmoothingSettings
+hlb_trick_info, hlb_config_model = trick(NAME, "soft targets: (1 - eps) * y + eps / K, composes with CutMix", LabelSmoothingSettings)
 
 
 @hookimpl(wrapper=True)

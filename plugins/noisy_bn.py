@@ -8,7 +8,7 @@ from pydantic import Field
 
 from hlbcli import hookimpl
 from hlbcli.config import Settings
-from hlbcli.contract import TrickInfo
+from hlbcli.contract import trick
 from hlbcli.model import batchnorms
 
 NAME = "noisy_bn"
@@ -42,14 +42,7 @@ def make_noisy(model: torch.nn.Module, momentum: float, eps: float, freeze_scale
     return model
 
 
-@hookimpl
-def hlb_trick_info():
-    return TrickInfo(NAME, "batchnorm with high momentum and tiny eps; frozen scale; optional fp32")
-
-
-@hookimpl
-def hlb_config_model():
-    return NAME, NoisyBnSettings
+hlb_trick_info, hlb_config_model = trick(NAME, "batchnorm with high momentum and tiny eps; frozen scale; optional fp32", NoisyBnSettings)
 
 
 @hookimpl(wrapper=True)

@@ -10,7 +10,7 @@ from pydantic import Field
 
 from hlbcli import hookimpl
 from hlbcli.config import Settings
-from hlbcli.contract import Transform, TrickInfo
+from hlbcli.contract import Transform, trick
 
 NAME = "translate"
 
@@ -39,14 +39,7 @@ def random_translate(images: torch.Tensor, pad: int, generator: torch.Generator 
     return shifted(images, shifts, pad)
 
 
-@hookimpl
-def hlb_trick_info():
-    return TrickInfo(NAME, "random translation by every shift in [-pad, pad] from a reflect pad, per epoch")
-
-
-@hookimpl
-def hlb_config_model():
-    return NAME, TranslateSettings
+hlb_trick_info, hlb_config_model = trick(NAME, "random translation by every shift in [-pad, pad] from a reflect pad, per epoch", TranslateSettings)
 
 
 @hookimpl

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from hlbcli import hookimpl
 from hlbcli.config import Settings
-from hlbcli.contract import TrickInfo
+from hlbcli.contract import trick
 
 NAME = "tta"
 
@@ -36,14 +36,7 @@ def tta_forward(net, level: int, shift: int = 1):
     return {0: net, 1: mirror, 2: mirror_translate}[level]
 
 
-@hookimpl
-def hlb_trick_info():
-    return TrickInfo(NAME, "test-time augmentation: mirror, and mirror + 1-pixel translations")
-
-
-@hookimpl
-def hlb_config_model():
-    return NAME, TtaSettings
+hlb_trick_info, hlb_config_model = trick(NAME, "test-time augmentation: mirror, and mirror + 1-pixel translations", TtaSettings)
 
 
 @hookimpl(tryfirst=True)

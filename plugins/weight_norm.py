@@ -16,7 +16,7 @@ from pydantic import Field
 
 from hlbcli import hookimpl
 from hlbcli.config import Settings
-from hlbcli.contract import StepAction, TrickInfo
+from hlbcli.contract import StepAction, trick
 from hlbcli.model import group_convs
 
 NAME = "weight_norm"
@@ -37,14 +37,7 @@ def renormalize_(weights: list[torch.Tensor], scale: float) -> None:
     torch._foreach_mul_(weights, factors)
 
 
-@hookimpl
-def hlb_trick_info():
-    return TrickInfo(NAME, "conv filters renormalised to a fixed norm after every step")
-
-
-@hookimpl
-def hlb_config_model():
-    return NAME, WeightNormSettings
+hlb_trick_info, hlb_config_model = trick(NAME, "conv filters renormalised to a fixed norm after every step", WeightNormSettings)
 
 
 @hookimpl

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from hlbcli import hookimpl
 from hlbcli.config import Settings
-from hlbcli.contract import TrickInfo
+from hlbcli.contract import trick
 from hlbcli.errors import UsageError
 
 NAME = "whitening"
@@ -49,14 +49,7 @@ def whitening_filters(images: torch.Tensor, k: int, eps: float) -> torch.Tensor:
 # --- hooks -----------------------------------------------------------------------------------
 
 
-@hookimpl
-def hlb_trick_info():
-    return TrickInfo(NAME, "stem conv initialised to whiten 2x2 patches (frozen filters, bias trained briefly)")
-
-
-@hookimpl
-def hlb_config_model():
-    return NAME, WhiteningSettings
+hlb_trick_info, hlb_config_model = trick(NAME, "stem conv initialised to whiten 2x2 patches (frozen filters, bias trained briefly)", WhiteningSettings)
 
 
 @hookimpl

@@ -10,6 +10,26 @@ from hlbcli.session import resolve
 from hlbcli.train import prepare, run_one
 
 
+def guarded_build_step(state: dict):
+    """A build_step that marks, in ``state["on"]``, when a step is running, and counts steps."""
+    orig_build = train_mod.build_step
+
+    def build_step(*a, **k):
+        step = orig_build(*a, **k)
+
+        def guarded(x, y, i):
+            state["on"] = True
+            state["steps"] += 1
+            try:
+                step(x, y, i)
+            finally:
+                state["on"] = False
+
+        return guarded
+
+    return build_step
+
+
 def _count_hook_calls(batch_size: int, extra=()):
     cfg, tm = resolve("smoke", sets=tiny_sets(f"train.batch_size={batch_size}", *extra), enable=["cutmix", "weight_norm"])
     s = prepare(cfg, tm, "cpu")
@@ -24,22 +44,8 @@ def _count_hook_calls(batch_size: int, extra=()):
         pass
 
     orig_build = train_mod.build_step
-
-    def build_step(*a, **k):
-        step = orig_build(*a, **k)
-
-        def guarded(x, y, i):
-            in_step["on"] = True
-            in_step["steps"] += 1
-            try:
-                step(x, y, i)
-            finally:
-                in_step["on"] = False
-
-        return guarded
-
     undo = tm.pm.add_hookcall_monitoring(before, after)
-    train_mod.build_step = build_step
+    train_mod.build_step = guarded_build_step(in_step)
     try:
         run_one(s, 0)
     finally:
@@ -59,7 +65,6 @@ def test_no_host_sync_inside_a_step(monkeypatch):
     """Reading a tensor on the host inside a step raises: item(), tolist(), bool(), float()."""
     cfg, tm = resolve("smoke", sets=tiny_sets(), enable=["cutmix", "weight_norm"])
     s = prepare(cfg, tm, "cpu")
-    orig_build = train_mod.build_step
     state = {"on": False, "steps": 0}
 
     def forbid(name):
@@ -75,19 +80,6 @@ def test_no_host_sync_inside_a_step(monkeypatch):
     for name in ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy"):
         forbid(name)
 
-    def build_step(*a, **k):
-        step = orig_build(*a, **k)
-
-        def guarded(x, y, i):
-            state["on"] = True
-            state["steps"] += 1
-            try:
-                step(x, y, i)
-            finally:
-                state["on"] = False
-
-        return guarded
-
-    monkeypatch.setattr(train_mod, "build_step", build_step)
+    monkeypatch.setattr(train_mod, "build_step", guarded_build_step(state))
     res = run_one(s, 0)
     assert res.status == "completed" and state["steps"] > 0

@@ -7,7 +7,7 @@ from pydantic import Field
 
 from hlbcli import hookimpl
 from hlbcli.config import Settings
-from hlbcli.contract import Transform, TrickInfo
+from hlbcli.contract import Transform, trick
 
 NAME = "mixup"
 __version__ = "0.2.0"
@@ -35,14 +35,7 @@ def mixup(images: torch.Tensor, targets: torch.Tensor, alpha: float) -> tuple[to
     return images * li + images[partner] * (1 - li), targets * lt + targets[partner] * (1 - lt)
 
 
-@hookimpl
-def hlb_trick_info():
-    return TrickInfo(NAME, "blend pairs of images and their labels with Beta(alpha, alpha) weights", version=__version__)
-
-
-@hookimpl
-def hlb_config_model():
-    return NAME, MixupSettings
+hlb_trick_info, hlb_config_model = trick(NAME, "blend pairs of images and their labels with Beta(alpha, alpha) weights", MixupSettings, version=__version__)
 
 
 @hookimpl
