@@ -260,8 +260,9 @@ def bench(
     no_download: bool = typer.Option(False, "--no-download", help="fail instead of downloading"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write records, summary.json and bench.json here"),
 ) -> None:
-    """Time a preset over N seeds: accuracy mean/std/min, time mean/median, and each phase
-    (compile and warm-up excluded from the timed figure, reported beside it)."""
+    """Time a preset over N seeds: accuracy and time statistics, and each timed phase.
+
+    Compile and warm-up are excluded from the timed figure and reported beside it."""
     from hlbcli import record
     from hlbcli.bench import bench_report, format_report
     from hlbcli.runner import TrainOptions, train_runs
