@@ -51,6 +51,9 @@ ConfigOpt = typer.Option(None, "--config", "-c", help="TOML file layered over th
 SetOpt = typer.Option(None, "--set", "-s", help="override one key: section.key=value (TOML value); repeatable")
 DisableOpt = typer.Option(None, "--disable", "-d", help="turn a trick off; repeatable")
 EnableOpt = typer.Option(None, "--enable", "-e", help="turn a trick on; repeatable")
+DeviceOpt = typer.Option("auto", "--device", help="auto, cpu or cuda")
+DataDirOpt = typer.Option(None, "--data-dir", help="dataset folder (default: $HLB_DATA_DIR, else a user cache)")
+NoDownloadOpt = typer.Option(False, "--no-download", help="fail instead of downloading a missing dataset")
 
 
 @app.command()
@@ -62,9 +65,9 @@ def train(
     enable: Optional[List[str]] = EnableOpt,
     runs: int = typer.Option(1, "--runs", "-n", min=1, help="seeds to train, one after another in this process"),
     seed: int = typer.Option(0, "--seed", help="seed of the first run; run i uses seed + i"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="dataset folder (default: $HLB_DATA_DIR, else a user cache)"),
-    no_download: bool = typer.Option(False, "--no-download", help="fail instead of downloading a missing dataset"),
+    device: str = DeviceOpt,
+    data_dir: Optional[Path] = DataDirOpt,
+    no_download: bool = NoDownloadOpt,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write one JSON record per run and summary.json here"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="print nothing but errors"),
     deterministic: bool = typer.Option(False, "--deterministic", help="ask CUDA for deterministic kernels"),
@@ -106,9 +109,9 @@ def ablate(
     runs: int = typer.Option(3, "--runs", "-n", min=1, help="seeds per arm (the same seeds in every arm)"),
     seed: int = typer.Option(0, "--seed", help="first seed; arm runs use seed .. seed + runs - 1"),
     workers: int = typer.Option(1, "--workers", "-w", min=1, help="arms trained at once: one per visible GPU, or CPU processes sharing the cores"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="dataset folder (default: $HLB_DATA_DIR, else a user cache)"),
-    no_download: bool = typer.Option(False, "--no-download", help="fail instead of downloading a missing dataset"),
+    device: str = DeviceOpt,
+    data_dir: Optional[Path] = DataDirOpt,
+    no_download: bool = NoDownloadOpt,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="results folder (default: ./hlb-ablate-PRESET-TIME)"),
     plot: bool = typer.Option(False, "--plot", help="also write accuracy.png (needs the 'plot' extra)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="print only the table and errors"),
@@ -255,9 +258,9 @@ def bench(
     enable: Optional[List[str]] = EnableOpt,
     runs: int = typer.Option(5, "--runs", "-n", min=1, help="seeds to time"),
     seed: int = typer.Option(0, "--seed", help="seed of the first run"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="dataset folder"),
-    no_download: bool = typer.Option(False, "--no-download", help="fail instead of downloading"),
+    device: str = DeviceOpt,
+    data_dir: Optional[Path] = DataDirOpt,
+    no_download: bool = NoDownloadOpt,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write records, summary.json and bench.json here"),
 ) -> None:
     """Time a preset over N seeds: accuracy and time statistics, and each timed phase.
