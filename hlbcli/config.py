@@ -19,7 +19,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from hlbcli.errors import ConfigError, UsageError
 
-CORE_SECTIONS = ("description", "tricks", "data", "model", "train")
 
 
 class Settings(BaseModel):
@@ -146,11 +145,11 @@ def load_toml_file(path: str | Path, what: str) -> dict:
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"{what} cannot be read: {p}: {e.__class__.__name__}", "check its permissions and encoding")
+        raise UsageError(f"{what} cannot be read: {p}: {e.__class__.__name__}", "check its permissions and encoding") from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise UsageError(f"{what} is not valid TOML: {p}: {e}", "fix the syntax at that line")
+        raise UsageError(f"{what} is not valid TOML: {p}: {e}", "fix the syntax at that line") from None
 
 
 def load_preset(name: str) -> dict:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from hlbcli import hookimpl
 from hlbcli.contract import RunContext
 from hlbcli.data import load_cifar, synthetic
-from hlbcli.model import build_net, check_fits
+from hlbcli.model import build_net
 
 
 def kilostep_scale(momentum: float) -> float:
@@ -109,4 +109,4 @@ def hlb_evaluate(model, images, labels, forward, ctx: RunContext):
     return {"accuracy": correct.item() / n, "loss": loss.item() / n}
 
 
-__all__ = ["check_fits", "kilostep_scale", "sgd_hparams", "piecewise_linear"]
+__all__ = ["kilostep_scale", "sgd_hparams", "piecewise_linear"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path

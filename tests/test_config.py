@@ -1,6 +1,7 @@
 import tomllib
 
 import pytest
+from pydantic import ValidationError
 
 from hlbcli.config import dump_toml, parse_value, preset_names
 from hlbcli.session import resolve
@@ -26,7 +27,7 @@ def test_layering_preset_then_file_then_set(tmp_path):
 
 def test_config_is_frozen():
     cfg, _ = resolve("smoke")
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         cfg.train.lr = 1.0
 
 
