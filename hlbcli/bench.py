@@ -16,6 +16,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from hlbcli.config import load_preset
 from hlbcli.session import resolve
 from hlbcli.train import plan_run, prepare
 
@@ -70,7 +71,7 @@ def overhead(
         ]
         if "ema" in tricks:
             sets.append(f"ema.every={every}")
-        cfg, tm = resolve("smoke", sets=sets, disable=[t for t in resolve("smoke")[0].tricks if t not in tricks])
+        cfg, tm = resolve("smoke", sets=sets, disable=[t for t in load_preset("smoke")["tricks"] if t not in tricks])
         session = prepare(cfg, tm, "cpu")
         plan = plan_run(session, 0)
         model = session.model

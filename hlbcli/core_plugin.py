@@ -44,7 +44,7 @@ def hlb_model_build(cfg, num_classes, in_channels):
 
 
 @hookimpl(trylast=True)
-def hlb_loss_build(cfg, ctx):
+def hlb_loss_build():
     def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, targets, reduction="none")
 
@@ -52,14 +52,14 @@ def hlb_loss_build(cfg, ctx):
 
 
 @hookimpl(trylast=True)
-def hlb_param_groups(model, cfg, ctx):
+def hlb_param_groups(model, cfg):
     lr, wd = sgd_hparams(cfg.train)
     params = [p for p in model.parameters() if p.requires_grad]
     return [dict(params=params, lr=lr, weight_decay=wd / lr, name="all")]
 
 
 @hookimpl(trylast=True)
-def hlb_optimizer_build(param_groups, cfg, ctx):
+def hlb_optimizer_build(param_groups, cfg):
     t = cfg.train
     return torch.optim.SGD(param_groups, momentum=t.momentum, nesterov=t.nesterov and t.momentum > 0)
 
@@ -75,13 +75,13 @@ def piecewise_linear(total_steps: int, start: float, peak_at: float, end: float)
 
 
 @hookimpl(trylast=True)
-def hlb_lr_schedule(total_steps, cfg, ctx):
+def hlb_lr_schedule(total_steps, cfg):
     t = cfg.train
     return piecewise_linear(total_steps, t.lr_start, t.lr_peak_at, t.lr_end)
 
 
 @hookimpl(trylast=True)
-def hlb_eval_forward(model, cfg, ctx):
+def hlb_eval_forward(model):
     return model
 
 

@@ -71,7 +71,6 @@ class Session:
     build_seconds: float
     warmup_seconds: float = 0.0
     warmed_up: bool = False
-    tricks: list[str] = field(default_factory=list)
 
     @property
     def train_size(self) -> int:
@@ -121,7 +120,7 @@ def prepare(
     build_s = time.perf_counter() - t0
     return Session(
         cfg, tm, dev, dtype, dataset, model, forward_model, compile_on,
-        deterministic or dev.type == "cpu", load_s, build_s, tricks=tm.trick_names(),
+        deterministic or dev.type == "cpu", load_s, build_s,
     )
 
 

@@ -36,7 +36,7 @@ hlb_trick_info, hlb_config_model = trick(NAME, "zero a random square of each tra
 
 
 @hookimpl
-def hlb_batch_transforms(cfg, ctx):
+def hlb_batch_transforms(cfg):
     size = getattr(cfg, NAME).size
 
     def cutout_epoch(images, epoch, gen=None):

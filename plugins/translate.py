@@ -43,7 +43,7 @@ hlb_trick_info, hlb_config_model = trick(NAME, "random translation by every shif
 
 
 @hookimpl
-def hlb_batch_transforms(cfg, ctx):
+def hlb_batch_transforms(cfg):
     pad = getattr(cfg, NAME).pad
 
     def translate_epoch(images, epoch, gen=None):
