@@ -1,5 +1,6 @@
 """Third-party tricks through the `hlb.tricks` entry point, installed for real with pip into a
-fresh virtual environment (that sees this environment's packages, hlbcli included): the
+fresh virtual environment (that sees the packages of the environment running the tests,
+hlbcli included, through a .pth file): the
 example `hlb-mixup` project, and three broken distributions."""
 
 from __future__ import annotations
@@ -89,8 +90,16 @@ def venv(tmp_path_factory):
     `python -m hlbcli.cli` in it."""
     root = tmp_path_factory.mktemp("third_party")
     env_dir = root / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(env_dir)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], check=True)
     py = env_dir / "bin" / "python"
+    # See the packages of the environment running the tests (hlbcli, torch, pip, setuptools),
+    # wherever they live: a venv made from a venv would only see the base interpreter's.
+    site_dir = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    parent = [p for p in sys.path if p.endswith("-packages") and Path(p).is_dir()]
+    # addsitedir, not a bare path: the .pth files there (an editable install's) take effect too
+    lines = "".join(f"import site; site.addsitedir({p!r})\n" for p in parent)
+    (Path(site_dir) / "_hlb_test_parent.pth").write_text(lines)
     example = root / "example_trick"  # build from a copy: the repository stays clean
     shutil.copytree(EXAMPLE, example, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     projects = [example] + [_write_broken(root, t) for t in BROKEN]
