@@ -72,11 +72,23 @@ class TrainSettings(Settings):
     lr_start: float = Field(0.2, ge=0, description="lr multiplier at step 0")
     lr_peak_at: float = Field(0.23, ge=0, le=1, description="fraction of training where the lr multiplier is 1")
     lr_end: float = Field(0.07, ge=0, description="lr multiplier at the last step")
-    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
-        "auto", description="autocast dtype on CUDA (auto = fp16); the CPU always trains in fp32"
+    precision: Literal["auto", "fp32", "fp16", "bf16", "fp16-weights", "bf16-weights"] = Field(
+        "auto",
+        description=(
+            "fp16-weights / bf16-weights: the net's weights, activations and optimizer state in half"
+            " precision, batchnorm in fp32, no autocast (airbench's GPU path); fp16 / bf16: fp32 weights"
+            " under autocast; auto: fp16-weights on CUDA, fp32 on the CPU"
+        ),
     )
     channels_last: bool = Field(True, description="channels_last memory format (faster convs on CUDA and on CPU)")
     compile: Literal["auto", "on", "off"] = Field("auto", description="torch.compile the model (auto: on for CUDA)")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
+        "default",
+        description="torch.compile mode: reduce-overhead and max-autotune capture CUDA graphs (on CUDA)",
+    )
+    optimizer_impl: Literal["auto", "fused", "foreach", "for-loop"] = Field(
+        "auto", description="SGD kernels: fused (one kernel per dtype), foreach, or per tensor; auto: fused"
+    )
     eval_every_epoch: bool = Field(True, description="measure val accuracy (no TTA) after every epoch, untimed")
     eval_batch_size: int = Field(2000, gt=0, description="batch size for evaluation")
 

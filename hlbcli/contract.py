@@ -111,6 +111,8 @@ class RunContext:
 
     cfg: Any
     device: torch.device
+    #: the dtype of the images the net sees (and of its weights, batchnorm aside, in the
+    #: ``*-weights`` precisions)
     dtype: torch.dtype
     dataset: Dataset
     seed: int
@@ -126,16 +128,34 @@ class RunContext:
     #: Set by ``hlb_epoch_start``/``hlb_epoch_end`` implementations that need the trainer to
     #: rebuild the step (a phase boundary that transforms and actions do not already mark).
     rebuild_step: bool = False
+    #: the autocast dtype (``train.precision`` fp16/bf16), None when the run uses no autocast
+    autocast_dtype: torch.dtype | None = None
 
     def autocast(self):
-        """The autocast context of this run (a no-op in fp32)."""
-        if self.dtype == torch.float32:
+        """The autocast context of this run (a no-op without autocast)."""
+        if self.autocast_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def settings(self, name: str) -> Any:
         """The settings section of trick ``name`` (its pydantic model instance)."""
         return getattr(self.cfg, name)
+
+
+@dataclass(frozen=True)
+class CrossEntropy:
+    """The core's loss: per-example cross-entropy, ``label_smoothing`` as in
+    ``F.cross_entropy``. ``targets`` are class indices (B,) when no batch transform is active
+    in the phase, else probabilities (B, K) (CutMix, mixup), and the logits then come in fp32.
+    A loss wrapper that knows this class can fold its change in (label smoothing does) and keep
+    the step at one loss kernel; any other wrapper receives both kinds of targets."""
+
+    label_smoothing: float = 0.0
+
+    def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        return F.cross_entropy(logits, targets, reduction="none", label_smoothing=self.label_smoothing)
 
 
 def trick(

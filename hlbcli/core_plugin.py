@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from hlbcli import hookimpl
-from hlbcli.contract import RunContext
+from hlbcli.contract import CrossEntropy, RunContext
 from hlbcli.data import load_cifar, synthetic
 from hlbcli.model import build_net
 
@@ -45,10 +45,7 @@ def hlb_model_build(cfg, num_classes, in_channels):
 
 @hookimpl(trylast=True)
 def hlb_loss_build():
-    def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, targets, reduction="none")
-
-    return cross_entropy
+    return CrossEntropy()
 
 
 @hookimpl(trylast=True)
@@ -61,7 +58,9 @@ def hlb_param_groups(model, cfg):
 @hookimpl(trylast=True)
 def hlb_optimizer_build(param_groups, cfg):
     t = cfg.train
-    return torch.optim.SGD(param_groups, momentum=t.momentum, nesterov=t.nesterov and t.momentum > 0)
+    impl = "fused" if t.optimizer_impl == "auto" else t.optimizer_impl
+    kernels = {"fused": dict(fused=True), "foreach": dict(foreach=True), "for-loop": dict(foreach=False)}[impl]
+    return torch.optim.SGD(param_groups, momentum=t.momentum, nesterov=t.nesterov and t.momentum > 0, **kernels)
 
 
 def piecewise_linear(total_steps: int, start: float, peak_at: float, end: float) -> torch.Tensor:

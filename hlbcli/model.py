@@ -99,3 +99,14 @@ def batchnorms(model: nn.Module) -> list[nn.BatchNorm2d]:
 def group_convs(model: nn.Module) -> list[nn.Conv2d]:
     """The 3x3 convs of the conv groups (not the stem)."""
     return [m for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and not n.endswith("stem")]
+
+
+def half_weights(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Weights (and so activations and optimizer state) in ``dtype``, every batchnorm's
+    parameters and running statistics kept in fp32: airbench's GPU precision path, with no
+    per-step casts of fp32 master weights. Batchnorm takes the half-precision input and
+    returns it in that dtype."""
+    model.to(dtype)
+    for bn in batchnorms(model):
+        bn.float()
+    return model

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from hlbcli.contract import Dataset, RunContext, StepAction, Transform
 from hlbcli.data import normalize
 from hlbcli.errors import UsageError
-from hlbcli.model import check_fits
+from hlbcli.model import check_fits, half_weights
 from hlbcli.plugins import TrickManager
 
 
@@ -36,10 +36,26 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype, torch.dtype | None]:
+    """(dtype of the images and weights, autocast dtype or None) for ``train.precision``.
+    ``auto`` is fp16-weights on CUDA and fp32 elsewhere; the explicit choices hold on any
+    device (half precision on the CPU is slow, but it is what tests and the ops benchmark use
+    to follow the CUDA path)."""
+    if precision == "auto":
+        precision = "fp16-weights" if device.type == "cuda" else "fp32"
+    if precision == "fp32":
+        return torch.float32, None
+    if precision.endswith("-weights"):
+        return HALF[precision.split("-")[0]], None
+    return torch.float32, HALF[precision]
+
+
 def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
-    if device.type != "cuda" or precision == "fp32":
-        return torch.float32
-    return torch.bfloat16 if precision == "bf16" else torch.float16
+    """The dtype the net's inputs come in (autocast casts them itself)."""
+    return resolve_precision(precision, device)[0]
 
 
 class Timer:
@@ -62,6 +78,7 @@ class Session:
     tm: TrickManager
     device: torch.device
     dtype: torch.dtype
+    autocast_dtype: torch.dtype | None
     dataset: Dataset
     model: torch.nn.Module
     forward_model: torch.nn.Module
@@ -98,7 +115,7 @@ def prepare(
     deterministic: bool = False,
 ) -> Session:
     dev = resolve_device(device)
-    dtype = resolve_dtype(cfg.train.precision, dev)
+    dtype, autocast_dtype = resolve_precision(cfg.train.precision, dev)
     set_deterministic(deterministic)
     t0 = time.perf_counter()
     dataset = tm.hook.hlb_dataset_build(cfg=cfg, device=dev, data_dir=data_dir, download=download)
@@ -113,13 +130,15 @@ def prepare(
     t0 = time.perf_counter()
     model = tm.hook.hlb_model_build(cfg=cfg, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
     model = model.to(dev)
+    if dtype != torch.float32:
+        half_weights(model, dtype)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     compile_on = cfg.train.compile == "on" or (cfg.train.compile == "auto" and dev.type == "cuda")
-    forward_model = torch.compile(model) if compile_on else model
+    forward_model = torch.compile(model, mode=cfg.train.compile_mode) if compile_on else model
     build_s = time.perf_counter() - t0
     return Session(
-        cfg, tm, dev, dtype, dataset, model, forward_model, compile_on,
+        cfg, tm, dev, dtype, autocast_dtype, dataset, model, forward_model, compile_on,
         deterministic or dev.type == "cpu", load_s, build_s,
     )
 
@@ -156,27 +175,39 @@ def build_step(
     actions: list[StepAction],
     num_classes: int,
     ctx: RunContext,
-    totals: tuple[torch.Tensor, torch.Tensor],
+    record: "StepRecord",
 ) -> Callable[[torch.Tensor, torch.Tensor, int], None]:
-    """Fuse one phase's transforms and actions into a plain step function."""
+    """Fuse one phase's transforms and actions into a plain step function.
+
+    Per step it dispatches what a hand-written step would: the forward, one loss, the
+    backward, the optimizer's kernels and the actions due; nothing for bookkeeping (the loss
+    tensors are kept on a list and summed once per epoch). Class-index targets go to the loss
+    unless a batch transform is active, which gets one-hot targets and hands back soft ones."""
     before = tuple(a for a in actions if a.where == "before_forward")
     after_bwd = tuple(a for a in actions if a.where == "after_backward")
     after = tuple(a for a in actions if a.where == "after_step")
     transforms = tuple(t.fn for t in batch_transforms)
+    soft = bool(transforms)
     groups = optimizer.param_groups
-    loss_total, correct_total = totals
     autocast = ctx.autocast
+    use_autocast = ctx.autocast_dtype is not None
+    losses, last = record.losses, record.last
 
     def step(x: torch.Tensor, y: torch.Tensor, i: int) -> None:
         for a in before:
             if a.active(i):
                 a.fn(i)
-        targets = F.one_hot(y, num_classes).float()
-        for fn in transforms:
-            x, targets = fn(x, targets)
-        with autocast():
+        targets = y
+        if soft:
+            targets = F.one_hot(y, num_classes).float()
+            for fn in transforms:
+                x, targets = fn(x, targets)
+        if use_autocast:
+            with autocast():
+                logits = forward(x)
+        else:
             logits = forward(x)
-        loss = loss_fn(logits.float(), targets).sum()
+        loss = loss_fn(logits.float() if soft else logits, targets).sum()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         for a in after_bwd:
@@ -190,10 +221,33 @@ def build_step(
         for a in after:
             if a.active(done):
                 a.fn(done)
-        loss_total.add_(loss.detach())
-        correct_total.add_((logits.detach().argmax(1) == y).sum())
+        losses.append(loss)
+        last[:] = (logits, y)
 
     return step
+
+
+@dataclass
+class StepRecord:
+    """What the steps leave for the epoch's metrics: each step's summed loss (a device tensor,
+    never read inside a step), and the last batch's logits and labels."""
+
+    losses: list = field(default_factory=list)
+    last: list = field(default_factory=list)
+
+    def clear(self) -> None:
+        self.losses.clear()
+        self.last.clear()
+
+    def read(self, batch_size: int) -> tuple[float, float]:
+        """(mean train loss per example over the epoch, accuracy on its last batch): one sync."""
+        if not self.losses:
+            return float("nan"), float("nan")
+        logits, y = self.last
+        total = torch.stack([v.float() for v in self.losses]).sum()
+        acc = (logits.argmax(1) == y).float().mean()
+        loss_sum, acc_v = torch.stack([total, acc]).tolist()
+        return loss_sum / (len(self.losses) * batch_size), acc_v
 
 
 @dataclass
@@ -220,13 +274,12 @@ class RunPlan:
     lr_table: list[float]
     actions: list[StepAction]
     train_images: torch.Tensor
-    loss_total: torch.Tensor
-    correct_total: torch.Tensor
+    record: StepRecord = field(default_factory=StepRecord)
 
     def step_fn(self, forward: torch.nn.Module, batch_transforms: list[Transform]):
         return build_step(
             forward, self.loss_fn, self.optimizer, self.base_lrs, self.lr_table, batch_transforms,
-            self.actions, self.ctx.dataset.num_classes, self.ctx, (self.loss_total, self.correct_total),
+            self.actions, self.ctx.dataset.num_classes, self.ctx, self.record,
         )
 
 
@@ -248,7 +301,7 @@ def plan_run(session: Session, seed: int, warmup: bool = False) -> RunPlan:
     ctx = RunContext(
         cfg=cfg, device=dev, dtype=session.dtype, dataset=ds, seed=seed, batch_size=t.batch_size,
         steps_per_epoch=steps_per_epoch, total_steps=total_steps, epochs=t.epochs, num_epochs=num_epochs,
-        model=model, generator=gen,
+        model=model, generator=gen, autocast_dtype=session.autocast_dtype,
     )
     ctx.state["warmup"] = warmup
     train_images = normalize(ds.train_images, ds.mean, ds.std, session.dtype)
@@ -268,10 +321,7 @@ def plan_run(session: Session, seed: int, warmup: bool = False) -> RunPlan:
     lr_table = [float(v) for v in lr_table.tolist()]
     actions = _flatten(tm.hook.hlb_step_actions(model=model, optimizer=optimizer, cfg=cfg, ctx=ctx))
     tm.hook.hlb_train_start(ctx=ctx)
-    return RunPlan(
-        ctx, transforms, loss_fn, optimizer, base_lrs, lr_table, actions, train_images,
-        torch.zeros((), device=dev), torch.zeros((), device=dev, dtype=torch.long),
-    )
+    return RunPlan(ctx, transforms, loss_fn, optimizer, base_lrs, lr_table, actions, train_images)
 
 
 def run_one(
@@ -289,7 +339,7 @@ def run_one(
     plan = plan_run(session, seed, warmup)
     phases["init"] = timer.now() - t0
     ctx, transforms, actions, train_images = plan.ctx, plan.transforms, plan.actions, plan.train_images
-    loss_total, correct_total = plan.loss_total, plan.correct_total
+    record = plan.record
     model, fwd, gen = session.model, session.forward_model, ctx.generator
     t = cfg.train
     n = session.train_size
@@ -321,16 +371,13 @@ def run_one(
         n_steps = min(steps_per_epoch, total_steps - step)
         if warmup:
             n_steps = min(n_steps, 2)
-        loss_total.zero_()
-        correct_total.zero_()
+        record.clear()
         bs = t.batch_size
         for i in range(n_steps):
             idx = perm[i * bs : (i + 1) * bs]
             step_fn(images[idx], labels[idx], step)
             step += 1
-        seen = max(n_steps * bs, 1)
-        train_loss = loss_total.item() / seen
-        train_acc = correct_total.item() / seen
+        train_loss, train_acc = record.read(bs)
         dt = timer.now() - t0
         phases["train"] += dt
         elapsed += dt

@@ -1,7 +1,7 @@
 """Lookahead-EMA (airbench): every ``every`` steps the average moves toward the net with decay
 base**every * (t / T)**power and is copied back into the net; after the last step the net
 becomes the average, and evaluation uses the averaged weights. All tensors move in one batch
-of foreach operations; the decays are a precomputed device tensor."""
+of foreach operations (two per dtype); the decays are precomputed host floats."""
 
 from __future__ import annotations
 
@@ -29,31 +29,44 @@ def decay_table(total_steps: int, every: int, base: float, power: float, device=
 
 
 class Lookahead:
-    """The average of a fixed list of tensors (parameters and float buffers)."""
+    """The average of a fixed list of tensors (parameters and float buffers). Tensors are
+    grouped by dtype once (half weights beside fp32 batchnorm), so an update is two foreach
+    kernels per dtype: a lerp of the average toward the net and a copy back."""
 
     def __init__(self, tensors: list[torch.Tensor]):
         self.net = tensors
         self.avg = [t.detach().clone() for t in tensors]
+        by_dtype: dict[torch.dtype, tuple[list, list]] = {}
+        for n, a in zip(self.net, self.avg):
+            nets, avgs = by_dtype.setdefault(n.dtype, ([], []))
+            nets.append(n)
+            avgs.append(a)
+        self.groups = list(by_dtype.values())
 
     @torch.no_grad()
-    def update(self, decay: torch.Tensor) -> None:
-        """avg <- decay * avg + (1 - decay) * net; net <- avg. ``decay`` may be a 0-d device
-        tensor: nothing reads it on the host."""
-        diff = torch._foreach_sub(self.net, self.avg)
-        torch._foreach_mul_(diff, 1 - decay)
-        torch._foreach_add_(self.avg, diff)
-        torch._foreach_copy_(self.net, self.avg)
+    def update(self, decay: float | torch.Tensor) -> None:
+        """avg <- decay * avg + (1 - decay) * net; net <- avg. ``decay`` is a host float (the
+        trainer's table) or a 0-d tensor; a float costs no kernel and no sync."""
+        weight = 1 - decay
+        for nets, avgs in self.groups:
+            if isinstance(weight, torch.Tensor):
+                torch._foreach_lerp_(avgs, nets, weight.to(avgs[0].dtype))
+            else:
+                torch._foreach_lerp_(avgs, nets, weight)
+            torch._foreach_copy_(nets, avgs)
 
     @torch.no_grad()
     def finish(self) -> None:
-        torch._foreach_copy_(self.net, self.avg)
+        for nets, avgs in self.groups:
+            torch._foreach_copy_(nets, avgs)
 
     @torch.no_grad()
     def swap(self) -> None:
         """Exchange net and average (used around a mid-run evaluation)."""
-        tmp = [t.clone() for t in self.net]
-        torch._foreach_copy_(self.net, self.avg)
-        torch._foreach_copy_(self.avg, tmp)
+        for nets, avgs in self.groups:
+            tmp = torch._foreach_add(nets, 0)
+            torch._foreach_copy_(nets, avgs)
+            torch._foreach_copy_(avgs, tmp)
 
 
 def tracked_tensors(model: torch.nn.Module) -> list[torch.Tensor]:
@@ -71,7 +84,7 @@ def hlb_step_actions(model, cfg, ctx):
     s = getattr(cfg, NAME)
     state = Lookahead(tracked_tensors(model))
     ctx.state[NAME] = state
-    decays = decay_table(ctx.total_steps, s.every, s.base, s.power, ctx.device)
+    decays = decay_table(ctx.total_steps, s.every, s.base, s.power).tolist()  # host floats: no kernel per update
     start = int(s.start_epoch * ctx.steps_per_epoch)
     if start > 0:
         # the average starts where the net is when updates begin

@@ -19,21 +19,37 @@ class TtaSettings(Settings):
     shift: int = Field(1, ge=1, le=4, description="level 2: translation in pixels")
 
 
+def tta_views(x: torch.Tensor, level: int, shift: int = 1) -> tuple[torch.Tensor, list[float]]:
+    """All the views of a batch stacked into one batch, and each view's weight in the
+    average: level 1 the image and its mirror (1/2 each); level 2 also both mirrored
+    copies shifted by ``shift`` pixels up-left and down-right (1/4 for the image and its
+    mirror, 1/8 for each shifted view)."""
+    if level == 0:
+        return x, [1.0]
+    if level == 1:
+        return torch.cat([x, x.flip(-1)]), [0.5, 0.5]
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (shift,) * 4, mode="reflect")
+    up_left = padded[..., :h, :w]
+    down_right = padded[..., 2 * shift : 2 * shift + h, 2 * shift : 2 * shift + w]
+    views = torch.cat([x, up_left, down_right])
+    return torch.cat([views, views.flip(-1)]), [0.25, 0.125, 0.125, 0.25, 0.125, 0.125]
+
+
 def tta_forward(net, level: int, shift: int = 1):
-    """A forward that averages logits over test-time augmentations."""
+    """A forward that averages the logits over the test-time views, all in one batch (one
+    forward call per evaluation batch, whatever the level)."""
+    if level == 0:
+        return net
 
-    def mirror(x: torch.Tensor) -> torch.Tensor:
-        return 0.5 * net(x) + 0.5 * net(x.flip(-1))
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        views, weights = tta_views(x, level, shift)
+        logits = net(views)
+        logits = logits.view(len(weights), x.shape[0], *logits.shape[1:])
+        w = torch.tensor(weights, dtype=logits.dtype, device=logits.device).view(-1, *[1] * (logits.dim() - 1))
+        return (logits * w).sum(0)
 
-    def mirror_translate(x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        padded = F.pad(x, (shift,) * 4, mode="reflect")
-        up_left = padded[..., :h, :w]
-        down_right = padded[..., 2 * shift : 2 * shift + h, 2 * shift : 2 * shift + w]
-        shifted = 0.5 * mirror(up_left) + 0.5 * mirror(down_right)
-        return 0.5 * mirror(x) + 0.5 * shifted
-
-    return {0: net, 1: mirror, 2: mirror_translate}[level]
+    return forward
 
 
 hlb_trick_info, hlb_config_model = trick(NAME, "test-time augmentation: mirror, and mirror + 1-pixel translations", TtaSettings)
