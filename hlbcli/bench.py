@@ -3,6 +3,9 @@
 ``python -m hlbcli.bench overhead``: the assembled step against a plain hand-written PyTorch
 loop doing the same math on the same model, on the CPU; prints the ratio.
 
+``python -m hlbcli.bench ops``: ATen operations dispatched per training step of a preset (94)
+against airbench94's step written by hand, on the CPU; ends with the ratio.
+
 ``hlb bench`` (see :func:`bench_command`): a preset for N seeds, compile and warm-up excluded
 from the timed figure and reported beside it, with the time of each phase.
 """
@@ -10,13 +13,17 @@ from the timed figure and reported beside it, with the time of each phase.
 from __future__ import annotations
 
 import argparse
+import collections
+import copy
 import statistics
 import time
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from hlbcli.config import load_preset
+from hlbcli.core_plugin import sgd_hparams
 from hlbcli.session import resolve
 from hlbcli.train import plan_run, prepare
 
@@ -106,6 +113,112 @@ def overhead(
     return out
 
 
+# --- ops: ATen operations dispatched per training step ----------------------------------------
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts every ATen operation that reaches the Python dispatch key (forward, backward,
+    optimizer and in-place updates alike): on CUDA, roughly one kernel launch each."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts: collections.Counter = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts[str(func.overloadpacket)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _airbench_step(model, lr: float, wd: float, bias_scaler: float, momentum: float, smoothing: float, lr_table, decays, every: int):
+    """airbench94's training step written out by hand on the same net: cross-entropy with label
+    smoothing summed over the batch, Nesterov SGD with torch's multi-tensor kernels (its
+    default on CUDA) in two groups (batchnorm parameters at lr x bias_scaler, the rest), the lr
+    set per group each step, and every ``every`` steps the lookahead: a lerp and a copy per
+    tensor of the state dict in half or single precision."""
+    norm_ids = {id(p) for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for p in m.parameters()}
+    params = [p for p in model.parameters() if p.requires_grad]
+    norm = [p for p in params if id(p) in norm_ids]
+    other = [p for p in params if id(p) not in norm_ids]
+    lr_b = lr * bias_scaler
+    groups = [dict(params=norm, lr=lr_b, weight_decay=wd / lr_b), dict(params=other, lr=lr, weight_decay=wd / lr)]
+    optimizer = torch.optim.SGD(groups, momentum=momentum, nesterov=True, foreach=True)
+    base = [lr_b, lr]
+    state = [v for v in model.state_dict().values() if v.dtype in (torch.half, torch.float)]
+    ema = [v.clone() for v in state]
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=smoothing, reduction="none")
+
+    def step(x, y, i):
+        outputs = model(x)
+        loss = loss_fn(outputs, y).sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for g, b in zip(optimizer.param_groups, base):
+            g["lr"] = b * lr_table[i]
+        optimizer.step()
+        if (i + 1) % every == 0:
+            with torch.no_grad():
+                for e, v in zip(ema, state):
+                    e.lerp_(v, 1 - decays[i + 1])
+                    v.copy_(e)
+
+    return step
+
+
+def ops_per_step(preset: str = "94", precision: str = "fp16-weights", steps: int = 20, batch_size: int = 32,
+                 widths: tuple[int, ...] = (16, 32, 32)) -> dict:
+    """ATen operations per step of ``preset``'s assembled step and of airbench94's step written
+    by hand, on the CPU, counted over ``steps`` steps (a multiple of the EMA period) after one
+    untimed step each. Sizes do not change the counts: the net is narrowed and the batch made
+    small so that half precision on the CPU stays quick."""
+    torch.manual_seed(0)
+    n_train = batch_size * (steps + 2)
+    sets = [
+        'data.dataset="synthetic"', f"data.synthetic_train={n_train}", "data.synthetic_test=64",
+        f"model.widths={list(widths)}", f"train.batch_size={batch_size}", "train.epochs=1",
+        'train.compile="off"', f'train.precision="{precision}"', "whitening.num_images=64",
+    ]
+    cfg, tm = resolve(preset, sets=sets)
+    session = prepare(cfg, tm, "cpu")
+    plan = plan_run(session, 0)
+    t = cfg.train
+    hlb_step = plan.step_fn(session.model, [])
+    hand_model = copy.deepcopy(session.model)
+    lr, wd = sgd_hparams(t)
+    ls = getattr(cfg, "label_smoothing", None)
+    ema = getattr(cfg, "ema", None)
+    bias = getattr(cfg, "bias_lr", None)
+    every = ema.every if ema else 10**9
+    decays = (0.95**every * (torch.arange(plan.ctx.total_steps + 1) / plan.ctx.total_steps) ** 3).tolist()
+    hand_step = _airbench_step(hand_model, lr, wd, bias.scaler if bias else 1.0, t.momentum, ls.factor if ls else 0.0,
+                               plan.lr_table, decays, every)
+    images, labels = plan.train_images, session.dataset.train_labels
+    perm = torch.randperm(len(labels))
+    out = {}
+    for name, fn in (("hlb", hlb_step), ("hand", hand_step)):
+        fn(images[:batch_size], labels[:batch_size], 0)  # first step: optimizer state is created
+        counter = OpCounter()
+        with counter:
+            for i in range(1, steps + 1):
+                idx = perm[i * batch_size : (i + 1) * batch_size]
+                fn(images[idx], labels[idx], i)
+        out[name] = counter.counts
+    h, a = sum(out["hlb"].values()) / steps, sum(out["hand"].values()) / steps
+    return {"hlb": h, "hand": a, "ratio": h / a, "steps": steps, "precision": precision, "preset": preset,
+            "hlb_counts": dict(out["hlb"]), "hand_counts": dict(out["hand"])}
+
+
+def print_ops(rep: dict, detail: bool = False) -> None:
+    if detail:
+        names = sorted(set(rep["hlb_counts"]) | set(rep["hand_counts"]))
+        print(f"{'operation':40} {'hlb':>7} {'hand':>7}   (per step)")
+        for n in names:
+            h, a = rep["hlb_counts"].get(n, 0) / rep["steps"], rep["hand_counts"].get(n, 0) / rep["steps"]
+            if h != a:
+                print(f"{n:40} {h:7.1f} {a:7.1f}")
+    print(f"preset {rep['preset']}, precision {rep['precision']}, {rep['steps']} steps on the CPU")
+    print(f"ATen ops per step: hlb {rep['hlb']:.1f}, hand-written airbench94 step {rep['hand']:.1f}, ratio {rep['ratio']:.3f}")
+
+
 def write_airbench_data(dest: str, data_dir: str | None = None) -> None:
     """The same CIFAR-10 hlb trains on, in the file format airbench's loader reads
     (``{"images": uint8 NHWC, "labels": int64, "classes": [...]}``), for side-by-side runs."""
@@ -131,10 +244,18 @@ def main(argv: list[str] | None = None) -> None:
     o.add_argument("--steps", type=int, default=10)
     o.add_argument("--trials", type=int, default=5)
     o.add_argument("--threads", type=int, default=2)
+    op = sub.add_parser("ops", help="ATen operations dispatched per training step, hlb vs a hand-written airbench94 step")
+    op.add_argument("--preset", default="94")
+    op.add_argument("--precision", default="fp16-weights", help="train.precision to count with (the CUDA default: fp16-weights)")
+    op.add_argument("--steps", type=int, default=20)
+    op.add_argument("--detail", action="store_true", help="list the operations whose counts differ")
     d = sub.add_parser("airbench-data", help="write CIFAR-10 as airbench's train.pt/test.pt into a folder")
     d.add_argument("dest")
     d.add_argument("--data-dir", default=None)
     a = ap.parse_args(argv)
+    if a.cmd == "ops":
+        print_ops(ops_per_step(a.preset, a.precision, a.steps), a.detail)
+        return
     if a.cmd == "airbench-data":
         write_airbench_data(a.dest, a.data_dir)
         return
