@@ -1,45 +1,71 @@
 #!/usr/bin/env bash
-# The GPU benchmark of issue 6, as one call on the lent machine (see ../shared/gpu/README.md):
+# The GPU side by side (issue 9 item 7, issue 11 item 5), as one call on the lent machine:
 #   bash ../shared/gpu/prepare.sh
-#   run (carry .gpu/part1): nvidia-smi -L
-#   run (carry .gpu/part2 external/airbench): source .gpu/part2/device-setup.sh && bash scripts/gpu_bench.sh
-# external/airbench (ignored, never committed) holds airbench's own scripts, taken from a fetched
-# snapshot of KellerJordan/cifar10-airbench, e.g.:
+#   run (carry .gpu/part1):                     bash .gpu/part1/stage.sh
+#   run (carry .gpu/part2 external/airbench):   source .gpu/part2/device-setup.sh && bash scripts/gpu_bench.sh
+# external/airbench (ignored, never committed) holds airbench's own scripts, from a fetched snapshot of
+# KellerJordan/cifar10-airbench:
 #   mkdir -p external/airbench && g=/work/.mirror/KellerJordan+cifar10-airbench/repo
 #   git --git-dir=$g show HEAD:legacy/airbench94.py > external/airbench/airbench94.py
 #   git --git-dir=$g show HEAD:airbench94_muon.py > external/airbench/airbench94_muon.py
-# Writes everything under $OUT (default ./gpu-out) and prints a short table last.
+# Runs, in this order: hlb 94 compiled (preset default: fp16 weights, max-autotune), hlb 94 eager,
+# airbench94 (legacy, eager), airbench94_muon (compiled); RUNS seeds each. Everything goes under $OUT
+# (default ./gpu-out); the table comes last.
 # Rehearse on the CPU: HLB_BENCH_PRESET=smoke HLB_BENCH_DEVICE=cpu HLB_BENCH_RUNS=2 bash scripts/gpu_bench.sh
 set -uo pipefail
 OUT=${OUT:-./gpu-out}
 PRESET=${HLB_BENCH_PRESET:-94}
 DEVICE=${HLB_BENCH_DEVICE:-cuda}
 RUNS=${HLB_BENCH_RUNS:-10}
-V07_RUNS=${HLB_BENCH_V07_RUNS:-3}
-AIRBENCH_RUNS=${HLB_AIRBENCH_RUNS:-10}
+AIRBENCH_RUNS=${HLB_AIRBENCH_RUNS:-$RUNS}
+EXTRA=${HLB_BENCH_SET:-}   # e.g. 'train.compile_mode="default"'
 mkdir -p "$OUT"
 {
   date -u +%FT%TZ
   python -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu')"
 } | tee "$OUT/env.txt"
 
-hlb bench --preset "$PRESET" --runs "$RUNS" --device "$DEVICE" --out "$OUT/hlb-$PRESET" 2>&1 | tee "$OUT/hlb-$PRESET.txt"
+sets=(); [ -n "$EXTRA" ] && sets=(--set "$EXTRA")
+hlb bench --preset "$PRESET" --runs "$RUNS" --device "$DEVICE" "${sets[@]}" --out "$OUT/hlb-compiled" 2>&1 | tee "$OUT/hlb-compiled.txt"
+hlb bench --preset "$PRESET" --runs "$RUNS" --device "$DEVICE" "${sets[@]}" --set 'train.compile="off"' --out "$OUT/hlb-eager" 2>&1 | tee "$OUT/hlb-eager.txt"
 
 # airbench side by side, from an ignored folder (never committed), fed the same CIFAR-10
 if [ -d external/airbench ] && [ "$DEVICE" = cuda ]; then
   python -m hlbcli.bench airbench-data external/airbench/cifar10
-  # airbench94.py: the same recipe as our 94, uncompiled (25 runs in its main, cut to N)
   if [ -f external/airbench/airbench94.py ]; then
     sed "s/for run in range(25)/for run in range($AIRBENCH_RUNS)/" external/airbench/airbench94.py > external/airbench/run94.py
-    (cd external/airbench && timeout 300 python run94.py) 2>&1 | tail -n 30 | tee "$OUT/airbench94.txt"
+    (cd external/airbench && timeout 300 python run94.py) > "$OUT/airbench94.txt" 2>&1
   fi
-  if [ -f external/airbench/airbench94_muon.py ] && [ -n "${HLB_AIRBENCH_MUON:-}" ]; then
+  if [ -f external/airbench/airbench94_muon.py ]; then
     sed "s/for run in range(200)/for run in range($AIRBENCH_RUNS)/" external/airbench/airbench94_muon.py > external/airbench/run_muon.py
-    (cd external/airbench && timeout 400 python run_muon.py) 2>&1 | tail -n 30 | tee "$OUT/airbench94_muon.txt"
+    (cd external/airbench && timeout 400 python run_muon.py) > "$OUT/airbench94_muon.txt" 2>&1
   fi
 fi
 
-if [ "$PRESET" = 94 ]; then
-  hlb bench --preset hlb-v0.7 --runs "$V07_RUNS" --device "$DEVICE" --out "$OUT/hlb-v0.7" 2>&1 | tee "$OUT/hlb-v0.7.txt"
-fi
-echo; echo "== summary =="; cat "$OUT"/hlb-*.txt | grep -E "^bench|accuracy|time \(s\)"; grep -H -E "Mean" "$OUT"/airbench94*.txt 2>/dev/null || true
+python - "$OUT" <<'PY'
+import json, re, statistics, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+print("\n== side by side ==")
+print((out / "env.txt").read_text().strip().replace("\n", ", "))
+print(f"{'what':28} {'n':>3} {'acc mean':>9} {'acc std':>8} {'time mean':>10} {'median':>8}  untimed")
+for name in ("hlb-compiled", "hlb-eager"):
+    f = out / name / "bench.json"
+    if f.exists():
+        b = json.loads(f.read_text())
+        print(f"{name:28} {b['n']:>3} {100*b['accuracy_mean']:9.2f} {100*b['accuracy_std']:8.2f} {b['time_mean']:10.3f} "
+              f"{b['time_median']:8.3f}  compile+warm-up {b['warmup_seconds'] or 0:.1f} s")
+for name in ("airbench94", "airbench94_muon"):
+    f = out / f"{name}.txt"
+    if not f.exists():
+        continue
+    rows = [l for l in f.read_text().splitlines() if re.match(r"\|[^|]*\|\s+eval\s+\|", l)]
+    vals = [[c.strip() for c in l.strip("|").split("|")] for l in rows]
+    accs = [float(v[-2]) for v in vals]
+    times = [float(v[-1]) for v in vals]
+    if len(times) > 1:  # the first run of a process is a cold start (cuDNN autotuning)
+        accs, times = accs[1:], times[1:]
+    if times:
+        print(f"{name + ' (runs 2..n)':28} {len(times):>3} {100*statistics.fmean(accs):9.2f} "
+              f"{100*(statistics.stdev(accs) if len(accs) > 1 else 0):8.2f} {statistics.fmean(times):10.3f} {statistics.median(times):8.3f}")
+PY
