@@ -298,12 +298,15 @@ def bench_report(summary: dict) -> dict:
         "build_seconds": summary.get("build_seconds"),
         "warmup_seconds": summary.get("warmup_seconds"),
         "compiled": summary.get("compiled"),
+        "precision": runs[0].get("precision") if runs else None,
+        "compile_mode": runs[0].get("compile_mode") if runs else None,
     }
 
 
 def format_report(rep: dict, preset: str) -> str:
     lines = [
-        f"bench {preset}: n={rep['n']} on {rep['device']}",
+        f"bench {preset}: n={rep['n']} on {rep['device']}, precision {rep.get('precision')}"
+        + (f", compiled ({rep.get('compile_mode')})" if rep["compiled"] else ", eager"),
         f"  accuracy  mean {rep['accuracy_mean']:.4f}  std {rep['accuracy_std']:.4f}  min {rep['accuracy_min']:.4f}",
         f"  time (s)  mean {rep['time_mean']:.3f}  median {rep['time_median']:.3f}   (timed: init + train steps + final eval)",
         f"  phases    init {rep['phase_init_mean']:.3f}  train steps {rep['phase_train_mean']:.3f}  final eval {rep['phase_eval_mean']:.3f}",

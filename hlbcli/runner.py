@@ -128,7 +128,8 @@ def train_runs(cfg: Any, tm, opts: TrainOptions, printer: Printer | None = None)
                     "tricks": tricks, "trick_sources": trick_versions, "config": config,
                     "device": device_name(session.device), "versions": record.versions(),
                     "deterministic": session.deterministic, "compiled": session.compiled,
-                    "precision": str(session.dtype).replace("torch.", ""), "epochs": rows,
+                    "precision": session.precision, "compile_mode": session.cfg.train.compile_mode if session.compiled else None,
+                    "epochs": rows,
                 }
                 try:
                     res = run_one(session, seed, on_epoch)

@@ -39,13 +39,18 @@ def resolve_device(device: str) -> torch.device:
 HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+def precision_name(precision: str, device: torch.device) -> str:
+    """``train.precision`` with ``auto`` resolved: fp16-weights on CUDA, fp32 elsewhere."""
+    if precision == "auto":
+        return "fp16-weights" if device.type == "cuda" else "fp32"
+    return precision
+
+
 def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype, torch.dtype | None]:
     """(dtype of the images and weights, autocast dtype or None) for ``train.precision``.
-    ``auto`` is fp16-weights on CUDA and fp32 elsewhere; the explicit choices hold on any
-    device (half precision on the CPU is slow, but it is what tests and the ops benchmark use
-    to follow the CUDA path)."""
-    if precision == "auto":
-        precision = "fp16-weights" if device.type == "cuda" else "fp32"
+    The explicit choices hold on any device (half precision on the CPU is slow, but it is
+    what tests and the ops benchmark use to follow the CUDA path)."""
+    precision = precision_name(precision, device)
     if precision == "fp32":
         return torch.float32, None
     if precision.endswith("-weights"):
@@ -88,6 +93,11 @@ class Session:
     build_seconds: float
     warmup_seconds: float = 0.0
     warmed_up: bool = False
+
+    @property
+    def precision(self) -> str:
+        """The resolved ``train.precision`` (fp32, fp16, bf16, fp16-weights, bf16-weights)."""
+        return precision_name(self.cfg.train.precision, self.device)
 
     @property
     def train_size(self) -> int:
