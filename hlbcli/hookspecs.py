@@ -89,7 +89,9 @@ def hlb_batch_transforms(cfg: Any, ctx: RunContext) -> list[Transform]:
 
 @hookspec(firstresult=True)
 def hlb_model_build(cfg: Any, num_classes: int, in_channels: int) -> torch.nn.Module:
-    """Build the network (on the CPU, fp32). Called once per process: runs with several seeds
+    """Build the network (on the CPU, fp32; the trainer then moves it to the device and, in
+    the ``*-weights`` precisions, casts it to half with batchnorm kept in fp32). Called once
+    per process: runs with several seeds
     reset weights through ``hlb_model_init``, never rebuild. First result wins; wrappers
     (``@hookimpl(wrapper=True)``) receive the model from ``yield`` and may edit or replace it
     (noisy batchnorm, weight norm)."""
@@ -107,9 +109,12 @@ def hlb_model_init(model: torch.nn.Module, ctx: RunContext) -> None:
 
 @hookspec(firstresult=True)
 def hlb_loss_build(cfg: Any, ctx: RunContext) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Return ``loss(logits, targets) -> per-example loss`` where ``targets`` are soft
-    (B, K) probabilities. Called once per run. First result wins; wrappers may wrap the
-    function they receive (label smoothing)."""
+    """Return ``loss(logits, targets) -> per-example loss``. ``targets`` are class indices
+    (B,) in a phase without batch transforms (the logits then come in the net's dtype, fp16
+    on CUDA), and soft (B, K) probabilities with fp32 logits where a batch transform (CutMix)
+    is active; a loss must take both. Called once per run. First result wins; wrappers may
+    wrap the function they receive. The core returns :class:`~hlbcli.contract.CrossEntropy`,
+    which label smoothing folds its factor into (one kernel)."""
 
 
 # --- optimizer -------------------------------------------------------------------------------
