@@ -11,4 +11,6 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 #: Marker for hook specifications (only :mod:`hlbcli.hookspecs` uses it).
 hookspec = pluggy.HookspecMarker(PROJECT)
 
-__all__ = ["hookimpl", "hookspec", "__version__"]
+from hlbcli.errors import TrickError  # noqa: E402  (the error type a trick raises for a bad value)
+
+__all__ = ["hookimpl", "hookspec", "TrickError", "__version__"]

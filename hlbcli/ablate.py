@@ -111,11 +111,13 @@ def validate_arms(opts: AblateOptions, arms: list[Arm]) -> list[str]:
     a trick another one needs fails now, not after hours of training. Returns the baseline's
     active tricks."""
     from hlbcli.session import resolve
+    from hlbcli.train import check_run
 
     active = []
     for arm in arms:
         try:
-            cfg, _ = resolve(opts.preset, opts.config, opts.sets, arm.enabled, arm.disabled + arm.silenced)
+            cfg, tm = resolve(opts.preset, opts.config, opts.sets, arm.enabled, arm.disabled + arm.silenced)
+            check_run(cfg, tm)  # sizes, and each trick's hlb_validate against the data's shape and the model
         except HlbError as e:
             if arm.name == BASELINE:
                 raise

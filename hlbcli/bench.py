@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from hlbcli.config import load_preset
-from hlbcli.core_plugin import sgd_hparams
+from hlbcli.contract import sgd_hparams
 from hlbcli.session import resolve
 from hlbcli.train import plan_run, prepare
 
@@ -84,9 +84,9 @@ def overhead(
         model = session.model
         hlb_step = plan.step_fn(model, [])
         if scaler is None:
-            plain_groups = [dict(params=[p for p in model.parameters() if p.requires_grad], lr=g["lr"], weight_decay=g["weight_decay"]) for g in plan.optimizer.param_groups]
+            plain_groups = [dict(params=[p for p in model.parameters() if p.requires_grad], lr=g["lr"], weight_decay=g["weight_decay"]) for g in plan.optimizers[0].param_groups]
         else:
-            plain_groups = [dict(params=list(g["params"]), lr=g["lr"], weight_decay=g["weight_decay"]) for g in plan.optimizer.param_groups]
+            plain_groups = [dict(params=list(g["params"]), lr=g["lr"], weight_decay=g["weight_decay"]) for g in plan.optimizers[0].param_groups]
         plain_opt = torch.optim.SGD(plain_groups, momentum=cfg.train.momentum, nesterov=True)
         ema = None
         if every:

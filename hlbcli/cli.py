@@ -211,7 +211,19 @@ def tricks_list(
         if on is not None:
             row.append("on" if name in on else "off")
         table.add_row(*row)
-    Console(highlight=False, width=200 if not sys.stdout.isatty() else None).print(table)
+    console = Console(highlight=False, width=200 if not sys.stdout.isatty() else None)
+    console.print(table)
+    if preset:
+        from hlbcli.plugins import build_manager as build
+
+        try:
+            owners = build(sorted(on or []), check_relations=True).owners()
+        except HlbError as e:  # two of the preset's tricks claim one first-result hook
+            console.print(f"\nfirst-result hooks in {preset}: {e.line()}", markup=False)
+        else:
+            console.print(f"\nfirst-result hooks in {preset} (the trick whose result is used; wrappers build on it):", markup=False)
+            for hook, owner in owners.items():
+                console.print(f"  {hook:22} {owner}", markup=False)
 
 
 @tricks_app.command("show")

@@ -11,6 +11,13 @@ import torch
 #: The stages a trick can hook into, in pipeline order.
 STAGES = ("setup", "data", "model", "loss", "optimizer", "step", "run", "eval")
 
+#: ``Transform.order`` of the built-in transforms (lower runs first): place a transform of your
+#: own between them, e.g. ``order=ORDER_TRANSLATE + 5`` runs after translation, before cutout.
+ORDER_FLIP = 0
+ORDER_TRANSLATE = 10
+ORDER_CUTOUT = 20
+ORDER_CUTMIX = 30
+
 
 @dataclass(frozen=True)
 class TrickInfo:
@@ -23,6 +30,18 @@ class TrickInfo:
     requires: tuple[str, ...] = ()
     #: tricks that cannot be active at the same time
     conflicts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What is known of a dataset before it is loaded (``hlb_validate``, ``--dry-run``)."""
+
+    name: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    train_size: int
+    test_size: int
 
 
 @dataclass
@@ -53,6 +72,10 @@ class Dataset:
     @property
     def in_channels(self) -> int:
         return int(self.train_images.shape[1])
+
+    def spec(self) -> DataSpec:
+        return DataSpec(self.name, self.num_classes, self.in_channels, int(self.train_images.shape[-1]),
+                        len(self.train_labels), len(self.test_labels))
 
 
 @dataclass(frozen=True)
@@ -122,7 +145,9 @@ class RunContext:
     epochs: float
     num_epochs: int
     model: torch.nn.Module | None = None
+    #: the first optimizer (the core's SGD unless a trick replaced it); ``optimizers`` has all
     optimizer: torch.optim.Optimizer | None = None
+    optimizers: list = field(default_factory=list)
     generator: torch.Generator | None = None
     state: dict[str, Any] = field(default_factory=dict)
     #: Set by ``hlb_epoch_start``/``hlb_epoch_end`` implementations that need the trainer to
@@ -171,18 +196,38 @@ def trick(
 
         hlb_trick_info, hlb_config_model = trick("flip", "horizontal flips", FlipSettings)
 
-    ``settings`` (a :class:`hlbcli.config.Settings` subclass) becomes the config section
-    ``name``; without it the trick has no settings."""
+    or on a trick class (``class MyTrick: hlb_trick_info, hlb_config_model = trick(...)``,
+    registered as an instance). ``settings`` (a :class:`hlbcli.config.Settings` subclass)
+    becomes the config section ``name``; without it the trick has no settings."""
     from hlbcli import hookimpl
 
     info = TrickInfo(name, summary, version, tuple(requires), tuple(conflicts))
 
+    # ``*_self``: the same functions work at module level and as attributes of a trick class
+    # (where Python passes the instance)
     @hookimpl
-    def hlb_trick_info() -> TrickInfo:
+    def hlb_trick_info(*_self) -> TrickInfo:
         return info
 
     @hookimpl
-    def hlb_config_model():
+    def hlb_config_model(*_self):
         return (name, settings) if settings is not None else None
 
     return hlb_trick_info, hlb_config_model
+
+
+# --- the core's optimizer parametrisation, for tricks that build groups or optimizers ----------
+
+
+def kilostep_scale(momentum: float) -> float:
+    """How much larger (Nesterov) momentum makes steps than the gradients, times 1024: the
+    decoupled lr is divided by it (airbench's parametrisation)."""
+    return 1024 * (1 + 1 / (1 - momentum))
+
+
+def sgd_hparams(train) -> tuple[float, float]:
+    """(PyTorch SGD lr, absolute per-step weight decay) from the decoupled ``cfg.train``
+    settings. The loss is summed over the batch, so the step scales with the batch size. A
+    group at lr ``a`` decays by ``wd`` per step with ``weight_decay=wd / a``."""
+    scale = kilostep_scale(train.momentum)
+    return train.lr / scale, train.weight_decay * train.batch_size / scale

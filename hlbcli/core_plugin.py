@@ -10,22 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from hlbcli import hookimpl
-from hlbcli.contract import CrossEntropy, RunContext
+from hlbcli.contract import CrossEntropy, RunContext, kilostep_scale, sgd_hparams
 from hlbcli.data import load_cifar, synthetic
 from hlbcli.model import build_net
-
-
-def kilostep_scale(momentum: float) -> float:
-    """How much larger (Nesterov) momentum makes steps than the gradients, times 1024: the
-    decoupled lr is divided by it (airbench's parametrisation)."""
-    return 1024 * (1 + 1 / (1 - momentum))
-
-
-def sgd_hparams(train) -> tuple[float, float]:
-    """(PyTorch SGD lr, absolute per-step weight decay) from the decoupled settings. The loss
-    is summed over the batch, so the step scales with the batch size."""
-    scale = kilostep_scale(train.momentum)
-    return train.lr / scale, train.weight_decay * train.batch_size / scale
 
 
 @hookimpl(trylast=True)

@@ -29,6 +29,16 @@ class UsageError(HlbError):
     exit_code = EXIT_USAGE
 
 
+class TrickError(UsageError):
+    """Raise it from a trick's hook for a value the user got wrong (a setting that does not
+    fit the data or the model, say): ``hlb`` prints ``error: MESSAGE (HINT)`` on one line and
+    exits with code 2, as for any bad input. Any other exception from a hook is a bug of the
+    trick, reported as an internal error with exit code 1."""
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message, hint)
+
+
 class ConfigError(UsageError):
     """A config that does not validate: carries rows of (where, what) for a short table."""
 

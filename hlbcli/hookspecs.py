@@ -8,7 +8,7 @@ plain step function per phase before the loop.
 Stages and hooks:
 
 =========  ==========================================================================
-setup      ``hlb_trick_info``, ``hlb_config_model``
+setup      ``hlb_trick_info``, ``hlb_config_model``, ``hlb_validate``
 data       ``hlb_dataset_build``, ``hlb_batch_transforms``
 model      ``hlb_model_build``, ``hlb_model_init``
 loss       ``hlb_loss_build``
@@ -27,12 +27,13 @@ import torch
 from pydantic import BaseModel
 
 from hlbcli import hookspec
-from hlbcli.contract import Dataset, RunContext, StepAction, TrickInfo, Transform
+from hlbcli.contract import Dataset, DataSpec, RunContext, StepAction, TrickInfo, Transform
 
 #: Which stage each hook belongs to (``hlb tricks list`` reports a trick's stages from it).
 HOOK_STAGES = {
     "hlb_trick_info": "setup",
     "hlb_config_model": "setup",
+    "hlb_validate": "setup",
     "hlb_dataset_build": "data",
     "hlb_batch_transforms": "data",
     "hlb_model_build": "model",
@@ -65,6 +66,16 @@ def hlb_config_model() -> tuple[str, type[BaseModel]]:
     """Return ``(section, SettingsModel)``: the trick's settings, a pydantic model whose every
     field has a default. Called once when the config is resolved; the section is validated
     with it (``extra="forbid"``) and reaches hooks as ``getattr(cfg, section)``."""
+
+
+@hookspec
+def hlb_validate(cfg: Any, data: DataSpec, model: torch.nn.Module) -> None:
+    """Check settings that depend on the data or the model (a size larger than the images, a
+    layer the net lacks) and raise :class:`hlbcli.TrickError` with a hint when one does not
+    fit. Called once per process before anything trains (after the dataset is loaded and the
+    model built, fp32 on the CPU), and by ``hlb train --dry-run`` and ``hlb ablate --dry-run``
+    for every arm, with the data's shape known from the config and no data loaded. Must not
+    change anything."""
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -123,14 +134,28 @@ def hlb_loss_build(cfg: Any, ctx: RunContext) -> Callable[[torch.Tensor, torch.T
 @hookspec(firstresult=True)
 def hlb_param_groups(model: torch.nn.Module, cfg: Any, ctx: RunContext) -> list[dict]:
     """Split the trainable parameters into optimizer groups, each a dict with ``params``,
-    ``lr`` and ``weight_decay`` in PyTorch's (coupled) convention. Called once per run; first
-    result wins (the core's is one group; ``bias_lr`` splits off the batchnorm biases)."""
+    ``lr`` and ``weight_decay`` in PyTorch's (coupled) convention, and optionally ``name``
+    (a label). Called once per run. First result wins (the core's is one group; ``bias_lr``
+    splits off the batchnorm parameters); a wrapper receives the groups from ``yield`` and may
+    take parameters out of them (for an optimizer of its own, see ``hlb_optimizer_build``).
+    :func:`hlbcli.contract.sgd_hparams` turns the decoupled settings into lr and decay."""
 
 
 @hookspec(firstresult=True)
-def hlb_optimizer_build(param_groups: list[dict], cfg: Any, ctx: RunContext) -> torch.optim.Optimizer:
-    """Build the optimizer from the groups. Called once per run; first result wins (the core
-    builds Nesterov SGD)."""
+def hlb_optimizer_build(param_groups: list[dict], cfg: Any, ctx: RunContext) -> "torch.optim.Optimizer | list[torch.optim.Optimizer]":
+    """Build the optimizer(s) from the groups. Called once per run. First result wins (the
+    core builds Nesterov SGD over ``param_groups``); a wrapper receives that result from
+    ``yield`` and may return a list, e.g. ``[sgd, MyOptimizer(filters)]``, to optimise the
+    parameters it took out in ``hlb_param_groups`` with an optimizer of its own.
+
+    What the trainer does with the result, every step: ``zero_grad(set_to_none=True)`` and
+    ``step()`` on each optimizer, in list order, after the backward pass; and before the
+    steps it rewrites ``group["lr"]`` of every group of every optimizer as the group's lr at
+    build time times the schedule's multiplier for the step (``hlb_lr_schedule``), so an
+    optimizer must read ``group["lr"]`` at each step. Groups may carry extra keys (the core's
+    ``name``); the trainer reads and writes only ``lr``. Each parameter belongs to exactly one
+    optimizer. The trainer never saves optimizer state, but ``state_dict()`` should work for
+    tools that do. ``ctx.optimizers`` holds the list, ``ctx.optimizer`` the first."""
 
 
 @hookspec(firstresult=True)
@@ -143,8 +168,11 @@ def hlb_lr_schedule(total_steps: int, cfg: Any, ctx: RunContext) -> torch.Tensor
 
 
 @hookspec
-def hlb_step_actions(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: Any, ctx: RunContext) -> list[StepAction]:
+def hlb_step_actions(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, optimizers: list, cfg: Any, ctx: RunContext
+) -> list[StepAction]:
     """Return functions to place in the fused step (:class:`~hlbcli.contract.StepAction`):
+    ``optimizer`` is the first optimizer, ``optimizers`` all of them.
     before the forward pass, after the backward pass, after the optimizer step, or once at the
     end. Called once per run; results are concatenated in registration order."""
 

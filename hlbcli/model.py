@@ -1,4 +1,22 @@
-"""The conv net family of hlb-CIFAR10 and airbench."""
+"""The model API: the conv net family of hlb-CIFAR10 and airbench, its parts and parameter
+names, and the helpers tricks use to find them. Built-in tricks and third-party ones import
+this module alike; what is listed here keeps its names.
+
+The net (:class:`Net`, built by :func:`build_net` from ``cfg.model``)::
+
+    stem          Conv2d(C, stem_width, stem_kernel), bias: the whitening slot (stem.weight, stem.bias)
+    stem_act      GELU
+    groups.N      ConvGroup N = 0, 1, ...: conv1 -> pool -> norm1 -> act -> conv2 -> norm2 -> act
+                  (depth 3: conv3 -> norm3 -> act, plus a residual)
+                  groups.N.convK.weight  3x3 filters, no bias      groups.N.normK.{weight,bias}
+                  (batchnorm; running_mean, running_var buffers)
+    pool          global max-pool
+    head          Linear(widths[-1], classes, bias=False) (head.weight); logits = head(x) * scaling_factor
+
+Helpers: :func:`batchnorms` (every batchnorm module), :func:`group_convs` (the 3x3 convs of the
+groups, not the stem), :func:`half_weights` (the half-precision cast the trainer applies).
+Tricks that wrap ``hlb_model_build`` may add modules but should keep these names.
+"""
 
 from __future__ import annotations
 
@@ -64,6 +82,9 @@ class Net(nn.Module):
         x = self.groups(self.stem_act(self.stem(x)))
         x = self.pool(x).flatten(1)
         return self.head(x) * self.scaling_factor
+
+
+__all__ = ["Net", "ConvGroup", "build_net", "batchnorms", "group_convs", "half_weights", "check_fits"]
 
 
 def check_fits(widths: list[int], image_size: int, stem_kernel: int) -> None:

@@ -72,6 +72,17 @@ class TrickManager:
         used = {hookspecs.HOOK_STAGES[h] for h in hooks if h in hookspecs.HOOK_STAGES} - {"setup"}
         return [s for s in STAGES if s in used]
 
+    def owners(self) -> dict[str, str]:
+        """First-result hook -> the trick whose implementation gives the result (``core`` where
+        no trick implements it). Wrappers build on the result and own nothing."""
+        out = {}
+        for hook in first_result_hooks():
+            impls = [i for i in getattr(self.pm.hook, hook).get_hookimpls() if not (i.wrapper or i.hookwrapper)]
+            # pluggy calls the last registered (tryfirst before plain before trylast) first
+            if impls:
+                out[hook] = impls[-1].plugin_name
+        return out
+
     def settings_models(self) -> dict:
         out = {}
         for name in self.origins:
@@ -82,6 +93,28 @@ class TrickManager:
                 section, model = result
                 out[section] = model
         return out
+
+
+def first_result_hooks() -> list[str]:
+    """The hooks whose first non-None result is the only one used."""
+    return [
+        name for name in hookspecs.HOOK_STAGES
+        if getattr(getattr(hookspecs, name), f"{PROJECT}_spec", {}).get("firstresult")
+    ]
+
+
+def _check_single_owner(tm: "TrickManager") -> None:
+    """Two active tricks implementing one first-result hook: one result would be dropped
+    without a word (the other trick stays listed as active), so it is an error."""
+    for hook in first_result_hooks():
+        impls = [i for i in getattr(tm.pm.hook, hook).get_hookimpls()
+                 if i.plugin_name != CORE_NAME and not (i.wrapper or i.hookwrapper)]
+        if len(impls) > 1:
+            a, b = impls[-1].plugin_name, impls[-2].plugin_name
+            raise UsageError(
+                f"tricks '{a}' and '{b}' both implement {hook}, whose first result alone is used",
+                f"run with --disable {b} or --disable {a}, or make one of them a wrapper (@hookimpl(wrapper=True))",
+            )
 
 
 def _dist_label(ep: md.EntryPoint) -> str:
@@ -149,6 +182,7 @@ def build_manager(
         ) from None
     if active is not None and check_relations:
         _check_relations(tm)
+        _check_single_owner(tm)
     return tm
 
 

@@ -10,6 +10,11 @@
     cfg, tm = testing.resolve_config(my_trick, sets=["my_trick.strength=0.5"])
     summary = testing.train(cfg, tm)               # one tiny run on synthetic data, in-process
 
+    testing.check(cfg, tm)                         # what --dry-run checks (hlb_validate included)
+    s = testing.session(cfg, tm)                   # data loaded, model built
+    plan = testing.plan(s, seed=0)                 # the build-time hooks: plan.optimizers, ...
+    result = testing.run(s, seed=0)                # one run; s.model holds the final weights
+
 Nothing here touches the installed third-party tricks unless asked: a manager built by
 :func:`manager` holds the core and the plugins given, with every other trick blocked.
 """
@@ -23,7 +28,8 @@ from typing import Any, Iterable
 from hlbcli.data import synthetic
 from hlbcli.plugins import TrickManager, build_manager
 
-__all__ = ["HookRecorder", "TINY_SETS", "manager", "plugin_name", "resolve_config", "synthetic", "train"]
+__all__ = ["HookRecorder", "TINY_SETS", "check", "manager", "plan", "plugin_name", "resolve_config", "run", "session",
+           "synthetic", "train"]
 
 #: ``--set`` overrides that make any preset tiny: synthetic data, small widths, two epochs.
 TINY_SETS = [
@@ -93,6 +99,38 @@ def train(cfg: Any, tm: TrickManager, runs: int = 1, seed: int = 0, device: str 
 
     summary, _ = train_runs(cfg, tm, TrainOptions(runs=runs, seed=seed, device=device, quiet=True, download=False))
     return summary
+
+
+def check(cfg: Any, tm: TrickManager) -> None:
+    """What ``--dry-run`` checks: sizes, and every trick's ``hlb_validate`` on the built model
+    with the data's shape from the config. Raises the trick's :class:`hlbcli.TrickError`."""
+    from hlbcli.train import check_run
+
+    check_run(cfg, tm)
+
+
+def session(cfg: Any, tm: TrickManager, device: str = "cpu"):
+    """Load the data and build the model once, as ``hlb train`` does before its runs."""
+    from hlbcli.train import prepare
+
+    return prepare(cfg, tm, device, download=False)
+
+
+def plan(session: Any, seed: int = 0):
+    """Reset the weights to ``seed``'s and call every build-time hook, as a run starts: the
+    returned plan holds ``optimizers``, ``transforms``, ``actions``, ``loss_fn``, ``lr_table``
+    and ``ctx``. Nothing trains."""
+    from hlbcli.train import plan_run
+
+    return plan_run(session, seed)
+
+
+def run(session: Any, seed: int = 0):
+    """One run on a :func:`session`, in this process: a result with ``status``, ``accuracy``,
+    ``epochs`` (per-epoch metrics) and ``phases``; the session's model holds the final weights."""
+    from hlbcli.train import run_one
+
+    return run_one(session, seed)
 
 
 class HookRecorder:

@@ -12,9 +12,9 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from hlbcli.contract import Dataset, RunContext, StepAction, Transform
+from hlbcli.contract import Dataset, DataSpec, RunContext, StepAction, Transform
 from hlbcli.data import normalize
-from hlbcli.errors import UsageError
+from hlbcli.errors import TrickError, UsageError
 from hlbcli.model import check_fits, half_weights
 from hlbcli.plugins import TrickManager
 
@@ -130,13 +130,7 @@ def prepare(
     t0 = time.perf_counter()
     dataset = tm.hook.hlb_dataset_build(cfg=cfg, device=dev, data_dir=data_dir, download=download)
     load_s = time.perf_counter() - t0
-    n = len(dataset.train_labels)
-    if cfg.train.batch_size > n:
-        raise UsageError(
-            f"train.batch_size {cfg.train.batch_size} is larger than the training set ({n} images)",
-            f"use --set train.batch_size={min(1024, n)} or fewer",
-        )
-    check_fits(list(cfg.model.widths), int(dataset.train_images.shape[-1]), cfg.model.stem_kernel)
+    check_run(cfg, tm, dataset.spec())
     t0 = time.perf_counter()
     model = tm.hook.hlb_model_build(cfg=cfg, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
     model = model.to(dev)
@@ -178,7 +172,7 @@ def _flatten(results: list) -> list:
 def build_step(
     forward: torch.nn.Module,
     loss_fn: Callable,
-    optimizer: torch.optim.Optimizer,
+    optimizers: list[torch.optim.Optimizer],
     base_lrs: list[float],
     lr_table: list[float],
     batch_transforms: list[Transform],
@@ -198,7 +192,9 @@ def build_step(
     after = tuple(a for a in actions if a.where == "after_step")
     transforms = tuple(t.fn for t in batch_transforms)
     soft = bool(transforms)
-    groups = optimizer.param_groups
+    groups = [g for opt in optimizers for g in opt.param_groups]
+    zero_grads = tuple(opt.zero_grad for opt in optimizers)
+    opt_steps = tuple(opt.step for opt in optimizers)
     autocast = ctx.autocast
     use_autocast = ctx.autocast_dtype is not None
     losses, last = record.losses, record.last
@@ -218,7 +214,8 @@ def build_step(
         else:
             logits = forward(x)
         loss = loss_fn(logits.float() if soft else logits, targets).sum()
-        optimizer.zero_grad(set_to_none=True)
+        for zero_grad in zero_grads:
+            zero_grad(set_to_none=True)
         loss.backward()
         for a in after_bwd:
             if a.active(i):
@@ -226,7 +223,8 @@ def build_step(
         scale = lr_table[i]
         for g, base in zip(groups, base_lrs):
             g["lr"] = base * scale
-        optimizer.step()
+        for opt_step in opt_steps:
+            opt_step()
         done = i + 1
         for a in after:
             if a.active(done):
@@ -279,7 +277,7 @@ class RunPlan:
     ctx: RunContext
     transforms: list[Transform]
     loss_fn: Callable
-    optimizer: torch.optim.Optimizer
+    optimizers: list[torch.optim.Optimizer]
     base_lrs: list[float]
     lr_table: list[float]
     actions: list[StepAction]
@@ -288,9 +286,52 @@ class RunPlan:
 
     def step_fn(self, forward: torch.nn.Module, batch_transforms: list[Transform]):
         return build_step(
-            forward, self.loss_fn, self.optimizer, self.base_lrs, self.lr_table, batch_transforms,
+            forward, self.loss_fn, self.optimizers, self.base_lrs, self.lr_table, batch_transforms,
             self.actions, self.ctx.dataset.num_classes, self.ctx, self.record,
         )
+
+
+def check_optimizers(model: torch.nn.Module, optimizers: list) -> None:
+    """What ``hlb_optimizer_build`` returned: optimizers, each parameter in at most one."""
+    seen: set[int] = set()
+    for opt in optimizers:
+        if not isinstance(opt, torch.optim.Optimizer):
+            raise TrickError(
+                f"hlb_optimizer_build returned {type(opt).__name__}, not a torch.optim.Optimizer",
+                "return an optimizer or a list of them",
+            )
+        for g in opt.param_groups:
+            for p in g["params"]:
+                if id(p) in seen:
+                    raise TrickError(
+                        "a parameter is in two optimizer groups",
+                        "take the parameters a trick optimises itself out of the other groups (hlb_param_groups wrapper)",
+                    )
+                seen.add(id(p))
+
+
+def data_spec(cfg: Any) -> DataSpec:
+    """The dataset's shape from the config alone (no data loaded): for ``--dry-run``."""
+    d = cfg.data
+    if d.dataset == "synthetic":
+        return DataSpec("synthetic", d.synthetic_classes, 3, d.synthetic_size, d.synthetic_train, d.synthetic_test)
+    classes = 100 if d.dataset == "cifar100" else 10
+    return DataSpec(d.dataset, classes, 3, 32, 50000, 10000)
+
+
+def check_run(cfg: Any, tm: TrickManager, spec: DataSpec | None = None) -> None:
+    """Everything that can be checked before training: the batch against the training set,
+    the widths against the image size, and each trick's ``hlb_validate`` on the built model
+    (fp32, on the CPU). ``spec`` defaults to the config's (``--dry-run``)."""
+    spec = spec or data_spec(cfg)
+    if cfg.train.batch_size > spec.train_size:
+        raise UsageError(
+            f"train.batch_size {cfg.train.batch_size} is larger than the training set ({spec.train_size} images)",
+            f"use --set train.batch_size={min(1024, spec.train_size)} or fewer",
+        )
+    check_fits(list(cfg.model.widths), spec.image_size, cfg.model.stem_kernel)
+    model = tm.hook.hlb_model_build(cfg=cfg, num_classes=spec.num_classes, in_channels=spec.in_channels)
+    tm.hook.hlb_validate(cfg=cfg, data=spec, model=model)
 
 
 def plan_run(session: Session, seed: int, warmup: bool = False) -> RunPlan:
@@ -322,16 +363,18 @@ def plan_run(session: Session, seed: int, warmup: bool = False) -> RunPlan:
     transforms = sorted(_flatten(tm.hook.hlb_batch_transforms(cfg=cfg, ctx=ctx)), key=lambda tr: tr.order)
     loss_fn = tm.hook.hlb_loss_build(cfg=cfg, ctx=ctx)
     groups = tm.hook.hlb_param_groups(model=model, cfg=cfg, ctx=ctx)
-    optimizer = tm.hook.hlb_optimizer_build(param_groups=groups, cfg=cfg, ctx=ctx)
-    ctx.optimizer = optimizer
-    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    built = tm.hook.hlb_optimizer_build(param_groups=groups, cfg=cfg, ctx=ctx)
+    optimizers = list(built) if isinstance(built, (list, tuple)) else [built]
+    check_optimizers(model, optimizers)
+    ctx.optimizer, ctx.optimizers = optimizers[0], optimizers
+    base_lrs = [g["lr"] for opt in optimizers for g in opt.param_groups]
     lr_table = tm.hook.hlb_lr_schedule(total_steps=total_steps, cfg=cfg, ctx=ctx)
     if len(lr_table) < total_steps + 1:
         raise UsageError(f"the lr schedule has {len(lr_table)} values for {total_steps} steps", "fix the schedule hook")
     lr_table = [float(v) for v in lr_table.tolist()]
-    actions = _flatten(tm.hook.hlb_step_actions(model=model, optimizer=optimizer, cfg=cfg, ctx=ctx))
+    actions = _flatten(tm.hook.hlb_step_actions(model=model, optimizer=optimizers[0], optimizers=optimizers, cfg=cfg, ctx=ctx))
     tm.hook.hlb_train_start(ctx=ctx)
-    return RunPlan(ctx, transforms, loss_fn, optimizer, base_lrs, lr_table, actions, train_images)
+    return RunPlan(ctx, transforms, loss_fn, optimizers, base_lrs, lr_table, actions, train_images)
 
 
 def run_one(

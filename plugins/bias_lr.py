@@ -7,8 +7,7 @@ from pydantic import Field
 
 from hlbcli import hookimpl
 from hlbcli.config import Settings
-from hlbcli.contract import trick
-from hlbcli.core_plugin import sgd_hparams
+from hlbcli.contract import sgd_hparams, trick
 from hlbcli.model import batchnorms
 
 NAME = "bias_lr"

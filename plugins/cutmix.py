@@ -8,7 +8,7 @@ from pydantic import Field
 
 from hlbcli import hookimpl
 from hlbcli.config import Settings
-from hlbcli.contract import Transform, trick
+from hlbcli.contract import ORDER_CUTMIX, Transform, trick
 
 NAME = "cutmix"
 
@@ -46,4 +46,4 @@ def hlb_batch_transforms(cfg, ctx):
     def cutmix_batch(images, targets):
         return cutmix(images, targets, s.size)
 
-    return [Transform(NAME, cutmix_batch, level="batch", order=30, start_epoch=start)]
+    return [Transform(NAME, cutmix_batch, level="batch", order=ORDER_CUTMIX, start_epoch=start)]

@@ -8,7 +8,7 @@ from pydantic import Field
 
 from hlbcli import hookimpl
 from hlbcli.config import Settings
-from hlbcli.contract import Transform, trick
+from hlbcli.contract import ORDER_CUTOUT, Transform, trick
 
 NAME = "cutout"
 
@@ -42,4 +42,4 @@ def hlb_batch_transforms(cfg):
     def cutout_epoch(images, epoch, gen=None):
         return cutout(images, size, gen)
 
-    return [Transform(NAME, cutout_epoch, level="epoch", order=20)]
+    return [Transform(NAME, cutout_epoch, level="epoch", order=ORDER_CUTOUT)]

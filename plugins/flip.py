@@ -12,7 +12,7 @@ from pydantic import Field
 
 from hlbcli import hookimpl
 from hlbcli.config import Settings
-from hlbcli.contract import Transform, trick
+from hlbcli.contract import ORDER_FLIP, Transform, trick
 
 NAME = "flip"
 
@@ -41,7 +41,7 @@ def make_transform(n: int, mode: str, device, generator: torch.Generator | None)
             mask = torch.rand(len(images), device=images.device, generator=gen) < 0.5
         return flip_masked(images, mask)
 
-    return Transform(NAME, flip_epoch, level="epoch", order=0)
+    return Transform(NAME, flip_epoch, level="epoch", order=ORDER_FLIP)
 
 
 hlb_trick_info, hlb_config_model = trick(NAME, "horizontal flips, alternating per epoch (each image in one of two epochs) or random", FlipSettings)

@@ -10,7 +10,7 @@ from pydantic import Field
 
 from hlbcli import hookimpl
 from hlbcli.config import Settings
-from hlbcli.contract import Transform, trick
+from hlbcli.contract import ORDER_TRANSLATE, Transform, trick
 
 NAME = "translate"
 
@@ -49,4 +49,4 @@ def hlb_batch_transforms(cfg):
     def translate_epoch(images, epoch, gen=None):
         return random_translate(images, pad, gen)
 
-    return [Transform(NAME, translate_epoch, level="epoch", order=10)]
+    return [Transform(NAME, translate_epoch, level="epoch", order=ORDER_TRANSLATE)]

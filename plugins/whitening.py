@@ -7,10 +7,9 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from hlbcli import hookimpl
+from hlbcli import TrickError, hookimpl
 from hlbcli.config import Settings
 from hlbcli.contract import trick
-from hlbcli.errors import UsageError
 
 NAME = "whitening"
 
@@ -53,16 +52,22 @@ hlb_trick_info, hlb_config_model = trick(NAME, "stem conv initialised to whiten 
 
 
 @hookimpl
-def hlb_model_init(model, ctx):
-    s = ctx.settings(NAME)
+def hlb_validate(model):
     stem = model.stem
     c, k = stem.in_channels, stem.kernel_size[0]
     need = 2 * c * k * k
     if stem.out_channels != need:
-        raise UsageError(
+        raise TrickError(
             f"whitening needs model.stem_width = 2*C*k*k = {need}, but it is {stem.out_channels}",
             f"use --set model.stem_width={need} or --disable whitening",
         )
+
+
+@hookimpl
+def hlb_model_init(model, ctx):
+    s = ctx.settings(NAME)
+    stem = model.stem
+    k = stem.kernel_size[0]
     images = ctx.state["train_images"][: s.num_images].float()
     with torch.no_grad():
         stem.weight.copy_(whitening_filters(images, k, s.eps).to(stem.weight.device))

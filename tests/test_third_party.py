@@ -20,6 +20,8 @@ from conftest import set_args, tiny_sets
 EXAMPLE = Path(__file__).parent / "example_trick"
 BROKEN = ["broken_import", "bad_hook", "bad_name"]
 DISABLE_BROKEN = [x for n in BROKEN for x in ("--disable", n)]
+# the trick API through an installed distribution: an object trick with its own optimizer
+# (wrappers of hlb_param_groups and hlb_optimizer_build), hlb_validate, TrickError; a clash
 
 BROKEN_SOURCES = {
     # the module itself fails to import
@@ -55,6 +57,103 @@ BROKEN_SOURCES = {
         """
     ),
 }
+
+
+# A distribution with two tricks, written the way the README tells a trick author to: the
+# declared API only (hlbcli, hlbcli.config, hlbcli.contract, hlbcli.model).
+FILTERS_SOURCE = textwrap.dedent(
+    """
+    import torch
+    from pydantic import Field
+
+    from hlbcli import TrickError, hookimpl
+    from hlbcli.config import Settings
+    from hlbcli.contract import sgd_hparams, trick
+    from hlbcli.model import group_convs
+
+
+    class FilterSgdSettings(Settings):
+        lr_scale: float = Field(1.0, ge=0, description="lr of the conv filters, relative to the core's")
+        max_width: int = Field(4096, ge=1, description="refuse nets with a wider group conv")
+        fail_in_init: bool = Field(False, description="raise a TrickError when the run starts")
+
+
+    class FilterSgd:
+        # an object trick: the group convs' filters get an SGD of their own
+
+        hlb_trick_info, hlb_config_model = trick("sgdfilters", "conv filters on an optimizer of their own", FilterSgdSettings)
+
+        @hookimpl
+        def hlb_validate(self, cfg, data, model):
+            widest = max(c.out_channels for c in group_convs(model))
+            if widest > cfg.sgdfilters.max_width:
+                raise TrickError(f"sgdfilters.max_width {cfg.sgdfilters.max_width} is below the widest group conv ({widest})",
+                                 f"use --set sgdfilters.max_width={widest}")
+
+        @hookimpl
+        def hlb_model_init(self, model, ctx):
+            if ctx.cfg.sgdfilters.fail_in_init:
+                raise TrickError("sgdfilters was told to fail", "drop --set sgdfilters.fail_in_init=true")
+
+        @hookimpl(wrapper=True)
+        def hlb_param_groups(self, model, ctx):
+            groups = yield
+            filters = {id(c.weight) for c in group_convs(model)}
+            ctx.state["sgdfilters"] = [c.weight for c in group_convs(model)]
+            out = []
+            for g in groups:
+                g = dict(g, params=[p for p in g["params"] if id(p) not in filters])
+                if g["params"]:
+                    out.append(g)
+            return out
+
+        @hookimpl(wrapper=True)
+        def hlb_optimizer_build(self, cfg, ctx):
+            core = yield
+            lr, wd = sgd_hparams(cfg.train)
+            lr *= cfg.sgdfilters.lr_scale
+            own = torch.optim.SGD([dict(params=ctx.state["sgdfilters"], lr=lr, weight_decay=wd / lr if lr else 0.0,
+                                        name="filters")], momentum=cfg.train.momentum, nesterov=True)
+            return [core, own]
+
+
+    TRICK = FilterSgd()
+
+
+    class Clash:
+        hlb_trick_info, hlb_config_model = trick("clash", "a second owner of hlb_param_groups")
+
+        @hookimpl
+        def hlb_param_groups(self, model):
+            return [dict(params=[p for p in model.parameters() if p.requires_grad], lr=0.01, weight_decay=0.0)]
+
+
+    CLASH = Clash()
+    """
+)
+
+
+def _write_filters(root: Path) -> Path:
+    proj = root / "filters"
+    (proj / "hlbx_filters").mkdir(parents=True)
+    (proj / "hlbx_filters" / "__init__.py").write_text(FILTERS_SOURCE)
+    (proj / "pyproject.toml").write_text(textwrap.dedent("""
+        [build-system]
+        requires = ["setuptools>=68"]
+        build-backend = "setuptools.build_meta"
+
+        [project]
+        name = "hlb-filters"
+        version = "0.1.0"
+
+        [project.entry-points."hlb.tricks"]
+        sgdfilters = "hlbx_filters:TRICK"
+        clash = "hlbx_filters:CLASH"
+
+        [tool.setuptools]
+        packages = ["hlbx_filters"]
+    """))
+    return proj
 
 
 def _dist_name(trick: str) -> str:
@@ -102,7 +201,7 @@ def venv(tmp_path_factory):
     (Path(site_dir) / "_hlb_test_parent.pth").write_text(lines)
     example = root / "example_trick"  # build from a copy: the repository stays clean
     shutil.copytree(EXAMPLE, example, ignore=shutil.ignore_patterns("build", "*.egg-info"))
-    projects = [example] + [_write_broken(root, t) for t in BROKEN]
+    projects = [example, _write_filters(root)] + [_write_broken(root, t) for t in BROKEN]
     res = subprocess.run(
         [str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index", *map(str, projects)],
         capture_output=True, text=True,
@@ -226,3 +325,88 @@ def test_mixup_through_the_testing_helpers(mixup_module):
     images, targets = torch.rand(4, 3, 8, 8), torch.eye(10)[:4]
     mixed, mt = t.fn(images, targets)
     assert mixed.shape == images.shape and torch.allclose(mt.sum(1), torch.ones(4))
+
+
+# --- the trick API through an installed distribution (hlb-filters) ----------------------------
+
+
+def _one_error_line(r) -> str:
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    return lines[0]
+
+
+def test_object_trick_with_its_own_optimizer_trains(venv, tmp_path):
+    r = venv("train", "--preset", "smoke", "--enable", "sgdfilters", *set_args(tiny_sets("train.epochs=1")),
+             "--out", tmp_path, "--quiet")
+    assert r.returncode == 0, r.stderr
+    rec = json.loads((tmp_path / "summary.json").read_text())["runs"][0]
+    assert rec["status"] == "completed" and rec["trick_sources"]["sgdfilters"] == "hlb-filters 0.1.0"
+
+
+def test_trick_error_from_a_hook_is_one_line_and_exit_2(venv):
+    r = venv("train", "--preset", "smoke", "--enable", "sgdfilters", "--set", "sgdfilters.fail_in_init=true",
+             *set_args(tiny_sets("train.epochs=1")), "--quiet")
+    assert r.returncode == 2
+    assert _one_error_line(r) == "error: sgdfilters was told to fail (drop --set sgdfilters.fail_in_init=true)"
+
+
+def test_validate_hook_runs_in_ablate_dry_run(venv):
+    r = venv("ablate", "--preset", "smoke", "--enable", "sgdfilters", "--set", "sgdfilters.max_width=8", "--dry-run")
+    assert r.returncode == 2
+    line = _one_error_line(r)
+    assert "sgdfilters.max_width 8 is below the widest group conv (32)" in line
+    assert "--set sgdfilters.max_width=32" in line
+
+
+def test_two_owners_of_a_first_result_hook_is_an_error(venv):
+    r = venv("train", "--preset", "smoke", "--enable", "clash", *set_args(tiny_sets("train.epochs=1")), "--quiet")
+    assert r.returncode == 2
+    line = _one_error_line(r)
+    assert "tricks 'clash' and 'bias_lr' both implement hlb_param_groups" in line
+    assert "--disable bias_lr" in line and "wrapper" in line
+    ok = venv("train", "--preset", "smoke", "--enable", "clash", "--disable", "bias_lr",
+              *set_args(tiny_sets("train.epochs=1")), "--quiet")
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_tricks_list_names_the_owner_of_each_first_result_hook(venv):
+    r = venv("tricks", "list", "--preset", "smoke", *DISABLE_BROKEN)
+    assert r.returncode == 0, r.stderr
+    owners = dict(line.split() for line in r.stdout.split("first-result hooks in smoke")[1].splitlines()[1:] if line.strip())
+    assert owners["hlb_param_groups"] == "bias_lr" and owners["hlb_eval_forward"] == "tta"
+    assert owners["hlb_optimizer_build"] == "core"
+
+
+def test_own_optimizer_takes_the_filters_and_the_rest_stay_with_sgd(venv):
+    """In-process, through hlbcli.testing: two optimizers, the filters only in the second,
+    and with lr_scale=0 the filters never move while the other parameters do."""
+    import importlib
+    import sys as _sys
+
+    from hlbcli import testing
+    from hlbcli.model import group_convs
+
+    src = venv.root / "filters"
+    _sys.path.insert(0, str(src))
+    try:
+        mod = importlib.import_module("hlbx_filters")
+        cfg, tm = testing.resolve_config(mod.TRICK, sets=["sgdfilters.lr_scale=0"], preset="smoke")
+        testing.check(cfg, tm)  # hlb_validate passes at these widths
+        session = testing.session(cfg, tm)
+        plan = testing.plan(session, seed=0)
+        assert len(plan.optimizers) == 2 and plan.ctx.optimizers == plan.optimizers
+        filters = {id(c.weight) for c in group_convs(session.model)}
+        first = {id(p) for g in plan.optimizers[0].param_groups for p in g["params"]}
+        second = [p for g in plan.optimizers[1].param_groups for p in g["params"]]
+        assert not (filters & first) and {id(p) for p in second} == filters
+        before = [p.detach().clone() for p in second]
+        head = session.model.head.weight.detach().clone()
+        res = testing.run(session, seed=0)  # the same seed: the same initial weights
+        assert res.status == "completed"
+        assert all(torch.equal(a, b) for a, b in zip(before, second))
+        assert not torch.equal(head, session.model.head.weight)
+    finally:
+        _sys.path.remove(str(src))
+        _sys.modules.pop("hlbx_filters", None)
