@@ -246,10 +246,27 @@ def tricks_show(name: str = typer.Argument(..., help="trick name")) -> None:
     for section, model in models.items():
         typer.echo(f"\n[{section}]")
         for field, f in model.model_fields.items():
-            ann = getattr(f.annotation, "__name__", None) or str(f.annotation).replace("typing.", "")
+            ann = _type_text(f.annotation)
             bounds = ", ".join(_bound(m) for m in f.metadata if _bound(m))
             ann += f" ({bounds})" if bounds else ""
             typer.echo(f"  {field}: {ann} = {f.default!r}  {f.description or ''}".rstrip())
+
+
+def _type_text(ann: object) -> str:
+    """A settings field's type for people: ``list[int]``, ``one of 'a', 'b'``, ``float``."""
+    import typing
+
+    origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is typing.Union or type(ann).__name__ == "UnionType":
+        return " or ".join(_type_text(a) for a in args)
+    if origin is not None:
+        name = getattr(origin, "__name__", str(origin))
+        return f"{name}[{', '.join(_type_text(a) for a in args)}]" if args else name
+    if ann is type(None):
+        return "None"
+    return getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
 
 
 def _bound(meta: object) -> str:

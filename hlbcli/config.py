@@ -97,10 +97,16 @@ class TrainSettings(Settings):
 
 
 def parse_value(text: str) -> Any:
-    """Parse a --set value as a TOML value; anything that is not TOML is a plain string."""
+    """Parse a --set value as a TOML value; anything else is a plain string, except what
+    looks like a list or a table (``[...]``, ``{...}``): that must be valid TOML."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
+        if text[:1] in "[{":
+            raise UsageError(
+                f"{text!r} is not a valid TOML list or table",
+                'quote strings inside lists, e.g. [16,"abc"]; numbers and true/false go bare',
+            ) from None
         return text
 
 
@@ -304,7 +310,12 @@ def validate(data: dict, sections: dict[str, type[BaseModel]], inactive: set[str
         return model.model_validate(data)
     except ValidationError as e:
         rows = _rows_from(e, model, sorted(inactive))
-        raise ConfigError(rows, "see `hlb config show --preset NAME` for the valid keys") from None
+        first = rows[0][0].split(".")[0] if rows else ""
+        if first in sections:  # a trick's section: its own listing has every key, enabled or not
+            hint = f"see `hlb tricks show {first}` for its keys, types and bounds"
+        else:
+            hint = "see `hlb config show --preset NAME` for the valid keys"
+        raise ConfigError(rows, hint) from None
 
 
 def to_dict(cfg: BaseModel) -> dict:
