@@ -324,7 +324,8 @@ def test_hlb_threads_sets_torch_threads(monkeypatch):
         _threads_from_env()
         assert torch.get_num_threads() == 2
         monkeypatch.setenv("HLB_THREADS", "x")
-        _threads_from_env()  # ignored
+        with pytest.raises(UsageError, match="HLB_THREADS"):
+            _threads_from_env()  # an error, no longer ignored
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)

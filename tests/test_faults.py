@@ -1,0 +1,109 @@
+"""Faults outside the happy path (issue 10): strict values, claimed output folders and
+--resume, dataset contents, filesystem failures, caches. Each through the CLI, as a user meets it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import set_args, tiny_sets
+from test_errors import assert_one_line_error
+
+TINY = set_args(tiny_sets())
+SMOKE = ["train", "--preset", "smoke", *TINY]
+
+
+def _records(out: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(out.glob("run-*.json"))]
+
+
+# --- values the validation used to let through ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "sets,needles",
+    [
+        (["train.batch_size=true"], ["train.batch_size", "valid integer", "True"]),
+        (["train.nesterov=1"], ["train.nesterov", "valid boolean"]),
+        (["train.lr=true"], ["train.lr", "valid number"]),
+        (["model.widths=[8,true]"], ["model.widths.1", "valid integer"]),
+        (["train.batch_size=64.0"], ["train.batch_size", "valid integer"]),
+        (["model.widths=[100000]"], ["model.widths", "at most 4096"]),
+        (["data.synthetic_seed=9223372036854775808"], ["data.synthetic_seed", "less than or equal"]),
+    ],
+)
+def test_strict_types_and_bounds(cli, sets, needles):
+    code, out, err = cli(*SMOKE, *set_args(sets))
+    assert_one_line_error(code, err, 2, *needles)
+
+
+def test_a_float_setting_still_takes_an_integer(cli):
+    code, out, err = cli("config", "show", "--preset", "smoke", "--set", "train.lr=2")
+    assert code == 0, err
+    assert "lr = 2.0" in out
+
+
+@pytest.mark.parametrize(
+    "args,needles",
+    [
+        (["--seed", str(2**63)], ["--seed", "9223372036854775807"]),
+        (["--seed", str(2**63 - 1), "--runs", "2"], ["goes past the largest seed", "smaller --seed"]),
+        (["--seed", "-1"], ["--seed"]),
+        (["--runs", "100000000"], ["--runs", "10000"]),
+    ],
+)
+def test_seed_and_runs_bounds(cli, args, needles):
+    code, out, err = cli(*SMOKE, *args)
+    assert_one_line_error(code, err, 2, *needles)
+
+
+@pytest.mark.parametrize("value", ["99999999999", "0", "x", "-2"])
+def test_hlb_threads_out_of_range(cli, monkeypatch, value):
+    monkeypatch.setenv("HLB_THREADS", value)
+    code, out, err = cli(*SMOKE)
+    assert_one_line_error(code, err, 2, "HLB_THREADS", "integer from 1 to")
+
+
+def test_config_that_is_not_a_regular_file(cli, tmp_path):
+    code, out, err = cli(*SMOKE, "--config", "/dev/zero")
+    assert_one_line_error(code, err, 2, "not a regular file", "/dev/zero")
+    fifo = tmp_path / "pipe.toml"
+    os.mkfifo(fifo)  # opening it would block until a writer comes
+    code, out, err = cli(*SMOKE, "--config", fifo)
+    assert_one_line_error(code, err, 2, "not a regular file", "pipe.toml")
+    code, out, err = cli("train", "--preset", "/dev/zero")
+    assert_one_line_error(code, err, 2, "preset file is not a regular file")
+
+
+def test_overflow_inside_a_step_is_a_diverged_run(cli, tmp_path):
+    """lr 1e300 overflows inside the optimizer step (a RuntimeError, not a NaN loss): the run
+    is recorded as diverged, the batch goes on, the summary is written."""
+    code, out, err = cli(*SMOKE, "--set", "train.lr=1e300", "--runs", "2", "--out", tmp_path, "--quiet")
+    assert code == 1
+    assert "Traceback" not in err and "internal error" not in err
+    recs = _records(tmp_path)
+    assert [r["status"] for r in recs] == ["diverged", "diverged"]
+    assert "overflow" in recs[0]["message"] and "epoch 1" in recs[0]["message"]
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["n"] == 0 and s["n_started"] == 2 and s["partial"] is False
+
+
+def test_a_run_that_fails_writes_its_record(cli, tmp_path, monkeypatch):
+    """An unexpected error inside a run (a buggy trick): the error is reported, and the run's
+    record and the summary are on disk."""
+    from test_errors import install_trick
+
+    def hlb_epoch_end(epoch, metrics, ctx):
+        raise ValueError("a bug in a trick")
+
+    install_trick(monkeypatch, "buggy", hlb_epoch_end=hlb_epoch_end)
+    code, out, err = cli(*SMOKE, "--enable", "buggy", "--out", tmp_path, "--quiet")
+    assert code == 1 and "ValueError: a bug in a trick" in err
+    (rec,) = _records(tmp_path)
+    assert rec["status"] == "failed" and "a bug in a trick" in rec["message"]
+    assert json.loads((tmp_path / "summary.json").read_text())["partial"] is True
