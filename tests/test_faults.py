@@ -107,3 +107,59 @@ def test_a_run_that_fails_writes_its_record(cli, tmp_path, monkeypatch):
     (rec,) = _records(tmp_path)
     assert rec["status"] == "failed" and "a bug in a trick" in rec["message"]
     assert json.loads((tmp_path / "summary.json").read_text())["partial"] is True
+
+
+# --- output folders: claimed, refused with records, resumed ------------------------------------
+
+
+def test_out_folder_in_use_is_refused_with_the_holders_pid(cli, tmp_path):
+    from hlbcli import record
+
+    hold = record.claim(tmp_path)  # another open file: flock conflicts within one process too
+    try:
+        code, out, err = cli(*SMOKE, "--out", tmp_path, "--quiet")
+        assert_one_line_error(code, err, 2, f"--out {tmp_path} is in use by another hlb (pid {os.getpid()})")
+        assert not list(tmp_path.glob("run-*.json"))
+    finally:
+        hold.release()
+    code, out, err = cli(*SMOKE, "--out", tmp_path, "--quiet")
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run-000-seed0.json", "summary.json"]  # no lock left
+
+
+def test_records_are_refused_without_resume_and_kept_with_it(cli, tmp_path):
+    code, out, err = cli(*SMOKE, "--runs", "2", "--out", tmp_path, "--quiet")
+    assert code == 0, err
+    before = {p.name: p.read_text() for p in tmp_path.glob("run-*.json")}
+    code, out, err = cli(*SMOKE, "--runs", "3", "--out", tmp_path, "--quiet")
+    assert_one_line_error(code, err, 2, "already holds the records", "--resume")
+    assert {p.name: p.read_text() for p in tmp_path.glob("run-*.json")} == before  # nothing touched
+    code, out, err = cli(*SMOKE, "--runs", "3", "--out", tmp_path, "--resume")
+    assert code == 0, err
+    assert "seed 0): completed, kept from run-000-seed0.json" in out and "seed 1): completed, kept" in out
+    assert "(seed 2)" in out
+    after = {p.name: p.read_text() for p in tmp_path.glob("run-*.json")}
+    assert sorted(after) == ["run-000-seed0.json", "run-001-seed1.json", "run-002-seed2.json"]
+    assert all(after[k] == v for k, v in before.items())  # finished seeds not retrained
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["n"] == 3 and [r["seed"] for r in s["runs"]] == [0, 1, 2] and s["partial"] is False
+
+
+def test_resume_retrains_an_interrupted_seed_in_place(cli, tmp_path):
+    code, out, err = cli(*SMOKE, "--runs", "2", "--out", tmp_path, "--quiet")
+    assert code == 0, err
+    path = tmp_path / "run-001-seed1.json"
+    rec = json.loads(path.read_text())
+    rec.update(status="interrupted", accuracy=None)
+    path.write_text(json.dumps(rec))
+    code, out, err = cli(*SMOKE, "--runs", "2", "--out", tmp_path, "--resume", "--quiet")
+    assert code == 0, err
+    assert [r["status"] for r in _records(tmp_path)] == ["completed", "completed"]
+    assert len(list(tmp_path.glob("run-*.json"))) == 2
+
+
+def test_resume_refuses_another_config(cli, tmp_path):
+    code, out, err = cli(*SMOKE, "--out", tmp_path, "--quiet")
+    assert code == 0, err
+    code, out, err = cli(*SMOKE, "--set", "train.epochs=3", "--out", tmp_path, "--resume", "--quiet")
+    assert_one_line_error(code, err, 2, "--resume", "another config", "train.epochs: 2.0 vs 3.0")
