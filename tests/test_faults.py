@@ -163,3 +163,127 @@ def test_resume_refuses_another_config(cli, tmp_path):
     assert code == 0, err
     code, out, err = cli(*SMOKE, "--set", "train.epochs=3", "--out", tmp_path, "--resume", "--quiet")
     assert_one_line_error(code, err, 2, "--resume", "another config", "train.epochs: 2.0 vs 3.0")
+
+
+# --- dataset contents, checked at load --------------------------------------------------------
+
+import pickle  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+CIFAR = [*SMOKE, "--set", 'data.dataset="cifar10"', "--no-download", "--quiet"]
+
+
+def _write_cifar(root: Path, **bad) -> Path:
+    """A tiny ``cifar-10-batches-py`` under ``root``; ``bad`` maps a file name to the batch
+    dict it gets instead of a good one."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for i, name in enumerate([f"data_batch_{j}" for j in range(1, 6)] + ["test_batch"]):
+        rng = np.random.default_rng(i)
+        d = {b"data": rng.integers(0, 256, (64, 3072), dtype=np.uint8), b"labels": rng.integers(0, 10, 64).tolist()}
+        (folder / name).write_bytes(pickle.dumps(bad.get(name, d)))
+    return folder
+
+
+def _good(n=64):
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (n, 3072), dtype=np.uint8), rng.integers(0, 10, n).tolist()
+
+
+@pytest.mark.parametrize(
+    "name,batch,needles",
+    [
+        ("labels 0..10", lambda x, y: {b"data": x, b"labels": y[:-1] + [10]}, ["data_batch_2", "labels run from", "to 10, outside 0..9"]),
+        ("negative label", lambda x, y: {b"data": x, b"labels": [-1] + y[1:]}, ["labels run from -1"]),
+        ("float labels", lambda x, y: {b"data": x, b"labels": [v + 0.5 for v in y]}, ["labels are float64, not integers"]),
+        ("int64 pixels above 255", lambda x, y: {b"data": x.astype(np.int64) + 100, b"labels": y}, ["pixel values run from", "outside 0..255"]),
+        ("float pixels", lambda x, y: {b"data": x.astype(np.float32) / 255, b"labels": y}, ["pixels are float32", "uint8"]),
+        ("NHWC", lambda x, y: {b"data": x.reshape(-1, 32, 32, 3), b"labels": y}, ["(64, 32, 32, 3), channels last"]),
+        ("wrong shape", lambda x, y: {b"data": x[:, :1000], b"labels": y}, ["shape (64, 1000)"]),
+        ("count mismatch", lambda x, y: {b"data": x, b"labels": y[:10]}, ["64 images but 10 labels"]),
+    ],
+)
+def test_bad_dataset_contents_are_one_line(cli, tmp_path, name, batch, needles):
+    x, y = _good()
+    _write_cifar(tmp_path / "d", data_batch_2=batch(x, y))
+    code, out, err = cli(*CIFAR, "--data-dir", tmp_path / "d")
+    assert_one_line_error(code, err, 1, "dataset file", *needles)
+
+
+def test_an_empty_test_set_is_refused(cli, tmp_path):
+    _write_cifar(tmp_path / "d", test_batch={b"data": np.zeros((0, 3072), np.uint8), b"labels": []})
+    code, out, err = cli(*CIFAR, "--data-dir", tmp_path / "d", "--out", tmp_path / "o")
+    assert_one_line_error(code, err, 1, "test_batch", "holds no images")
+    assert not list((tmp_path / "o").glob("run-*.json"))  # no "completed" run at accuracy 0
+
+
+# --- the data folder: a file, read-only, full; one cache per dataset --------------------------
+
+
+def test_data_dir_that_is_a_file(cli, tmp_path, monkeypatch):
+    f = tmp_path / "a_file"
+    f.write_text("x")
+    code, out, err = cli(*CIFAR, "--data-dir", f)
+    assert_one_line_error(code, err, 2, f"--data-dir {f} is not a folder", "point --data-dir at a folder")
+    monkeypatch.setenv("HLB_DATA_DIR", str(f))
+    code, out, err = cli(*SMOKE, "--set", 'data.dataset="cifar10"')  # download allowed: still no FileExistsError
+    assert_one_line_error(code, err, 2, f"$HLB_DATA_DIR {f} is not a folder")
+
+
+def _hlb_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".hlb"))
+
+
+def test_a_data_folder_that_takes_no_cache_still_trains(cli, tmp_path, monkeypatch):
+    """Read-only (no temporary file can be made there): train without the cache."""
+    import hlbcli.data
+
+    folder = _write_cifar(tmp_path / "d")
+
+    def read_only(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(hlbcli.data.tempfile, "mkstemp", read_only)
+    code, out, err = cli(*CIFAR, "--data-dir", tmp_path / "d")
+    assert code == 0, err
+    assert _hlb_files(folder) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_data_folder_still_trains(cli, tmp_path):
+    folder = _write_cifar(tmp_path / "d")
+    folder.chmod(0o555)
+    try:
+        code, out, err = cli(*CIFAR, "--data-dir", tmp_path / "d")
+    finally:
+        folder.chmod(0o755)
+    assert code == 0, err
+    assert _hlb_files(folder) == []
+
+
+def test_a_full_disk_while_caching_leaves_no_partial_cache(cli, tmp_path, monkeypatch):
+    import hlbcli.data
+
+    folder = _write_cifar(tmp_path / "d")
+
+    def disk_full(obj, f):
+        f.write(b"PK\x03\x04 half a zip")
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0: file write failed")
+
+    monkeypatch.setattr(hlbcli.data.torch, "save", disk_full)
+    code, out, err = cli(*CIFAR, "--data-dir", tmp_path / "d")
+    assert code == 0, err
+    assert _hlb_files(folder) == []
+
+
+def test_one_cache_per_dataset(tmp_path):
+    from hlbcli.data import load_cifar
+
+    folder = _write_cifar(tmp_path)
+    load_cifar("cifar10", tmp_path, download=False)
+    (first,) = _hlb_files(folder)
+    os.utime(folder / "data_batch_1", ns=(1, 1))  # a new time stamp: a new cache, the old one removed
+    load_cifar("cifar10", tmp_path, download=False)
+    (second,) = _hlb_files(folder)
+    assert first != second and second.endswith(".pt")
