@@ -151,7 +151,7 @@ def claim(out: str | Path, what: str = "--out") -> Claim:
     try:
         p.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UsageError(f"{what} {p} cannot be created: {e.strerror or e}", "choose a folder you can write to") from None
+        raise UsageError(f"{what} {p} cannot be written: {e.strerror or e}", "choose a folder you can write to") from None
     while True:
         try:
             fd = os.open(p / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
