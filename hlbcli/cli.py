@@ -136,16 +136,19 @@ def ablate(
     plot: bool = typer.Option(False, "--plot", help="also write accuracy.png (needs the 'plot' extra)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="print only the table and errors"),
     dry_run: bool = typer.Option(False, "--dry-run", help="check everything, print the arms and their commands, train nothing"),
+    resume: bool = typer.Option(False, "--resume", help="--out holds this ablation, stopped: keep its finished runs, train the rest"),
 ) -> None:
     """Baseline vs arms with tricks off (or on), N paired seeds each, with statistics."""
     from rich.console import Console
 
     from hlbcli.ablate import AblateOptions, child_command, prepare, print_table, run_ablation
 
+    _check_seeds(seed, runs)
     opts = AblateOptions(
         preset=preset, config=str(config) if config else None, sets=set_ or [], disable=disable or [],
         enable=enable or [], leave_one_out=leave_one_out, runs=runs, seed=seed, workers=workers, device=device,
         data_dir=str(data_dir) if data_dir else None, download=not no_download, out=out, plot=plot, quiet=quiet,
+        resume=resume,
     )
     console = Console(highlight=False, soft_wrap=True)
     say = (lambda text: None) if quiet else (lambda text: console.print(text, markup=False))
@@ -167,6 +170,30 @@ def ablate(
     if summary.get("error"):
         typer.echo(f"error: {summary['error']}", err=True)
     raise typer.Exit(code)
+
+
+@app.command("summary")
+def summary_cmd(
+    folder: Path = typer.Argument(..., help="an --out folder of hlb ablate or hlb train"),
+) -> None:
+    """Rebuild a folder's summary.json (and summary.md) from its run records: after a crash,
+    a kill, or a hand edit. Refused while another hlb holds the folder."""
+    from rich.console import Console
+
+    from hlbcli import record
+    from hlbcli.ablate import PLAN_NAME, print_table, rebuild_summary
+    from hlbcli.output import Printer
+    from hlbcli.runner import rebuild_train_summary
+
+    if not folder.is_dir():
+        raise UsageError(f"{folder} is not a folder", "point at the --out folder of hlb ablate or hlb train")
+    with record.claim(folder, "folder"):
+        if (folder / PLAN_NAME).exists():
+            summary = rebuild_summary(folder)
+            print_table(summary, Console(highlight=False, soft_wrap=True))
+        else:
+            Printer().summary(rebuild_train_summary(folder))
+    typer.echo(f"summary: {folder / 'summary.json'}")
 
 
 @app.command("plot")

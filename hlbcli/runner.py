@@ -61,6 +61,29 @@ def interruptible():
             signal.signal(s, h)
 
 
+@contextmanager
+def held_signals():
+    """While a batch stops (children asked to end, the summary written): a stop signal is
+    noted in the yielded list, not obeyed, so a second Ctrl-C or SIGTERM cannot cut the
+    summary short. :func:`interruptible` may be nested inside."""
+    got: list[int] = []
+
+    def handler(signum, frame):
+        got.append(signum)
+
+    old = {}
+    for s in STOP_SIGNALS:
+        try:
+            old[s] = signal.signal(s, handler)
+        except ValueError:  # not the main thread
+            pass
+    try:
+        yield got
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
 @dataclass
 class TrainOptions:
     runs: int = 1
@@ -105,7 +128,7 @@ def _first_difference(a: Any, b: Any, where: str = "") -> str:
     return f"{where or 'config'}: {a!r} vs {b!r}"
 
 
-def earlier_runs(out: Path, config: dict, resume: bool) -> dict[int, tuple[Path, dict]]:
+def earlier_runs(out: Path, config: dict, resume: bool, check: bool = True) -> dict[int, tuple[Path, dict]]:
     """The run records already in ``out``, by seed. Records there are refused without
     ``resume``; with it, a record of another config is refused."""
     found: dict[int, tuple[Path, dict]] = {}
@@ -124,12 +147,30 @@ def earlier_runs(out: Path, config: dict, resume: bool) -> dict[int, tuple[Path,
             )
         return found
     for p, rec in found.values():
-        if rec.get("config") != config:
+        if check and rec.get("config") != config:
             raise UsageError(
                 f"--resume: {p} was trained with another config ({_first_difference(rec.get('config'), config)})",
                 "rerun with the same preset, --config, --set, --enable and --disable, or choose a new folder",
             )
     return found
+
+
+def rebuild_train_summary(out: Path) -> dict:
+    """``hlb summary DIR`` for ``hlb train``: summary.json again from the run records."""
+    runs = [rec for _, rec in sorted(earlier_runs(out, {}, resume=True, check=False).items())]
+    if not runs:
+        raise UsageError(f"no run records in {out}", "point at the --out folder of hlb train or hlb ablate")
+    old: dict = {}
+    try:
+        old = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        pass
+    requested = old.get("runs_requested") if isinstance(old, dict) else None
+    requested = requested if isinstance(requested, int) else len(runs)
+    partial = any(r.get("status") not in FINISHED for r in runs) or len(runs) < requested
+    summary = record.summarize(runs, partial=partial, runs_requested=requested, rebuilt=True)
+    record.write_json(out / "summary.json", summary)
+    return summary
 
 
 def train_runs(cfg: Any, tm, opts: TrainOptions, printer: Printer | None = None) -> tuple[dict, int]:
