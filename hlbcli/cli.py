@@ -199,7 +199,7 @@ def summary_cmd(
 @app.command("plot")
 def plot_cmd(
     folder: Path = typer.Argument(..., help="an --out folder of hlb ablate or hlb train (or its summary.json)"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="PNG to write (default: FOLDER/accuracy.png)"),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="PNG to write, or a folder to write accuracy.png into (default: FOLDER/accuracy.png)"),
 ) -> None:
     """Draw each arm's accuracies (points, mean, 95% CI) as a PNG."""
     from hlbcli.plot import plot_dir, require_matplotlib

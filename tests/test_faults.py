@@ -477,3 +477,57 @@ def test_ablate_checks_device_data_and_sizes_before_any_arm(cli, tmp_path, args,
 def test_ablate_cuda_where_there_is_none(cli):
     code, out, err = cli("ablate", "--preset", "smoke", "--disable", "ema", "--device", "cuda", "--dry-run")
     assert_one_line_error(code, err, 2, "--device cuda", "no CUDA GPU")
+
+
+# --- hlb plot --out --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def plotted(tmp_path):
+    pytest.importorskip("matplotlib")
+    arms = [ablate.Arm("baseline"), ablate.Arm("-ema", disabled=["ema"])]
+    for arm, accs in zip(arms, ([0.9, 0.91], [0.8, 0.82])):
+        d = tmp_path / "arms" / arm.folder
+        d.mkdir(parents=True)
+        for i, a in enumerate(accs):
+            (d / f"run-{i:03d}-seed{i}.json").write_text(json.dumps({"seed": i, "status": "completed", "accuracy": a, "train_seconds": 1.0}))
+    s = ablate.summarize(ablate.AblateOptions(preset="smoke"), arms, tmp_path, {}, partial=False)
+    (tmp_path / "summary.json").write_text(json.dumps(s))
+    return tmp_path
+
+
+def test_plot_out_folder_with_a_slash_writes_into_it(cli, plotted, tmp_path):
+    (tmp_path / "pics").mkdir()
+    code, out, err = cli("plot", plotted, "--out", f"{tmp_path / 'pics'}/")
+    assert code == 0, err
+    assert out.strip() == str(tmp_path / "pics" / "accuracy.png") and (tmp_path / "pics" / "accuracy.png").exists()
+    assert not (tmp_path / "pics.png").exists()
+    code, out, err = cli("plot", plotted, "--out", tmp_path / "pics")  # an existing folder, no slash
+    assert code == 0 and out.strip() == str(tmp_path / "pics" / "accuracy.png")
+
+
+@pytest.mark.parametrize(
+    "target,needles",
+    [
+        ("missing/", ["no such folder", "create it first"]),
+        ("missing/a.png", ["the folder", "missing does not exist"]),
+        ("a.xyz", ["cannot draw a .xyz file"]),
+    ],
+)
+def test_plot_out_bad_targets(cli, plotted, tmp_path, target, needles):
+    code, out, err = cli("plot", plotted, "--out", f"{tmp_path}/{target}")
+    assert_one_line_error(code, err, 2, *needles)
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith((".tmp", ".png", ".xyz"))]
+
+
+def test_plot_into_a_folder_that_cannot_be_written(cli, plotted, tmp_path, monkeypatch):
+    import errno
+
+    from hlbcli import record
+
+    def read_only(*a, **k):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(record.tempfile, "mkstemp", read_only)
+    code, out, err = cli("plot", plotted, "--out", tmp_path / "a.png")
+    assert_one_line_error(code, err, 1, "cannot write", "a.png", "Read-only file system")
