@@ -531,3 +531,21 @@ def test_plot_into_a_folder_that_cannot_be_written(cli, plotted, tmp_path, monke
     monkeypatch.setattr(record.tempfile, "mkstemp", read_only)
     code, out, err = cli("plot", plotted, "--out", tmp_path / "a.png")
     assert_one_line_error(code, err, 1, "cannot write", "a.png", "Read-only file system")
+
+
+def test_a_full_disk_while_writing_records_is_one_line(cli, tmp_path, monkeypatch):
+    import errno
+
+    from hlbcli import record
+
+    real_mkstemp = record.tempfile.mkstemp
+
+    def mkstemp(*a, prefix="", **k):
+        if prefix.startswith(".run-001"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_mkstemp(*a, prefix=prefix, **k)
+
+    monkeypatch.setattr(record.tempfile, "mkstemp", mkstemp)
+    code, out, err = cli(*SMOKE, "--runs", "2", "--out", tmp_path, "--quiet")
+    assert_one_line_error(code, err, 1, "cannot write", "run-001-seed1.json", "No space left", "free some space")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run-000-seed0.json", "summary.json"]  # no temporary, no lock
