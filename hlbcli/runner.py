@@ -157,7 +157,7 @@ def earlier_runs(out: Path, config: dict, resume: bool, check: bool = True) -> d
 
 def rebuild_train_summary(out: Path) -> dict:
     """``hlb summary DIR`` for ``hlb train``: summary.json again from the run records."""
-    runs = [rec for _, rec in sorted(earlier_runs(out, {}, resume=True, check=False).items())]
+    runs = [rec for _, (_, rec) in sorted(earlier_runs(out, {}, resume=True, check=False).items())]
     if not runs:
         raise UsageError(f"no run records in {out}", "point at the --out folder of hlb train or hlb ablate")
     old: dict = {}

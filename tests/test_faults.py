@@ -549,3 +549,20 @@ def test_a_full_disk_while_writing_records_is_one_line(cli, tmp_path, monkeypatc
     code, out, err = cli(*SMOKE, "--runs", "2", "--out", tmp_path, "--quiet")
     assert_one_line_error(code, err, 1, "cannot write", "run-001-seed1.json", "No space left", "free some space")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run-000-seed0.json", "summary.json"]  # no temporary, no lock
+
+
+def test_summary_rebuilds_a_train_folder(cli, tmp_path):
+    code, out, err = cli(*SMOKE, "--runs", "2", "--out", tmp_path, "--quiet")
+    assert code == 0, err
+    before = json.loads((tmp_path / "summary.json").read_text())
+    (tmp_path / "summary.json").unlink()
+    code, out, err = cli("summary", tmp_path)
+    assert code == 0, err
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["n"] == 2 and s["mean_accuracy"] == pytest.approx(before["mean_accuracy"]) and s["rebuilt"] is True
+    code, out, err = cli("summary", tmp_path / "nothing")
+    assert_one_line_error(code, err, 2, "is not a folder")
+    (tmp_path / "empty").mkdir()
+    code, out, err = cli("summary", tmp_path / "empty")
+    assert_one_line_error(code, err, 2, "no run records")
+    assert not (tmp_path / "empty" / ".hlb-lock").exists()
