@@ -535,8 +535,8 @@ def prepare(opts: AblateOptions, fetch: bool = False) -> list[Arm]:
     check_names(active, "the preset's tricks")
     arms = plan_arms(active, opts.disable, opts.enable, opts.leave_one_out)
     validate_arms(opts, arms)
-    dataset = data.get("data", {}).get("dataset", "cifar10") if isinstance(data.get("data"), dict) else "cifar10"
-    check_environment(opts, dataset, fetch)
+    section = data.get("data") if isinstance(data.get("data"), dict) else {}
+    check_environment(opts, section.get("dataset", "cifar10"), fetch)  # the settings are validated by now
     return arms
 
 
