@@ -66,6 +66,7 @@ class AblateOptions:
     out: Path | None = None
     plot: bool = False
     quiet: bool = False
+    resume: bool = False
 
 
 def plan_arms(active: list[str], disable: Iterable[str], enable: Iterable[str], leave_one_out: bool) -> list[Arm]:
@@ -127,6 +128,18 @@ def validate_arms(opts: AblateOptions, arms: list[Arm]) -> list[str]:
     return active
 
 
+def check_environment(opts: AblateOptions, dataset: str, fetch: bool) -> None:
+    """The device and the data, once, before any arm starts (each arm would fail alike).
+    With ``fetch``, a missing dataset is downloaded here, once, not by every arm at once."""
+    from hlbcli.train import resolve_device
+
+    resolve_device(opts.device)
+    if dataset in ("cifar10", "cifar100"):
+        from hlbcli.data import locate_cifar
+
+        locate_cifar(dataset, opts.data_dir, opts.download, fetch=fetch)
+
+
 def child_command(opts: AblateOptions, arm: Arm, arm_dir: Path) -> list[str]:
     cmd = [sys.executable, "-m", "hlbcli.cli", "train", "--preset", opts.preset]
     if opts.config:
@@ -143,6 +156,8 @@ def child_command(opts: AblateOptions, arm: Arm, arm_dir: Path) -> list[str]:
     if not opts.download:
         cmd += ["--no-download"]
     cmd += ["--out", str(arm_dir), "--quiet"]
+    if opts.resume:
+        cmd += ["--resume"]
     return cmd
 
 
@@ -332,13 +347,93 @@ def default_out(preset: str) -> Path:
     return Path(f"hlb-ablate-{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
-def prepare_out(out: Path) -> Path:
-    out = record.prepare_out_dir(out)
-    arms_dir = out / "arms"
-    if arms_dir.exists() and any(arms_dir.iterdir()):
-        raise UsageError(f"--out {out} already holds an ablation", "choose a new folder, or delete that one")
-    arms_dir.mkdir(exist_ok=True)
-    return out
+PLAN_NAME = "ablation.json"
+
+
+def plan_of(opts: AblateOptions, arms: list[Arm]) -> dict:
+    """What ``--resume`` must find unchanged, and what ``hlb summary`` needs to rebuild the
+    summary: written to ``DIR/ablation.json`` before any arm starts."""
+    return {
+        "kind": "ablation-plan",
+        "preset": opts.preset,
+        "config": opts.config,
+        "sets": list(opts.sets),
+        "seed": opts.seed,
+        "runs": opts.runs,
+        "arms": [{"name": a.name, "disabled": a.disabled, "enabled": a.enabled, "silenced": a.silenced} for a in arms],
+    }
+
+
+def prepare_out(out: Path, plan: dict, resume: bool = False) -> record.Claim:
+    """Claim ``out`` for this process; refuse one that holds an ablation unless ``resume``
+    and its plan is this one. Writes the plan."""
+    hold = record.claim(out)
+    try:
+        arms_dir = hold.folder / "arms"
+        if arms_dir.exists() and any(arms_dir.iterdir()):
+            if not resume:
+                raise UsageError(
+                    f"--out {hold.folder} already holds an ablation",
+                    "pass --resume to keep its finished runs and train the rest, or choose a new folder",
+                )
+            old = _read_plan(hold.folder)
+            same = {k: v for k, v in old.items() if k != "runs"} == {k: v for k, v in plan.items() if k != "runs"}
+            if not same:
+                raise UsageError(
+                    f"--resume: {hold.folder} holds an ablation of another plan (preset, --config, --set, arms or --seed differ)",
+                    "rerun the command that started it with --resume, or choose a new folder",
+                )
+        arms_dir.mkdir(exist_ok=True)
+        record.write_json(hold.folder / PLAN_NAME, plan)
+    except BaseException:
+        hold.release()
+        raise
+    return hold
+
+
+def _read_plan(folder: Path) -> dict:
+    path = Path(folder) / PLAN_NAME
+    try:
+        plan = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"{folder} has no {PLAN_NAME}", "it was not written by hlb ablate; choose a new folder") from None
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{path} cannot be read: {e}", "choose a new folder") from None
+    if not isinstance(plan, dict) or plan.get("kind") != "ablation-plan":
+        raise UsageError(f"{path} is not an ablation plan", "choose a new folder")
+    return plan
+
+
+def _opts_arms(plan: dict, out: Path) -> tuple[AblateOptions, list[Arm]]:
+    opts = AblateOptions(preset=plan["preset"], config=plan.get("config"), sets=list(plan.get("sets", [])),
+                         runs=int(plan["runs"]), seed=int(plan["seed"]), out=out)
+    arms = [Arm(a["name"], list(a.get("disabled", [])), list(a.get("enabled", [])), list(a.get("silenced", [])))
+            for a in plan["arms"]]
+    return opts, arms
+
+
+def write_summary(opts: AblateOptions, arms: list[Arm], out: Path, status: dict[str, str], partial: bool,
+                  wall_seconds: float | None = None) -> dict:
+    summary = summarize(opts, arms, out, status, partial)
+    if wall_seconds is not None:
+        summary["wall_seconds"] = wall_seconds
+    record.write_json(out / "summary.json", summary)
+    record.write_text(out / "summary.md", markdown(summary))
+    return summary
+
+
+def rebuild_summary(folder: Path) -> dict:
+    """``hlb summary DIR`` for an ablation: the summary again from its plan and the arms' run
+    records (after a crash, a SIGKILL, or by hand)."""
+    opts, arms = _opts_arms(_read_plan(folder), Path(folder))
+    status = {}
+    for arm in arms:
+        runs = arm_runs(Path(folder) / "arms" / arm.folder)
+        done = {r.get("seed") for r in runs if r.get("status") in ("completed", "diverged")}
+        want = set(range(opts.seed, opts.seed + opts.runs))
+        status[arm.name] = "completed" if want <= done else ("incomplete" if runs else "not started")
+    partial = any(v != "completed" for v in status.values())
+    return write_summary(opts, arms, Path(folder), status, partial)
 
 
 class _Job:
@@ -373,9 +468,35 @@ def _last_error(log_path: Path) -> str:
     return (errs or lines or [""])[-1]
 
 
-def prepare(opts: AblateOptions) -> list[Arm]:
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent():
+    """A ``preexec_fn`` for each arm on Linux: the kernel sends the child SIGTERM when this
+    process dies, however it dies (SIGKILL included), so no arm trains on with parent 1. A
+    child whose parent is already gone stops at once. None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here, not in the forked child
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
+def prepare(opts: AblateOptions, fetch: bool = False) -> list[Arm]:
     """Check everything that can be checked before training: names, ``--set`` values, every
-    arm's config, the plotting extra. Returns the arms, the baseline first."""
+    arm's config and sizes, the device, the data (downloaded here with ``fetch``), the
+    plotting extra. Returns the arms, the baseline first."""
     from hlbcli.plugins import check_names
 
     if opts.runs < 1:
@@ -390,18 +511,31 @@ def prepare(opts: AblateOptions) -> list[Arm]:
 
     # the baseline's tricks from the layered data alone: its settings are validated below,
     # once it is known which tricks other arms add
-    active = active_tricks(layered(opts.preset, opts.config, list(opts.sets)), [], [])
+    data = layered(opts.preset, opts.config, list(opts.sets))
+    active = active_tricks(data, [], [])
     check_names(active, "the preset's tricks")
     arms = plan_arms(active, opts.disable, opts.enable, opts.leave_one_out)
     validate_arms(opts, arms)
+    section = data.get("data") if isinstance(data.get("data"), dict) else {}
+    check_environment(opts, section.get("dataset", "cifar10"), fetch)  # the settings are validated by now
     return arms
 
 
 def run_ablation(opts: AblateOptions, say=None) -> tuple[dict, int]:
-    """Validate, train every arm in its own process, write and return the summary."""
+    """Validate, train every arm in its own process, write and return the summary. The
+    children end with this process, whatever ends it."""
     say = say or (lambda text: None)
-    arms = prepare(opts)
-    out = prepare_out(opts.out or default_out(opts.preset))
+    arms = prepare(opts, fetch=True)
+    hold = prepare_out(opts.out or default_out(opts.preset), plan_of(opts, arms), opts.resume)
+    try:
+        return _run_arms(opts, arms, hold.folder, say)
+    finally:
+        hold.release()
+
+
+def _run_arms(opts: AblateOptions, arms: list[Arm], out: Path, say) -> tuple[dict, int]:
+    from hlbcli.runner import Interrupted, held_signals, interruptible
+
     slots = worker_slots(opts.device, opts.workers)
     say(
         f"{len(arms)} arms x {opts.runs} seeds (seeds {opts.seed}..{opts.seed + opts.runs - 1}), "
@@ -414,56 +548,69 @@ def run_ablation(opts: AblateOptions, say=None) -> tuple[dict, int]:
     t0 = time.monotonic()
 
     def write(partial: bool) -> dict:
-        summary = summarize(opts, arms, out, status, partial)
-        summary["wall_seconds"] = time.monotonic() - t0
-        record.write_json(out / "summary.json", summary)
-        record.write_text(out / "summary.md", markdown(summary))
-        return summary
+        return write_summary(opts, arms, out, status, partial, time.monotonic() - t0)
 
-    from hlbcli.runner import Interrupted, interruptible
+    def start(arm: Arm, slot: int) -> None:
+        arm_dir = out / "arms" / arm.folder
+        arm_dir.mkdir(parents=True, exist_ok=True)
+        cmd = child_command(opts, arm, arm_dir)
+        record.write_text(arm_dir / "command.txt", shlex.join(cmd) + "\n")
+        log = open(arm_dir / "train.log", "a" if opts.resume else "w", encoding="utf-8")
+        env = dict(os.environ, **slots[slot])
+        # a session of its own: a terminal's Ctrl-C reaches only this process, which then asks
+        # each child once to stop (a second SIGINT could cut its last write)
+        try:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=env, start_new_session=True, preexec_fn=_die_with_parent())
+        except BaseException:
+            log.close()
+            raise
+        running.append(_Job(arm, proc, log, slot))
+        status[arm.name] = "running"
+        say(f"arm {arm.name}: started ({len(arms) - len(pending)}/{len(arms)})")
 
-    try:
-        with interruptible():
-            while pending or running:
-                free = [i for i in range(len(slots)) if i not in {j.slot for j in running}]
-                while pending and free:
-                    arm, slot = pending.pop(0), free.pop(0)
-                    arm_dir = out / "arms" / arm.folder
-                    arm_dir.mkdir(parents=True, exist_ok=True)
-                    cmd = child_command(opts, arm, arm_dir)
-                    (arm_dir / "command.txt").write_text(shlex.join(cmd) + "\n", encoding="utf-8")
-                    log = open(arm_dir / "train.log", "w", encoding="utf-8")
-                    env = dict(os.environ, **slots[slot])
-                    # a session of its own: a terminal's Ctrl-C reaches only this process, which
-                    # then asks each child once to stop (a second SIGINT could cut its last write)
-                    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            env=env, start_new_session=True)
-                    running.append(_Job(arm, proc, log, slot))
-                    status[arm.name] = "running"
-                    say(f"arm {arm.name}: started ({len(arms) - len(pending)}/{len(arms)})")
-                time.sleep(0.1)
-                for j in [j for j in running if j.proc.poll() is not None]:
-                    running.remove(j)
-                    j.log.close()
-                    n = len([r for r in arm_runs(out / "arms" / j.arm.folder) if r.get("status") == "completed"])
-                    if j.proc.returncode == 0:
-                        status[j.arm.name] = "completed"
-                        say(f"arm {j.arm.name}: {n}/{opts.runs} runs done")
-                    else:
-                        status[j.arm.name] = f"failed (exit {j.proc.returncode})"
-                        failed.append(j.arm.name)
-                        why = _last_error(out / "arms" / j.arm.folder / "train.log")
-                        say(f"arm {j.arm.name}: exit {j.proc.returncode} after {n}/{opts.runs} runs: {why}")
-                    write(partial=True)
-    except Interrupted as e:
-        _stop(running)
-        for j in running:
-            status[j.arm.name] = "interrupted"
-        summary = write(partial=True)
-        kept = sum(a["n"] for a in summary["arms"])
-        say(f"interrupted: {kept} finished run(s) kept in {out}")
-        return summary, EXIT_INTERRUPTED if e.signum == signal.SIGINT else e.exit_code
-    summary = write(partial=bool(failed))
+    def reap(j: _Job) -> None:
+        running.remove(j)
+        j.log.close()
+        n = len([r for r in arm_runs(out / "arms" / j.arm.folder) if r.get("status") == "completed"])
+        if j.proc.returncode == 0:
+            status[j.arm.name] = "completed"
+            say(f"arm {j.arm.name}: {n}/{opts.runs} runs done")
+        else:
+            status[j.arm.name] = f"failed (exit {j.proc.returncode})"
+            failed.append(j.arm.name)
+            why = _last_error(out / "arms" / j.arm.folder / "train.log")
+            say(f"arm {j.arm.name}: exit {j.proc.returncode} after {n}/{opts.runs} runs: {why}")
+        write(partial=True)
+
+    with held_signals():  # from here until the summary is written, no signal cuts it short
+        try:
+            with interruptible():
+                while pending or running:
+                    free = [i for i in range(len(slots)) if i not in {j.slot for j in running}]
+                    while pending and free:
+                        start(pending.pop(0), free.pop(0))
+                    time.sleep(0.1)
+                    for j in [j for j in running if j.proc.poll() is not None]:
+                        reap(j)
+        except Interrupted as e:
+            _stop(running)
+            for j in running:
+                status[j.arm.name] = "interrupted"
+            summary = write(partial=True)
+            kept = sum(a["n"] for a in summary["arms"])
+            say(f"interrupted: {kept} finished run(s) kept in {out} (rerun the same command with --resume to train the rest)")
+            return summary, EXIT_INTERRUPTED if e.signum == signal.SIGINT else e.exit_code
+        except BaseException:
+            _stop(running)  # an error here must not leave arms training without a parent
+            for j in running:
+                status[j.arm.name] = "stopped"
+            try:
+                write(partial=True)
+            except HlbError:
+                pass  # the write may be what failed; the error that ended the run goes up
+            raise
+        summary = write(partial=bool(failed))
     if failed:
         summary["error"] = f"arm(s) {', '.join(failed)} failed; see train.log in {out / 'arms'}/<arm>"
         return summary, 1

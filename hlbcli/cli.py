@@ -10,7 +10,11 @@ from typing import List, Optional
 
 import typer
 
-from hlbcli.errors import ConfigError, HlbError
+from hlbcli.config import MAX_SEED
+from hlbcli.errors import ConfigError, HlbError, UsageError
+
+#: the most seeds one command trains (per arm for ``hlb ablate``)
+MAX_RUNS = 10_000
 
 
 def _click_classes(name: str) -> tuple[type, ...]:
@@ -54,6 +58,7 @@ EnableOpt = typer.Option(None, "--enable", "-e", help="turn a trick on; repeatab
 DeviceOpt = typer.Option("auto", "--device", help="auto, cpu or cuda")
 DataDirOpt = typer.Option(None, "--data-dir", help="dataset folder (default: $HLB_DATA_DIR, else a user cache)")
 NoDownloadOpt = typer.Option(False, "--no-download", help="fail instead of downloading a missing dataset")
+ResumeOpt = typer.Option(False, "--resume", help="--out holds an earlier batch of this config: keep its finished runs, train the rest")
 
 
 @app.command()
@@ -63,8 +68,8 @@ def train(
     set_: Optional[List[str]] = SetOpt,
     disable: Optional[List[str]] = DisableOpt,
     enable: Optional[List[str]] = EnableOpt,
-    runs: int = typer.Option(1, "--runs", "-n", min=1, help="seeds to train, one after another in this process"),
-    seed: int = typer.Option(0, "--seed", help="seed of the first run; run i uses seed + i"),
+    runs: int = typer.Option(1, "--runs", "-n", min=1, max=MAX_RUNS, help="seeds to train, one after another in this process"),
+    seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="seed of the first run; run i uses seed + i"),
     device: str = DeviceOpt,
     data_dir: Optional[Path] = DataDirOpt,
     no_download: bool = NoDownloadOpt,
@@ -72,30 +77,45 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="print nothing but errors"),
     deterministic: bool = typer.Option(False, "--deterministic", help="ask CUDA for deterministic kernels"),
     stop_on_failure: bool = typer.Option(False, "--stop-on-failure", help="stop the batch at the first diverged run"),
+    resume: bool = ResumeOpt,
 ) -> None:
     """Train a preset for one or more seeds."""
     from hlbcli.runner import TrainOptions, train_runs
     from hlbcli.session import resolve
 
     _threads_from_env()
+    _check_seeds(seed, runs)
 
     cfg, tm = resolve(preset, str(config) if config else None, set_ or [], enable or [], disable or [])
     opts = TrainOptions(
         runs=runs, seed=seed, device=device, data_dir=str(data_dir) if data_dir else None,
         download=not no_download, out=out, quiet=quiet, deterministic=deterministic,
-        stop_on_failure=stop_on_failure,
+        stop_on_failure=stop_on_failure, resume=resume,
     )
     _, code = train_runs(cfg, tm, opts)
     raise typer.Exit(code)
 
 
+#: the most CPU threads ``HLB_THREADS`` may ask for
+MAX_THREADS = 1024
+
+
 def _threads_from_env() -> None:
     """``HLB_THREADS=K`` (set by ``hlb ablate --workers``): this process uses K CPU threads."""
     k = os.environ.get("HLB_THREADS", "").strip()
-    if k.isdigit() and int(k) > 0:
-        import torch
+    if not k:
+        return
+    if not (k.isascii() and k.isdigit() and 1 <= int(k) <= MAX_THREADS):
+        raise UsageError(f"HLB_THREADS={k!r} is not a thread count", f"set it to an integer from 1 to {MAX_THREADS}, or unset it")
+    import torch
 
-        torch.set_num_threads(int(k))
+    torch.set_num_threads(int(k))
+
+
+def _check_seeds(seed: int, runs: int) -> None:
+    """The last seed must fit torch's generators too."""
+    if seed + runs - 1 > MAX_SEED:
+        raise UsageError(f"--seed {seed} with --runs {runs} goes past the largest seed {MAX_SEED}", "use a smaller --seed")
 
 
 @app.command()
@@ -106,8 +126,8 @@ def ablate(
     disable: Optional[List[str]] = typer.Option(None, "--disable", "-d", help="an arm without this trick; repeatable"),
     enable: Optional[List[str]] = typer.Option(None, "--enable", "-e", help="an arm with this trick added; repeatable"),
     leave_one_out: bool = typer.Option(False, "--leave-one-out", help="one arm per active trick, each without it"),
-    runs: int = typer.Option(3, "--runs", "-n", min=1, help="seeds per arm (the same seeds in every arm)"),
-    seed: int = typer.Option(0, "--seed", help="first seed; arm runs use seed .. seed + runs - 1"),
+    runs: int = typer.Option(3, "--runs", "-n", min=1, max=MAX_RUNS, help="seeds per arm (the same seeds in every arm)"),
+    seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="first seed; arm runs use seed .. seed + runs - 1"),
     workers: int = typer.Option(1, "--workers", "-w", min=1, help="arms trained at once: one per visible GPU, or CPU processes sharing the cores"),
     device: str = DeviceOpt,
     data_dir: Optional[Path] = DataDirOpt,
@@ -116,16 +136,19 @@ def ablate(
     plot: bool = typer.Option(False, "--plot", help="also write accuracy.png (needs the 'plot' extra)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="print only the table and errors"),
     dry_run: bool = typer.Option(False, "--dry-run", help="check everything, print the arms and their commands, train nothing"),
+    resume: bool = typer.Option(False, "--resume", help="--out holds this ablation, stopped: keep its finished runs, train the rest"),
 ) -> None:
     """Baseline vs arms with tricks off (or on), N paired seeds each, with statistics."""
     from rich.console import Console
 
     from hlbcli.ablate import AblateOptions, child_command, prepare, print_table, run_ablation
 
+    _check_seeds(seed, runs)
     opts = AblateOptions(
         preset=preset, config=str(config) if config else None, sets=set_ or [], disable=disable or [],
         enable=enable or [], leave_one_out=leave_one_out, runs=runs, seed=seed, workers=workers, device=device,
         data_dir=str(data_dir) if data_dir else None, download=not no_download, out=out, plot=plot, quiet=quiet,
+        resume=resume,
     )
     console = Console(highlight=False, soft_wrap=True)
     say = (lambda text: None) if quiet else (lambda text: console.print(text, markup=False))
@@ -149,10 +172,34 @@ def ablate(
     raise typer.Exit(code)
 
 
+@app.command("summary")
+def summary_cmd(
+    folder: Path = typer.Argument(..., help="an --out folder of hlb ablate or hlb train"),
+) -> None:
+    """Rebuild a folder's summary.json (and summary.md) from its run records: after a crash,
+    a kill, or a hand edit. Refused while another hlb holds the folder."""
+    from rich.console import Console
+
+    from hlbcli import record
+    from hlbcli.ablate import PLAN_NAME, print_table, rebuild_summary
+    from hlbcli.output import Printer
+    from hlbcli.runner import rebuild_train_summary
+
+    if not folder.is_dir():
+        raise UsageError(f"{folder} is not a folder", "point at the --out folder of hlb ablate or hlb train")
+    with record.claim(folder, "folder"):
+        if (folder / PLAN_NAME).exists():
+            summary = rebuild_summary(folder)
+            print_table(summary, Console(highlight=False, soft_wrap=True))
+        else:
+            Printer().summary(rebuild_train_summary(folder))
+    typer.echo(f"summary: {folder / 'summary.json'}")
+
+
 @app.command("plot")
 def plot_cmd(
     folder: Path = typer.Argument(..., help="an --out folder of hlb ablate or hlb train (or its summary.json)"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="PNG to write (default: FOLDER/accuracy.png)"),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="PNG to write, or a folder to write accuracy.png into (default: FOLDER/accuracy.png)"),
 ) -> None:
     """Draw each arm's accuracies (points, mean, 95% CI) as a PNG."""
     from hlbcli.plot import plot_dir, require_matplotlib
@@ -285,12 +332,13 @@ def bench(
     set_: Optional[List[str]] = SetOpt,
     disable: Optional[List[str]] = DisableOpt,
     enable: Optional[List[str]] = EnableOpt,
-    runs: int = typer.Option(5, "--runs", "-n", min=1, help="seeds to time"),
-    seed: int = typer.Option(0, "--seed", help="seed of the first run"),
+    runs: int = typer.Option(5, "--runs", "-n", min=1, max=MAX_RUNS, help="seeds to time"),
+    seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="seed of the first run"),
     device: str = DeviceOpt,
     data_dir: Optional[Path] = DataDirOpt,
     no_download: bool = NoDownloadOpt,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write records, summary.json and bench.json here"),
+    resume: bool = ResumeOpt,
 ) -> None:
     """Time a preset over N seeds: accuracy and time statistics, and each timed phase.
 
@@ -300,10 +348,11 @@ def bench(
     from hlbcli.runner import TrainOptions, train_runs
     from hlbcli.session import resolve
 
+    _check_seeds(seed, runs)
     cfg, tm = resolve(preset, str(config) if config else None, set_ or [], enable or [], disable or [])
     opts = TrainOptions(
         runs=runs, seed=seed, device=device, data_dir=str(data_dir) if data_dir else None,
-        download=not no_download, out=out, quiet=True,
+        download=not no_download, out=out, quiet=True, resume=resume,
     )
     summary, code = train_runs(cfg, tm, opts)
     rep = bench_report(summary)

@@ -22,9 +22,18 @@ from hlbcli.errors import ConfigError, UsageError
 
 
 class Settings(BaseModel):
-    """Base for every settings model: frozen, unknown keys rejected, floats finite."""
+    """Base for every settings model: frozen, unknown keys rejected, floats finite, types
+    strict (``true`` is not the integer 1, ``1`` is not a boolean, ``2.0`` is not an integer)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, strict=True)
+
+
+#: the largest seed torch's generators take (a signed 64-bit integer)
+MAX_SEED = 2**63 - 1
+#: the widest conv group the settings accept (the 96 preset uses 512)
+MAX_WIDTH = 4096
+#: the most synthetic images per split (3 KiB each at 32px)
+MAX_SYNTHETIC = 1_000_000
 
 
 class DataSettings(Settings):
@@ -33,12 +42,12 @@ class DataSettings(Settings):
     dataset: Literal["cifar10", "cifar100", "synthetic"] = Field(
         "cifar10", description="cifar10 / cifar100 (upstream python layout) or a seeded synthetic set"
     )
-    synthetic_train: int = Field(4096, gt=0, description="synthetic: training images")
-    synthetic_test: int = Field(1024, gt=0, description="synthetic: test images")
+    synthetic_train: int = Field(4096, gt=0, le=MAX_SYNTHETIC, description="synthetic: training images")
+    synthetic_test: int = Field(1024, gt=0, le=MAX_SYNTHETIC, description="synthetic: test images")
     synthetic_classes: int = Field(10, ge=2, le=1000, description="synthetic: number of classes")
     synthetic_size: int = Field(32, ge=8, le=256, description="synthetic: image side in pixels")
     synthetic_noise: float = Field(0.25, ge=0, description="synthetic: pixel noise (0..1 scale)")
-    synthetic_seed: int = Field(0, description="synthetic: generator seed (the data, not the run)")
+    synthetic_seed: int = Field(0, ge=0, le=MAX_SEED, description="synthetic: generator seed (the data, not the run)")
 
 
 class ModelSettings(Settings):
@@ -46,7 +55,7 @@ class ModelSettings(Settings):
 
     widths: list[int] = Field([64, 256, 256], min_length=1, max_length=5, description="channels of each conv group")
     depth: int = Field(2, ge=2, le=3, description="convs per group; 3 adds a residual over the last two")
-    stem_width: int = Field(24, ge=1, description="output channels of the stem conv (whitening needs 2*C*k*k)")
+    stem_width: int = Field(24, ge=1, le=MAX_WIDTH, description="output channels of the stem conv (whitening needs 2*C*k*k)")
     stem_kernel: int = Field(2, ge=1, le=5, description="stem conv kernel size (no padding)")
     scaling_factor: float = Field(1 / 9, gt=0, description="the logits are multiplied by this")
     bn_momentum: float = Field(0.1, gt=0, le=1, description="batchnorm running-stat momentum (PyTorch convention)")
@@ -57,6 +66,8 @@ class ModelSettings(Settings):
     def _positive(cls, v: list[int]) -> list[int]:
         if any(w < 1 for w in v):
             raise ValueError("every width must be a positive integer")
+        if any(w > MAX_WIDTH for w in v):
+            raise ValueError(f"every width must be at most {MAX_WIDTH}")
         return v
 
 
@@ -64,7 +75,7 @@ class TrainSettings(Settings):
     """The optimisation: hyperparameters in airbench's decoupled form."""
 
     epochs: float = Field(9.9, gt=0, le=1000, description="training length in epochs (fractional allowed)")
-    batch_size: int = Field(1024, gt=0, description="examples per step (the last partial batch is dropped)")
+    batch_size: int = Field(1024, gt=0, le=MAX_SYNTHETIC, description="examples per step (the last partial batch is dropped)")
     lr: float = Field(11.5, gt=0, description="learning rate per 1024 examples, decoupled from momentum")
     momentum: float = Field(0.85, ge=0, lt=1, description="SGD momentum")
     nesterov: bool = Field(True, description="Nesterov momentum")
@@ -90,7 +101,7 @@ class TrainSettings(Settings):
         "auto", description="SGD kernels: fused (one kernel per dtype), foreach, or per tensor; auto: fused"
     )
     eval_every_epoch: bool = Field(True, description="measure val accuracy (no TTA) after every epoch, untimed")
-    eval_batch_size: int = Field(2000, gt=0, description="batch size for evaluation")
+    eval_batch_size: int = Field(2000, gt=0, le=MAX_SYNTHETIC, description="batch size for evaluation")
 
 
 # --- TOML helpers ----------------------------------------------------------------------------
@@ -154,12 +165,20 @@ def preset_names() -> list[str]:
     return sorted(p.name[:-5] for p in files if p.name.endswith(".toml"))
 
 
+#: config and preset files larger than this are refused (a preset is a few KiB)
+MAX_TOML_BYTES = 1 << 20
+
+
 def load_toml_file(path: str | Path, what: str) -> dict:
     p = Path(path)
     if not p.exists():
         raise UsageError(f"{what} not found: {p}", "check the path")
     if p.is_dir():
         raise UsageError(f"{what} is a directory, not a TOML file: {p}", "name a .toml file")
+    if not p.is_file():  # a device (/dev/zero reads forever) or a FIFO (blocks until written)
+        raise UsageError(f"{what} is not a regular file: {p}", "name a .toml file")
+    if p.stat().st_size > MAX_TOML_BYTES:
+        raise UsageError(f"{what} is too large for a config ({p.stat().st_size} bytes): {p}", f"a config is a TOML file under {MAX_TOML_BYTES // 1024} KiB")
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:

@@ -6,8 +6,10 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from hlbcli.contract import Dataset
@@ -25,11 +27,19 @@ _LAYOUT = {
 
 
 def default_data_dir() -> Path:
+    return data_root(None)[0]
+
+
+def data_root(data_dir: str | Path | None) -> tuple[Path, str]:
+    """The data folder and where it came from (for messages): ``--data-dir``, else
+    ``$HLB_DATA_DIR``, else a user cache folder."""
+    if data_dir:
+        return Path(data_dir), "--data-dir"
     env = os.environ.get("HLB_DATA_DIR")
     if env:
-        return Path(env).expanduser()
+        return Path(env).expanduser(), "$HLB_DATA_DIR"
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "hlb" / "data"
+    return Path(base) / "hlb" / "data", "the default data folder"
 
 
 def _get(d: dict, key: str):
@@ -40,14 +50,52 @@ def _get(d: dict, key: str):
     raise KeyError(key)
 
 
-def _read_batch(path: Path, label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
+_BAD_DATA_HINT = "restore the file from the upstream archive, or fix what wrote it"
+
+
+def _bad(path: Path, what: str) -> HlbError:
+    return HlbError(f"dataset file {path}: {what}", _BAD_DATA_HINT)
+
+
+def check_images(path: Path, data) -> torch.Tensor:
+    """Upstream CIFAR pixels: integers in 0..255, (N, 3072) rows in channel-first order (or
+    already (N, 3, 32, 32)). Anything else is an error naming the file, not a silent cast."""
+    a = np.asarray(data)
+    if a.dtype.kind not in "iu":
+        raise _bad(path, f"pixels are {a.dtype}, not integers 0..255 (CIFAR batches hold uint8)")
+    if a.ndim == 2 and a.shape[1] == 3 * 32 * 32:
+        a = a.reshape(-1, 3, 32, 32)
+    elif a.ndim == 4 and a.shape[1:] == (32, 32, 3):
+        raise _bad(path, f"images are {tuple(a.shape)}, channels last; CIFAR batches are (N, 3072) rows, channels first")
+    elif not (a.ndim == 4 and a.shape[1:] == (3, 32, 32)):
+        raise _bad(path, f"images have shape {tuple(a.shape)}, not (N, 3072)")
+    if a.size and (int(a.min()) < 0 or int(a.max()) > 255):
+        raise _bad(path, f"pixel values run from {int(a.min())} to {int(a.max())}, outside 0..255")
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.uint8))
+
+
+def check_labels(path: Path, labels, num_classes: int) -> torch.Tensor:
+    """Labels: a flat sequence of integers in 0..K-1 (a float label is an error, not truncated)."""
+    y = np.asarray(labels)
+    if y.size == 0:
+        y = y.astype(np.int64)
+    if y.ndim != 1:
+        raise _bad(path, f"labels have shape {tuple(y.shape)}, not (N,)")
+    if y.dtype.kind not in "iu":
+        raise _bad(path, f"labels are {y.dtype}, not integers")
+    if y.size and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise _bad(path, f"labels run from {int(y.min())} to {int(y.max())}, outside 0..{num_classes - 1}")
+    return torch.from_numpy(y.astype(np.int64))
+
+
+def _read_batch(path: Path, label_key: str, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     try:
         with open(path, "rb") as f:
             d = pickle.load(f, encoding="bytes")
         data = _get(d, "data")
         labels = _get(d, label_key)
-        images = torch.as_tensor(data, dtype=torch.uint8).reshape(-1, 3, 32, 32)
-        labels = torch.as_tensor(list(labels), dtype=torch.long)
+        images = check_images(path, data)
+        labels = check_labels(path, labels, num_classes)
     except HlbError:
         raise
     except Exception as e:
@@ -57,6 +105,8 @@ def _read_batch(path: Path, label_key: str) -> tuple[torch.Tensor, torch.Tensor]
         ) from None
     if len(images) != len(labels):
         raise HlbError(f"dataset file {path} has {len(images)} images but {len(labels)} labels", "restore the file")
+    if len(images) == 0:
+        raise _bad(path, "holds no images")
     return images, labels
 
 
@@ -73,41 +123,100 @@ def _download(name: str, root: Path) -> None:
         ) from None
 
 
-def load_cifar(name: str, data_dir: str | Path | None = None, download: bool = True) -> Dataset:
-    """CIFAR-10 or CIFAR-100 from ``<data_dir>/<upstream folder>``, decoded once and cached
-    as a tensor file beside it."""
-    folder_name, train_files, test_files, label_key, k = _LAYOUT[name]
-    root = Path(data_dir) if data_dir else default_data_dir()
+def locate_cifar(name: str, data_dir: str | Path | None = None, download: bool = True, fetch: bool = True) -> list[Path]:
+    """The dataset's batch files, downloaded first where missing and allowed (``fetch=False``
+    only checks: ``hlb ablate`` before its arms start). Missing files without ``download``, or
+    a data folder that is a file, are one-line errors."""
+    folder_name, train_files, test_files, _, _ = _LAYOUT[name]
+    root, source = data_root(data_dir)
     folder = root / folder_name
-    files = [folder / f for f in train_files + test_files]
-    if not all(f.exists() for f in files):
-        if not download:
-            missing = folder if not folder.is_dir() else next(f for f in files if not f.exists())
+    for p in (root, folder):
+        if p.exists() and not p.is_dir():
             raise UsageError(
-                f"{name} not found: {missing} is missing",
-                f"drop --no-download to fetch it into {root}, or pass --data-dir to a folder holding '{folder_name}'",
+                f"{source} {root} is not a folder: {p} is a file",
+                f"point {source} at a folder that holds (or may receive) '{folder_name}'",
             )
+    files = [folder / f for f in train_files + test_files]
+    if all(f.is_file() for f in files):
+        return files
+    if not download:
+        missing = folder if not folder.is_dir() else next(f for f in files if not f.is_file())
+        raise UsageError(
+            f"{name} not found: {missing} is missing",
+            f"drop --no-download to fetch it into {root}, or pass --data-dir to a folder holding '{folder_name}'",
+        )
+    if not fetch:
+        return files
+    try:
         root.mkdir(parents=True, exist_ok=True)
-        _download(name, root)
+    except OSError as e:
+        raise UsageError(
+            f"cannot create the data folder {root} ({source}): {e.strerror or e}",
+            f"pass --data-dir to a folder you can write to, or put '{folder_name}' there",
+        ) from None
+    _download(name, root)
+    return files
+
+
+def load_cifar(name: str, data_dir: str | Path | None = None, download: bool = True) -> Dataset:
+    """CIFAR-10 or CIFAR-100 from ``<data_dir>/<upstream folder>``, checked, decoded once and
+    cached as a tensor file beside it (one cache per dataset; none where the folder is
+    read-only)."""
+    _, train_files, test_files, label_key, k = _LAYOUT[name]
+    files = locate_cifar(name, data_dir, download)
+    folder = files[0].parent
     stamp = hashlib.sha1("".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files).encode()).hexdigest()[:12]
-    cache = folder / f".hlb-cache-{stamp}.pt"
+    cache = folder / f"{CACHE_PREFIX}{stamp}.pt"
     if cache.exists():
         try:
             t = torch.load(cache, weights_only=True)
-            return Dataset(name, t["xtr"], t["ytr"], t["xte"], t["yte"], k, *_stats(name))
+            if _cache_ok(t, k):
+                return Dataset(name, t["xtr"], t["ytr"], t["xte"], t["yte"], k, *_stats(name))
         except Exception:
             pass  # a bad cache is rebuilt below
-    tr = [_read_batch(folder / f, label_key) for f in train_files]
-    te = [_read_batch(folder / f, label_key) for f in test_files]
+    tr = [_read_batch(folder / f, label_key, k) for f in train_files]
+    te = [_read_batch(folder / f, label_key, k) for f in test_files]
     xtr, ytr = torch.cat([a for a, _ in tr]), torch.cat([b for _, b in tr])
     xte, yte = torch.cat([a for a, _ in te]), torch.cat([b for _, b in te])
-    try:
-        tmp = cache.with_suffix(".tmp")
-        torch.save({"xtr": xtr, "ytr": ytr, "xte": xte, "yte": yte}, tmp)
-        os.replace(tmp, cache)
-    except OSError:
-        pass  # a read-only data folder only costs the decode next time
+    _write_cache(cache, {"xtr": xtr, "ytr": ytr, "xte": xte, "yte": yte})
     return Dataset(name, xtr, ytr, xte, yte, k, *_stats(name))
+
+
+CACHE_PREFIX = ".hlb-cache-"
+
+
+def _cache_ok(t: dict, k: int) -> bool:
+    """A cache holds what a decode gives: uint8 images, labels in 0..K-1, both sets non-empty."""
+    ok = all(isinstance(t.get(n), torch.Tensor) for n in ("xtr", "ytr", "xte", "yte"))
+    return ok and t["xtr"].dtype == torch.uint8 and len(t["ytr"]) > 0 and len(t["yte"]) > 0 and all(
+        int(t[n].min()) >= 0 and int(t[n].max()) < k for n in ("ytr", "yte")
+    )
+
+
+def _write_cache(cache: Path, tensors: dict) -> None:
+    """Write the cache through a temporary file of its own, then remove older caches of the
+    folder. A folder that cannot take it (read-only, full) only costs the decode next time:
+    no error, no temporary left."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=cache.name + ".", suffix=".tmp", dir=cache.parent)
+    except OSError:
+        return
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(tensors, f)
+        os.replace(tmp, cache)
+    except (OSError, RuntimeError):  # torch's writer reports a full disk as a RuntimeError
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        return
+    for old in cache.parent.glob(f"{CACHE_PREFIX}*.pt"):
+        if old != cache:
+            try:
+                old.unlink()
+            except OSError:
+                pass
 
 
 def _stats(name: str):

@@ -4,10 +4,11 @@ a whisker. Needs matplotlib, an optional extra: ``pip install 'hlbcli[plot]'``."
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
-from hlbcli import stats
+from hlbcli import record, stats
 from hlbcli.errors import UsageError
 
 PNG_NAME = "accuracy.png"
@@ -74,13 +75,35 @@ def plot_summary(summary: dict, path: Path, title: str | None = None) -> Path:
     fig.text(0.01, 0.01, "points: runs; bar: mean; whiskers: 95% CI", fontsize=7, alpha=0.7)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    try:
+        if fmt not in fig.canvas.get_supported_filetypes():
+            raise UsageError(f"--out {path}: cannot draw a .{fmt} file", "name a .png (or .svg, .pdf) file")
+        record.write_bytes_with(path, lambda f: fig.savefig(f, format=fmt))  # no half-written picture
+    finally:
+        plt.close(fig)
     return path
 
 
-def plot_dir(folder: Path, out: Path | None = None) -> Path:
+def plot_target(folder: Path, out: str | Path | None) -> Path:
+    """Where the picture goes: ``--out FILE``; ``--out DIR`` or ``DIR/`` is ``DIR/accuracy.png``;
+    none is ``FOLDER/accuracy.png``. A folder that does not exist is an error, not created."""
+    if out is None:
+        return (folder if folder.is_dir() else folder.parent) / PNG_NAME
+    text = str(out)
+    p = Path(text)
+    if text.endswith(("/", os.sep)) or p.is_dir():
+        if not p.is_dir():
+            raise UsageError(f"--out {text}: no such folder", f"create it first, or write --out {text.rstrip('/' + os.sep)}.png")
+        return p / PNG_NAME
+    parent = p.parent
+    if not parent.is_dir():
+        raise UsageError(f"--out {p}: the folder {parent} does not exist", "create it first, or choose another --out")
+    return p
+
+
+def plot_dir(folder: Path, out: str | Path | None = None) -> Path:
     summary = load_summary(folder)
-    folder = Path(folder)
-    target = out or ((folder if folder.is_dir() else folder.parent) / PNG_NAME)
+    target = plot_target(Path(folder), out)
+    require_matplotlib()
     return plot_summary(summary, target)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -11,7 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from hlbcli import stats
-from hlbcli.errors import UsageError
+from hlbcli.errors import HlbError, UsageError
+
+try:
+    import fcntl
+except ImportError:  # not POSIX
+    fcntl = None
 
 
 def versions() -> dict[str, str]:
@@ -53,25 +59,37 @@ def _read_umask() -> int:
 _UMASK = _read_umask()  # read once, at import: os.umask can only be read by setting it
 
 
-def _write_atomic(path: Path, write) -> None:
+def _write_atomic(path: Path, write, mode: str = "w") -> None:
     """Write through ``write(file)`` to a temporary file in the same folder, flush it to disk,
     then rename it over ``path``: a reader (or a killed process) never sees a half-written
-    file, and a failure leaves no temporary behind."""
+    file, and a failure leaves no temporary behind. A failing disk (full, read-only, gone) is
+    an :class:`HlbError` naming the path."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _write_error(path, e) from None
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, OSError):
+            raise _write_error(path, e) from None
         raise
+
+
+def _write_error(path: Path, e: OSError) -> HlbError:
+    why = e.strerror or str(e)
+    hint = "free some space, or choose another --out" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "choose a folder you can write to"
+    return HlbError(f"cannot write {path}: {why}", hint)
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -85,17 +103,101 @@ def write_text(path: Path, text: str) -> None:
     _write_atomic(path, lambda f: f.write(text))
 
 
-def prepare_out_dir(out: str | Path) -> Path:
-    """Create ``out`` and check it is writable, before any training starts."""
+def write_bytes_with(path: Path, write) -> None:
+    """Write a binary file atomically through ``write(file)`` (a figure's ``savefig``, say)."""
+    _write_atomic(path, write, mode="wb")
+
+
+# --- claiming an output folder ---------------------------------------------------------------
+
+LOCK_NAME = ".hlb-lock"
+
+
+class Claim:
+    """An exclusive hold on an output folder: ``flock`` on ``DIR/.hlb-lock``, which holds the
+    owner's pid. The kernel drops the lock when the process ends, however it ends; a clean
+    release also removes the file."""
+
+    def __init__(self, folder: Path, fd: int):
+        self.folder, self.fd = folder, fd
+
+    @property
+    def path(self) -> Path:
+        return self.folder / LOCK_NAME
+
+    def release(self) -> None:
+        if self.fd < 0:
+            return
+        try:
+            os.unlink(self.path)  # while still locked: a waiter then sees a new file, not ours
+        except OSError:
+            pass
+        os.close(self.fd)
+        self.fd = -1
+
+    def __enter__(self) -> "Claim":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def claim(out: str | Path, what: str = "--out") -> Claim:
+    """Create ``out`` and take it for this process, before any training starts. Another hlb
+    holding it is a one-line error naming its pid."""
     p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise UsageError(f"{what} {p} is a file, not a folder", "choose a folder")
     try:
         p.mkdir(parents=True, exist_ok=True)
-        probe = p / ".hlb-write-test"
-        probe.write_text("ok")
-        probe.unlink()
     except OSError as e:
-        raise UsageError(f"--out {p} cannot be written: {e.strerror or e}", "choose a folder you can write to") from None
-    return p
+        raise UsageError(f"{what} {p} cannot be written: {e.strerror or e}", "choose a folder you can write to") from None
+    while True:
+        try:
+            fd = os.open(p / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise UsageError(f"{what} {p} cannot be written: {e.strerror or e}", "choose a folder you can write to") from None
+        if not _lock(fd):
+            holder = _read_pid(fd)
+            os.close(fd)
+            who = f"another hlb (pid {holder})" if holder else "another hlb"
+            raise UsageError(f"{what} {p} is in use by {who}", f"wait for it to finish, or choose another {what}")
+        if _same_file(fd, p / LOCK_NAME):
+            break
+        os.close(fd)  # the holder removed the file as we locked it: lock the new one
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    except OSError as e:
+        os.close(fd)
+        raise UsageError(f"{what} {p} cannot be written: {e.strerror or e}", "choose a folder with free space you can write to") from None
+    return Claim(p, fd)
+
+
+def _lock(fd: int) -> bool:
+    if fcntl is None:  # no flock (Windows): no claim, as before
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        a, b = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def summarize(runs: list[dict], **extra: Any) -> dict:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import signal
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -12,9 +14,9 @@ import torch
 
 from hlbcli import record
 from hlbcli.config import to_dict
-from hlbcli.errors import EXIT_INTERRUPTED
+from hlbcli.errors import EXIT_INTERRUPTED, HlbError, UsageError
 from hlbcli.output import Printer
-from hlbcli.train import prepare, run_one, warm_up
+from hlbcli.train import RunResult, prepare, run_one, warm_up
 
 
 class Interrupted(BaseException):
@@ -33,15 +35,19 @@ class Interrupted(BaseException):
         return 128 + self.signum
 
 
+#: the signals that stop a batch politely: Ctrl-C, kill, a closed terminal
+STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
 @contextmanager
 def interruptible():
-    """Turn SIGINT and SIGTERM into :class:`Interrupted` while training."""
+    """Turn SIGINT, SIGTERM and SIGHUP into :class:`Interrupted` while training."""
 
     def handler(signum, frame):
         raise Interrupted(signum)
 
     old = {}
-    for s in (signal.SIGINT, signal.SIGTERM):
+    for s in STOP_SIGNALS:
         try:
             old[s] = signal.signal(s, handler)
         except ValueError:  # not the main thread
@@ -50,6 +56,29 @@ def interruptible():
         yield
     except KeyboardInterrupt:
         raise Interrupted(signal.SIGINT) from None
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+@contextmanager
+def held_signals():
+    """While a batch stops (children asked to end, the summary written): a stop signal is
+    noted in the yielded list, not obeyed, so a second Ctrl-C or SIGTERM cannot cut the
+    summary short. :func:`interruptible` may be nested inside."""
+    got: list[int] = []
+
+    def handler(signum, frame):
+        got.append(signum)
+
+    old = {}
+    for s in STOP_SIGNALS:
+        try:
+            old[s] = signal.signal(s, handler)
+        except ValueError:  # not the main thread
+            pass
+    try:
+        yield got
     finally:
         for s, h in old.items():
             signal.signal(s, h)
@@ -66,6 +95,7 @@ class TrainOptions:
     quiet: bool = False
     deterministic: bool = False
     stop_on_failure: bool = False
+    resume: bool = False
     label: str = ""
 
 
@@ -77,10 +107,87 @@ def device_name(dev: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+#: statuses of a run that is over: ``--resume`` keeps these and trains the rest
+FINISHED = ("completed", "diverged")
+
+
+def _numeric_failure(e: BaseException) -> bool:
+    """An exception a training step raises when a value overflowed or went non-finite (lr
+    1e300: "value cannot be converted to type float without overflow"): a divergence."""
+    if isinstance(e, (OverflowError, FloatingPointError)):
+        return True
+    return isinstance(e, RuntimeError) and re.search(r"\b(overflow|nan|inf|infinity|non-finite)\b", str(e).lower()) is not None
+
+
+def _first_difference(a: Any, b: Any, where: str = "") -> str:
+    """Where two resolved configs differ first, as ``train.lr: 0.5 vs 11.5``."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in [*a, *(k for k in b if k not in a)]:
+            if a.get(k) != b.get(k):
+                return _first_difference(a.get(k), b.get(k), f"{where}.{k}" if where else str(k))
+    return f"{where or 'config'}: {a!r} vs {b!r}"
+
+
+def earlier_runs(out: Path, config: dict, resume: bool, check: bool = True) -> dict[int, tuple[Path, dict]]:
+    """The run records already in ``out``, by seed. Records there are refused without
+    ``resume``; with it, a record of another config is refused."""
+    found: dict[int, tuple[Path, dict]] = {}
+    for p in sorted(out.glob("run-*.json")):
+        try:
+            rec = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # records are written atomically: not one of ours
+        if isinstance(rec, dict) and isinstance(rec.get("seed"), int):
+            found[rec["seed"]] = (p, rec)
+    if not resume:
+        if found or (out / "summary.json").exists():
+            raise UsageError(
+                f"--out {out} already holds the records of an earlier batch",
+                "pass --resume to keep its finished runs and train the rest, or choose a new folder",
+            )
+        return found
+    for p, rec in found.values():
+        if check and rec.get("config") != config:
+            raise UsageError(
+                f"--resume: {p} was trained with another config ({_first_difference(rec.get('config'), config)})",
+                "rerun with the same preset, --config, --set, --enable and --disable, or choose a new folder",
+            )
+    return found
+
+
+def rebuild_train_summary(out: Path) -> dict:
+    """``hlb summary DIR`` for ``hlb train``: summary.json again from the run records."""
+    runs = [rec for _, (_, rec) in sorted(earlier_runs(out, {}, resume=True, check=False).items())]
+    if not runs:
+        raise UsageError(f"no run records in {out}", "point at the --out folder of hlb train or hlb ablate")
+    old: dict = {}
+    try:
+        old = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        pass
+    requested = old.get("runs_requested") if isinstance(old, dict) else None
+    requested = requested if isinstance(requested, int) else len(runs)
+    partial = any(r.get("status") not in FINISHED for r in runs) or len(runs) < requested
+    summary = record.summarize(runs, partial=partial, runs_requested=requested, rebuilt=True)
+    record.write_json(out / "summary.json", summary)
+    return summary
+
+
 def train_runs(cfg: Any, tm, opts: TrainOptions, printer: Printer | None = None) -> tuple[dict, int]:
-    """Train ``opts.runs`` seeds; write records as each finishes. Returns (summary, exit code)."""
+    """Train ``opts.runs`` seeds; write records as each finishes. Returns (summary, exit code).
+    ``opts.out`` is claimed for the whole batch (one hlb at a time per folder)."""
     printer = printer or Printer(quiet=opts.quiet)
-    out = record.prepare_out_dir(opts.out) if opts.out else None
+    hold = record.claim(opts.out) if opts.out else None
+    try:
+        earlier = earlier_runs(hold.folder, to_dict(cfg), opts.resume) if hold else {}
+        return _train_batch(cfg, tm, opts, printer, hold.folder if hold else None, earlier)
+    finally:
+        if hold:
+            hold.release()
+
+
+def _train_batch(cfg: Any, tm, opts: TrainOptions, printer: Printer, out: Path | None,
+                 earlier: dict[int, tuple[Path, dict]]) -> tuple[dict, int]:
     runs: list[dict] = []
     exit_code = 0
     config = to_dict(cfg)
@@ -116,6 +223,14 @@ def train_runs(cfg: Any, tm, opts: TrainOptions, printer: Printer | None = None)
                 printer.info(f"warm-up {w:.1f}s")
             for i in range(opts.runs):
                 seed = opts.seed + i
+                path = out / f"run-{i:03d}-seed{seed}.json" if out else None
+                if seed in earlier:
+                    path, old = earlier[seed]
+                    if old.get("status") in FINISHED:
+                        runs.append(old)
+                        printer.info(f"\nrun {i + 1}/{opts.runs} (seed {seed}): {old['status']}, kept from {path.name}")
+                        exit_code = exit_code or (0 if old["status"] == "completed" else 1)
+                        continue
                 rows: list[dict] = []
                 printer.run_header(i, opts.runs, seed)
 
@@ -133,19 +248,29 @@ def train_runs(cfg: Any, tm, opts: TrainOptions, printer: Printer | None = None)
                 }
                 try:
                     res = run_one(session, seed, on_epoch)
+                except Exception as e:
+                    if not _numeric_failure(e):
+                        # whatever failed, the run's record says so before the error goes up
+                        rec.update(status="failed", message=f"{e.__class__.__name__}: {e}")
+                        runs.append(rec)
+                        if path:
+                            record.write_json(path, rec)
+                        raise
+                    res = RunResult(seed, "diverged", float("nan"), None, {}, rows,
+                                    f"a training step failed in epoch {len(rows) + 1}: {e}")
                 except Interrupted:
                     rec["message"] = "interrupted during this run"
                     runs.append(rec)
-                    if out:
-                        record.write_json(out / f"run-{i:03d}-seed{seed}.json", rec)
+                    if path:
+                        record.write_json(path, rec)
                     raise
                 rec.update(
                     status=res.status, accuracy=res.accuracy if res.status == "completed" else None,
                     train_seconds=res.train_seconds, phases=res.phases, message=res.message, final=res.final,
                 )
                 runs.append(rec)
-                if out:
-                    record.write_json(out / f"run-{i:03d}-seed{seed}.json", rec)
+                if path:
+                    record.write_json(path, rec)
                 printer.run_done(rec)
                 if res.status != "completed":
                     exit_code = 1
@@ -157,13 +282,23 @@ def train_runs(cfg: Any, tm, opts: TrainOptions, printer: Printer | None = None)
     except Interrupted as e:
         summary = write_summary(partial=True)
         done = sum(1 for r in runs if r.get("status") != "interrupted")
-        rest = f"(the rest: --seed {opts.seed + done} --runs {opts.runs - done})" if done < opts.runs else ""
+        if done >= opts.runs:
+            rest = ""
+        elif out:
+            rest = f"(rerun the same command with --resume to train the other {opts.runs - done} seed(s) into {out})"
+        else:
+            rest = f"(the rest: --seed {opts.seed + done} --runs {opts.runs - done})"
         printer.error(
             f"interrupted by {signal.Signals(e.signum).name}: {summary['n']} finished run(s) kept"
             + (f" in {out}" if out else "") + (f" {rest}" if rest else "")
         )
         printer.summary(summary)
         return summary, e.exit_code if e.signum != signal.SIGINT else EXIT_INTERRUPTED
+    except HlbError:
+        raise  # a write that failed (a full disk) would fail again
+    except BaseException:
+        write_summary(partial=True)  # what finished is not lost
+        raise
     summary = write_summary(partial=len(runs) < opts.runs)  # --stop-on-failure may end early
     printer.summary(summary)
     return summary, exit_code

@@ -104,7 +104,7 @@ def test_signal_keeps_finished_runs_and_a_partial_summary(tmp_path, sig, want):
             p.wait()
     assert p.returncode == want, err
     assert "Traceback" not in err
-    assert f"interrupted by {sig.name}" in err and "--seed" in err
+    assert f"interrupted by {sig.name}" in err and "--resume" in err
     files = list(out.iterdir())
     assert not [f for f in files if f.name.endswith(".tmp")], files
     parsed = {f.name: json.loads(f.read_text()) for f in files if f.suffix == ".json"}  # every file parses
