@@ -80,15 +80,18 @@ def test_config_that_is_not_a_regular_file(cli, tmp_path):
     assert_one_line_error(code, err, 2, "preset file is not a regular file")
 
 
-def test_overflow_inside_a_step_is_a_diverged_run(cli, tmp_path):
-    """lr 1e300 overflows inside the optimizer step (a RuntimeError, not a NaN loss): the run
-    is recorded as diverged, the batch goes on, the summary is written."""
-    code, out, err = cli(*SMOKE, "--set", "train.lr=1e300", "--runs", "2", "--out", tmp_path, "--quiet")
+@pytest.mark.parametrize("impl,why", [("foreach", "overflow"), ("fused", "nan")])
+def test_overflow_inside_a_step_is_a_diverged_run(cli, tmp_path, impl, why):
+    """lr 1e300: the foreach SGD overflows inside the optimizer step (a RuntimeError, not a NaN
+    loss), the fused one makes the loss NaN; either way the run is recorded as diverged, the
+    batch goes on, the summary is written."""
+    code, out, err = cli(*SMOKE, "--set", "train.lr=1e300", "--set", f'train.optimizer_impl="{impl}"',
+                         "--runs", "2", "--out", tmp_path, "--quiet")
     assert code == 1
     assert "Traceback" not in err and "internal error" not in err
     recs = _records(tmp_path)
     assert [r["status"] for r in recs] == ["diverged", "diverged"]
-    assert "overflow" in recs[0]["message"] and "epoch 1" in recs[0]["message"]
+    assert why in recs[0]["message"] and "epoch 1" in recs[0]["message"]
     s = json.loads((tmp_path / "summary.json").read_text())
     assert s["n"] == 0 and s["n_started"] == 2 and s["partial"] is False
 
