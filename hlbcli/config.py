@@ -60,6 +60,9 @@ class ModelSettings(Settings):
     scaling_factor: float = Field(1 / 9, gt=0, description="the logits are multiplied by this")
     bn_momentum: float = Field(0.1, gt=0, le=1, description="batchnorm running-stat momentum (PyTorch convention)")
     bn_eps: float = Field(1e-5, gt=0, description="batchnorm epsilon")
+    head_init_std: float = Field(
+        0.0, ge=0, description="rescale the head's initial weights to this std (airbench94_muon: 1); 0 keeps PyTorch's init"
+    )
 
     @field_validator("widths")
     @classmethod

@@ -100,7 +100,7 @@ def check_fits(widths: list[int], image_size: int, stem_kernel: int) -> None:
 
 def build_net(m, num_classes: int, in_channels: int) -> Net:
     """Build from a :class:`~hlbcli.config.ModelSettings`."""
-    return Net(
+    net = Net(
         list(m.widths),
         num_classes,
         in_channels,
@@ -111,6 +111,11 @@ def build_net(m, num_classes: int, in_channels: int) -> Net:
         m.bn_momentum,
         m.bn_eps,
     )
+    if m.head_init_std > 0:
+        with torch.no_grad():
+            w = net.head.weight
+            w.mul_(m.head_init_std / w.std())
+    return net
 
 
 def batchnorms(model: nn.Module) -> list[nn.BatchNorm2d]:

@@ -14,4 +14,5 @@ BUILTINS = {
     "cutmix": "hlb_plugins.cutmix",
     "ema": "hlb_plugins.ema",
     "tta": "hlb_plugins.tta",
+    "muon": "hlb_plugins.muon",
 }

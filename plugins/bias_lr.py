@@ -15,12 +15,16 @@ NAME = "bias_lr"
 
 class BiasLrSettings(Settings):
     scaler: float = Field(64.0, gt=0, description="lr multiplier of batchnorm parameters (weight decay unchanged)")
+    stem_bias: bool = Field(False, description="the stem's bias joins the batchnorm group (airbench94_muon)")
 
 
-def split_groups(model, lr: float, wd: float, scaler: float) -> list[dict]:
-    """Two SGD groups: batchnorm parameters at lr * scaler, the rest at lr; both decay by
-    ``wd`` per step in absolute terms (PyTorch multiplies weight_decay by lr)."""
+def split_groups(model, lr: float, wd: float, scaler: float, stem_bias: bool = False) -> list[dict]:
+    """Two SGD groups: batchnorm parameters (and with ``stem_bias`` the stem's bias) at
+    lr * scaler, the rest at lr; both decay by ``wd`` per step in absolute terms (PyTorch
+    multiplies weight_decay by lr)."""
     bn_ids = {id(p) for bn in batchnorms(model) for p in bn.parameters()}
+    if stem_bias and getattr(model.stem, "bias", None) is not None:
+        bn_ids.add(id(model.stem.bias))
     params = [p for p in model.parameters() if p.requires_grad]
     bn = [p for p in params if id(p) in bn_ids]
     rest = [p for p in params if id(p) not in bn_ids]
@@ -39,4 +43,5 @@ hlb_trick_info, hlb_config_model = trick(NAME, "batchnorm parameters get a scale
 @hookimpl
 def hlb_param_groups(model, cfg):
     lr, wd = sgd_hparams(cfg.train)
-    return split_groups(model, lr, wd, getattr(cfg, NAME).scaler)
+    s = getattr(cfg, NAME)
+    return split_groups(model, lr, wd, s.scaler, s.stem_bias)
