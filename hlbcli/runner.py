@@ -39,6 +39,17 @@ class Interrupted(BaseException):
 STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
 
 
+def _install(handler) -> dict:
+    """Set ``handler`` for every stop signal; returns the handlers it replaced."""
+    old = {}
+    for s in STOP_SIGNALS:
+        try:
+            old[s] = signal.signal(s, handler)
+        except ValueError:  # not the main thread
+            pass
+    return old
+
+
 @contextmanager
 def interruptible():
     """Turn SIGINT, SIGTERM and SIGHUP into :class:`Interrupted` while training."""
@@ -46,12 +57,7 @@ def interruptible():
     def handler(signum, frame):
         raise Interrupted(signum)
 
-    old = {}
-    for s in STOP_SIGNALS:
-        try:
-            old[s] = signal.signal(s, handler)
-        except ValueError:  # not the main thread
-            pass
+    old = _install(handler)
     try:
         yield
     except KeyboardInterrupt:
@@ -71,12 +77,7 @@ def held_signals():
     def handler(signum, frame):
         got.append(signum)
 
-    old = {}
-    for s in STOP_SIGNALS:
-        try:
-            old[s] = signal.signal(s, handler)
-        except ValueError:  # not the main thread
-            pass
+    old = _install(handler)
     try:
         yield got
     finally:

@@ -33,12 +33,18 @@ def alternating_masks(base: torch.Tensor, epoch: int) -> torch.Tensor:
 
 def make_transform(n: int, mode: str, device, generator: torch.Generator | None) -> Transform:
     base = torch.rand(n, device=device, generator=generator) < 0.5
+    cache: dict = {}
 
     def flip_epoch(images: torch.Tensor, epoch: int, gen: torch.Generator | None = None) -> torch.Tensor:
         if mode == "alternating":
-            mask = alternating_masks(base, epoch)
-        else:
-            mask = torch.rand(len(images), device=images.device, generator=gen) < 0.5
+            # the even epochs' set is computed once per input (one select over the set); an odd
+            # epoch is that set mirrored whole (one pass), the same as flipping by ~base
+            key = (images.data_ptr(), images._version, tuple(images.shape))
+            if cache.get("key") != key:
+                cache["key"], cache["even"] = key, flip_masked(images, base)
+            even = cache["even"]
+            return even if epoch % 2 == 0 else even.flip(-1)
+        mask = torch.rand(len(images), device=images.device, generator=gen) < 0.5
         return flip_masked(images, mask)
 
     return Transform(NAME, flip_epoch, level="epoch", order=ORDER_FLIP)

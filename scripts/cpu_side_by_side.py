@@ -1,6 +1,6 @@
-"""hlb against airbench94 on the CPU, narrowed the same way, back to back (issue 9, item 5).
+"""hlb against airbench94 (or airbench94_muon) on the CPU, narrowed the same way, back to back.
 
-    python scripts/cpu_side_by_side.py --data-dir DIR [--pairs 1] [--widths 32,64,64] [--epochs 4]
+    python scripts/cpu_side_by_side.py --data-dir DIR [--recipe 94|94-muon] [--pairs 1] [--widths 32,64,64] [--epochs 4]
 
 DIR holds the real CIFAR-10 (``cifar-10-batches-py``; ``python ../shared/data/cifar10/materialize.py
 DIR`` writes it). airbench's own script is read from ``external/airbench/airbench94.py`` (an
@@ -39,6 +39,74 @@ for old, new in patches:
     assert old in src, "airbench94.py changed: " + old
     src = src.replace(old, new)
 
+%(shim)s
+ns = {"__name__": "airbench94_cpu"}
+sys.argv = [src_path]  # the script reads its own source through sys.argv[0]
+exec(compile(src, src_path, "exec"), ns)
+w = [int(v) for v in widths.split(",")]
+ns["hyp"]["net"]["widths"] = dict(block1=w[0], block2=w[1], block3=w[2])
+ns["hyp"]["opt"]["train_epochs"] = epochs
+seen = {"epochs": []}
+orig = ns["print_training_details"]
+def capture(variables, is_final_entry):
+    seen.update({k: variables.get(k) for k in ("tta_val_acc", "total_time_seconds")})
+    if not is_final_entry:
+        seen["epochs"].append(variables.get("total_time_seconds"))
+    return orig(variables, is_final_entry)
+ns["print_training_details"] = capture
+torch.manual_seed(seed)
+t0 = time.perf_counter()
+acc = ns["main"](seed)
+total, before_eval = float(seen["total_time_seconds"]), float(seen["epochs"][-1])
+json.dump({"accuracy": float(acc), "seconds": total, "wall": time.perf_counter() - t0,
+           "phases": {"init+train": before_eval, "eval": total - before_eval}}, open(out, "w"))
+'''
+
+
+# the same for airbench94_muon.py: fp32 instead of fp16 (Newton-Schulz too), no torch.compile, the
+# widths and epochs narrowed (its logits scale with 1/width by itself)
+AIRBENCH_MUON_CHILD = r'''
+import json, sys, time, torch
+src_path, widths, epochs, seed, threads, out = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+torch.set_num_threads(threads)
+w = [int(v) for v in widths.split(",")]
+src = open(src_path).read()
+patches = [
+    ("@torch.compile\n", ""),
+    ("X = G.bfloat16()", "X = G.float()"),
+    ('map_location=torch.device("cuda")', "map_location='cpu'"),
+    ("self.images.half() / 255", "self.images.float() / 255"),
+    ("widths = dict(block1=64, block2=256, block3=256)", "widths = dict(block1=%d, block2=%d, block3=%d)" % tuple(w)),
+    ("                mod.half()", "                mod.float()"),
+    ("total_train_steps = ceil(8 * len(train_loader))", "total_train_steps = ceil(%r * len(train_loader))" % epochs),
+]
+for old, new in patches:
+    assert old in src, "airbench94_muon.py changed: " + old
+    src = src.replace(old, new)
+
+%(shim)s
+ns = {"__name__": "airbench94_muon_cpu"}
+sys.argv = [src_path]  # the script reads its own source through sys.argv[0]
+exec(compile(src, src_path, "exec"), ns)
+seen = {"epochs": []}
+orig = ns["print_training_details"]
+def capture(variables, is_final_entry):
+    seen.update({k: variables.get(k) for k in ("tta_val_acc", "time_seconds")})
+    if not is_final_entry:
+        seen["epochs"].append(variables.get("time_seconds"))
+    return orig(variables, is_final_entry)
+ns["print_training_details"] = capture
+torch.manual_seed(seed)
+model = ns["CifarNet"]().to(memory_format=torch.channels_last)
+t0 = time.perf_counter()
+acc = ns["main"](seed, model)
+total, before_eval = float(seen["time_seconds"]), float(seen["epochs"][-1])
+json.dump({"accuracy": float(acc), "seconds": total, "wall": time.perf_counter() - t0,
+           "phases": {"init+train": before_eval, "eval": total - before_eval}}, open(out, "w"))
+'''
+
+# CUDA events and synchronize, for the host clock (both children)
+HOST_CLOCK = """
 class HostEvent:
     def __init__(self, enable_timing=False):
         self.t = None
@@ -49,37 +117,31 @@ class HostEvent:
 
 torch.cuda.Event = HostEvent
 torch.cuda.synchronize = lambda *a, **k: None
-ns = {"__name__": "airbench94_cpu"}
-exec(compile(src, src_path, "exec"), ns)
-w = [int(v) for v in widths.split(",")]
-ns["hyp"]["net"]["widths"] = dict(block1=w[0], block2=w[1], block3=w[2])
-ns["hyp"]["opt"]["train_epochs"] = epochs
-seen = {}
-orig = ns["print_training_details"]
-def capture(variables, is_final_entry):
-    seen.update({k: variables.get(k) for k in ("tta_val_acc", "total_time_seconds")})
-    return orig(variables, is_final_entry)
-ns["print_training_details"] = capture
-torch.manual_seed(seed)
-t0 = time.perf_counter()
-acc = ns["main"](seed)
-json.dump({"accuracy": float(acc), "seconds": float(seen["total_time_seconds"]), "wall": time.perf_counter() - t0}, open(out, "w"))
-'''
+"""
+AIRBENCH_CHILD = AIRBENCH_CHILD.replace("%(shim)s", HOST_CLOCK)
+AIRBENCH_MUON_CHILD = AIRBENCH_MUON_CHILD.replace("%(shim)s", HOST_CLOCK)
+
+RECIPES = {
+    # name: (hlb preset, airbench script in external/airbench, its child, extra hlb settings given widths)
+    "94": ("94", "airbench94.py", AIRBENCH_CHILD, lambda w: []),
+    # airbench94_muon scales the logits by 1/(last width): the narrowed preset does the same
+    "94-muon": ("94-muon", "airbench94_muon.py", AIRBENCH_MUON_CHILD, lambda w: [f"model.scaling_factor={1 / w[-1]}"]),
+}
 
 
-def run_airbench(src: Path, data_root: Path, widths: str, epochs: float, seed: int, threads: int) -> dict:
+def run_airbench(child: str, src: Path, data_root: Path, widths: str, epochs: float, seed: int, threads: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-        subprocess.run([sys.executable, "-c", AIRBENCH_CHILD, str(src), widths, str(epochs), str(seed), str(threads), str(out)],
+        subprocess.run([sys.executable, "-c", child, str(src), widths, str(epochs), str(seed), str(threads), str(out)],
                        cwd=data_root, env=env, check=True, stdout=subprocess.DEVNULL)
         return json.loads(out.read_text())
 
 
-def run_hlb(data_dir: str, widths: str, epochs: float, seed: int, threads: int, extra: list[str]) -> dict:
+def run_hlb(preset: str, data_dir: str, widths: str, epochs: float, seed: int, threads: int, extra: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, HLB_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
-        cmd = [sys.executable, "-m", "hlbcli.cli", "train", "--preset", "94", "--device", "cpu", "--data-dir", data_dir,
+        cmd = [sys.executable, "-m", "hlbcli.cli", "train", "--preset", preset, "--device", "cpu", "--data-dir", data_dir,
                "--no-download", "--seed", str(seed), "--quiet", "--out", tmp,
                "--set", f"model.widths=[{widths}]", "--set", f"train.epochs={epochs}", *extra]
         subprocess.run(cmd, env=env, check=True)
@@ -87,10 +149,16 @@ def run_hlb(data_dir: str, widths: str, epochs: float, seed: int, threads: int, 
         return {"accuracy": rec["accuracy"], "seconds": rec["train_seconds"], "phases": rec.get("phases")}
 
 
+def _short(phases: dict) -> str:
+    return "(" + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()) + ")"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", required=True)
-    ap.add_argument("--airbench", default=str(ROOT / "external/airbench/airbench94.py"))
+    ap.add_argument("--recipe", choices=sorted(RECIPES), default="94", help="94: airbench94; 94-muon: airbench94_muon")
+    ap.add_argument("--airbench", help="airbench's script (default: external/airbench/<the recipe's script>)")
+    ap.add_argument("--only", choices=["hlb", "airbench"], help="run one side only")
     ap.add_argument("--pairs", type=int, default=1, help="back-to-back pairs, seeds 0, 1, ...")
     ap.add_argument("--widths", default="32,64,64")
     ap.add_argument("--epochs", type=float, default=4)
@@ -98,7 +166,8 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="extra --set for hlb")
     ap.add_argument("--json", help="write the rows here")
     a = ap.parse_args()
-    src = Path(a.airbench)
+    preset, script, child, more = RECIPES[a.recipe]
+    src = Path(a.airbench or ROOT / "external/airbench" / script)
     if not src.is_file():
         sys.exit(f"error: {src} not found (lay out external/airbench as scripts/gpu_bench.sh says)")
     with tempfile.TemporaryDirectory() as tmp:
@@ -106,21 +175,28 @@ def main() -> None:
         from hlbcli.bench import write_airbench_data
 
         write_airbench_data(str(Path(tmp) / "cifar10"), a.data_dir)
-        extra = [x for s in a.set for x in ("--set", s)]
+        widths = [int(v) for v in a.widths.split(",")]
+        extra = [x for s in [*more(widths), *a.set] for x in ("--set", s)]
         rows = []
+        name = "airbench" + a.recipe
         for seed in range(a.pairs):
-            h = run_hlb(a.data_dir, a.widths, a.epochs, seed, a.threads, extra)
-            ab = run_airbench(src, Path(tmp), a.widths, a.epochs, seed, a.threads)
-            rows.append({"seed": seed, "hlb": h, "airbench94": ab})
-            print(f"seed {seed}: hlb {100 * h['accuracy']:.2f}% in {h['seconds']:.1f} s {h['phases']}; "
-                  f"airbench94 {100 * ab['accuracy']:.2f}% in {ab['seconds']:.1f} s; ratio {h['seconds'] / ab['seconds']:.3f}", flush=True)
+            row = {"seed": seed}
+            if a.only != "airbench":
+                row["hlb"] = run_hlb(preset, a.data_dir, a.widths, a.epochs, seed, a.threads, extra)
+            if a.only != "hlb":
+                row[name] = run_airbench(child, src, Path(tmp), a.widths, a.epochs, seed, a.threads)
+            rows.append(row)
+            print(f"seed {seed}: " + "; ".join(
+                f"{k} {100 * v['accuracy']:.2f}% in {v['seconds']:.1f} s {_short(v['phases'])}" for k, v in row.items() if k != "seed"
+            ) + (f"; ratio {row['hlb']['seconds'] / row[name]['seconds']:.3f}" if len(row) == 3 else ""), flush=True)
     n = len(rows)
-    ht = sum(r["hlb"]["seconds"] for r in rows) / n
-    at = sum(r["airbench94"]["seconds"] for r in rows) / n
-    ha = sum(r["hlb"]["accuracy"] for r in rows) / n
-    aa = sum(r["airbench94"]["accuracy"] for r in rows) / n
-    print(f"widths {a.widths}, {a.epochs:g} epochs, {a.threads} threads, {n} pair(s): hlb {100 * ha:.2f}% {ht:.1f} s, "
-          f"airbench94 {100 * aa:.2f}% {at:.1f} s; time ratio {ht / at:.3f}, accuracy difference {100 * (ha - aa):+.2f} points")
+    mean = {k: (sum(r[k]["seconds"] for r in rows) / n, sum(r[k]["accuracy"] for r in rows) / n) for k in rows[0] if k != "seed"}
+    line = f"{a.recipe}, widths {a.widths}, {a.epochs:g} epochs, {a.threads} threads, {n} seed(s): " + ", ".join(
+        f"{k} {100 * acc:.2f}% {t:.1f} s" for k, (t, acc) in mean.items())
+    if len(mean) == 2:
+        (ht, ha), (at, aa) = mean["hlb"], mean[name]
+        line += f"; time ratio {ht / at:.3f}, accuracy difference {100 * (ha - aa):+.2f} points"
+    print(line)
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=2))
 

@@ -215,6 +215,24 @@ def test_alternating_flip_flips_each_image_in_exactly_one_of_two_epochs():
     assert 0.3 < flipped[0].float().mean() < 0.7
 
 
+def test_alternating_flip_follows_its_input_when_it_changes():
+    """The even epochs' flipped set is kept between epochs; a new or changed input is flipped
+    afresh, with the same per-image bits."""
+    from hlb_plugins.flip import make_transform
+
+    images = torch.rand(50, 3, 4, 4)
+    tr = make_transform(50, "alternating", "cpu", torch.Generator().manual_seed(0))
+    first = tr.fn(images, 0, None).clone()
+    images.mul_(2)  # in place: a new version of the same storage
+    again = tr.fn(images, 2, None)
+    assert torch.equal(again, first * 2)
+    other = torch.rand(50, 3, 4, 4)
+    flipped_bits = (first == images.flip(-1) / 2).flatten(1).all(1)
+    out = tr.fn(other, 1, None)  # odd epoch: every bit inverted
+    assert torch.equal(out[flipped_bits], other[flipped_bits])
+    assert torch.equal(out[~flipped_bits], other[~flipped_bits].flip(-1))
+
+
 def test_random_flip_is_random_per_epoch():
     from hlb_plugins.flip import make_transform
 
