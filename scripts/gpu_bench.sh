@@ -9,8 +9,10 @@
 #   git --git-dir=$g show HEAD:legacy/airbench94.py > external/airbench/airbench94.py
 #   git --git-dir=$g show HEAD:airbench94_muon.py > external/airbench/airbench94_muon.py
 # Runs, in this order: hlb 94 compiled (preset default: fp16 weights, max-autotune), hlb 94 eager,
-# airbench94 (legacy, eager), airbench94_muon (compiled); RUNS seeds each. Everything goes under $OUT
-# (default ./gpu-out); the table comes last.
+# airbench94 (legacy, eager), hlb 94-muon (compiled), airbench94_muon (compiled); RUNS seeds each.
+# HLB_BENCH_STEPS picks some of them (a call lasts 10 minutes at most: split the five over two calls,
+# e.g. "hlb94 hlb94-eager airbench94" then "hlb94-muon airbench94-muon" with the same OUT).
+# Everything goes under $OUT (default ./gpu-out); the table of all that is there comes last.
 # Rehearse on the CPU: HLB_BENCH_PRESET=smoke HLB_BENCH_DEVICE=cpu HLB_BENCH_RUNS=2 bash scripts/gpu_bench.sh
 set -uo pipefail
 OUT=${OUT:-./gpu-out}
@@ -19,6 +21,8 @@ DEVICE=${HLB_BENCH_DEVICE:-cuda}
 RUNS=${HLB_BENCH_RUNS:-10}
 AIRBENCH_RUNS=${HLB_AIRBENCH_RUNS:-$RUNS}
 EXTRA=${HLB_BENCH_SET:-}   # e.g. 'train.compile_mode="default"'
+STEPS=" ${HLB_BENCH_STEPS:-hlb94 hlb94-eager airbench94 hlb94-muon airbench94-muon} "
+want() { [[ "$STEPS" == *" $1 "* ]]; }
 mkdir -p "$OUT"
 {
   date -u +%FT%TZ
@@ -26,17 +30,18 @@ mkdir -p "$OUT"
 } | tee "$OUT/env.txt"
 
 sets=(); [ -n "$EXTRA" ] && sets=(--set "$EXTRA")
-hlb bench --preset "$PRESET" --runs "$RUNS" --device "$DEVICE" "${sets[@]}" --out "$OUT/hlb-compiled" 2>&1 | tee "$OUT/hlb-compiled.txt"
-hlb bench --preset "$PRESET" --runs "$RUNS" --device "$DEVICE" "${sets[@]}" --set 'train.compile="off"' --out "$OUT/hlb-eager" 2>&1 | tee "$OUT/hlb-eager.txt"
+want hlb94 && hlb bench --preset "$PRESET" --runs "$RUNS" --device "$DEVICE" "${sets[@]}" --out "$OUT/hlb-compiled" 2>&1 | tee "$OUT/hlb-compiled.txt"
+want hlb94-eager && hlb bench --preset "$PRESET" --runs "$RUNS" --device "$DEVICE" "${sets[@]}" --set 'train.compile="off"' --out "$OUT/hlb-eager" 2>&1 | tee "$OUT/hlb-eager.txt"
+[ "$PRESET" = 94 ] && want hlb94-muon && hlb bench --preset 94-muon --runs "$RUNS" --device "$DEVICE" "${sets[@]}" --out "$OUT/hlb-94-muon" 2>&1 | tee "$OUT/hlb-94-muon.txt"
 
 # airbench side by side, from an ignored folder (never committed), fed the same CIFAR-10
 if [ -d external/airbench ] && [ "$DEVICE" = cuda ]; then
-  python -m hlbcli.bench airbench-data external/airbench/cifar10
-  if [ -f external/airbench/airbench94.py ]; then
+  [ -f external/airbench/cifar10/test.pt ] || python -m hlbcli.bench airbench-data external/airbench/cifar10
+  if [ -f external/airbench/airbench94.py ] && want airbench94; then
     sed "s/for run in range(25)/for run in range($AIRBENCH_RUNS)/" external/airbench/airbench94.py > external/airbench/run94.py
     (cd external/airbench && timeout 300 python run94.py) > "$OUT/airbench94.txt" 2>&1
   fi
-  if [ -f external/airbench/airbench94_muon.py ]; then
+  if [ -f external/airbench/airbench94_muon.py ] && want airbench94-muon; then
     sed "s/for run in range(200)/for run in range($AIRBENCH_RUNS)/" external/airbench/airbench94_muon.py > external/airbench/run_muon.py
     (cd external/airbench && timeout 400 python run_muon.py) > "$OUT/airbench94_muon.txt" 2>&1
   fi
@@ -49,7 +54,7 @@ out = Path(sys.argv[1])
 print("\n== side by side ==")
 print((out / "env.txt").read_text().strip().replace("\n", ", "))
 print(f"{'what':28} {'n':>3} {'acc mean':>9} {'acc std':>8} {'time mean':>10} {'median':>8}  untimed")
-for name in ("hlb-compiled", "hlb-eager"):
+for name in ("hlb-compiled", "hlb-eager", "hlb-94-muon"):
     f = out / name / "bench.json"
     if f.exists():
         b = json.loads(f.read_text())
