@@ -58,11 +58,6 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype
     return torch.float32, HALF[precision]
 
 
-def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """The dtype the net's inputs come in (autocast casts them itself)."""
-    return resolve_precision(precision, device)[0]
-
-
 class Timer:
     """Wall time of the timed phases, synchronising the device when it reads the clock."""
 

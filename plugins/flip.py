@@ -26,11 +26,6 @@ def flip_masked(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask.view(-1, 1, 1, 1), images.flip(-1), images)
 
 
-def alternating_masks(base: torch.Tensor, epoch: int) -> torch.Tensor:
-    """The flip mask of ``epoch``: the base bits on even epochs, inverted on odd ones."""
-    return base if epoch % 2 == 0 else ~base
-
-
 def make_transform(n: int, mode: str, device, generator: torch.Generator | None) -> Transform:
     base = torch.rand(n, device=device, generator=generator) < 0.5
     cache: dict = {}
