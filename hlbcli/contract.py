@@ -83,7 +83,9 @@ class Transform:
     """A data augmentation returned by ``hlb_batch_transforms``.
 
     ``level="epoch"``: ``fn(images, epoch, generator) -> images`` runs once per epoch on the
-    whole normalised training set (N, C, H, W), outside the step (flip, translate).
+    whole normalised training set (N, C, H, W), outside the step (flip, translate). It returns
+    a new tensor (or one it keeps between epochs) and never changes its input in place: the
+    built-in flip and translate keep sets between epochs, keyed on their input.
     ``level="batch"``: ``fn(images, targets) -> (images, targets)`` runs inside the fused step
     on every batch, with soft targets (B, K) (CutMix). Active for epochs in
     ``[start_epoch, stop_epoch)``; lower ``order`` runs first.

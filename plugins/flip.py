@@ -32,13 +32,17 @@ def make_transform(n: int, mode: str, device, generator: torch.Generator | None)
 
     def flip_epoch(images: torch.Tensor, epoch: int, gen: torch.Generator | None = None) -> torch.Tensor:
         if mode == "alternating":
-            # the even epochs' set is computed once per input (one select over the set); an odd
-            # epoch is that set mirrored whole (one pass), the same as flipping by ~base
+            # the even epochs' set is computed once per input (one select over the set), the odd
+            # epochs' set is that one mirrored whole (the same as flipping by ~base); both kept
             key = (images.data_ptr(), images._version, tuple(images.shape))
             if cache.get("key") != key:
+                cache.clear()
                 cache["key"], cache["even"] = key, flip_masked(images, base)
-            even = cache["even"]
-            return even if epoch % 2 == 0 else even.flip(-1)
+            if epoch % 2 == 0:
+                return cache["even"]
+            if "odd" not in cache:  # kept too, so that later transforms see the same two inputs
+                cache["odd"] = cache["even"].flip(-1)
+            return cache["odd"]
         mask = torch.rand(len(images), device=images.device, generator=gen) < 0.5
         return flip_masked(images, mask)
 

@@ -19,12 +19,14 @@ class TranslateSettings(Settings):
     pad: int = Field(2, ge=1, le=16, description="largest shift in pixels (reflect padding)")
 
 
-def shifted(images: torch.Tensor, shifts: torch.Tensor, pad: int) -> torch.Tensor:
+def shifted(images: torch.Tensor, shifts: torch.Tensor, pad: int, padded: torch.Tensor | None = None) -> torch.Tensor:
     """Translate each image of (N, C, H, W) by its (dy, dx) in ``shifts`` (N, 2), values in
-    [-pad, pad], filling from a reflection. One masked copy per shift value pair, so the set
-    is read about twice in all; no per-image Python. (Runs once per epoch, outside the step.)"""
+    [-pad, pad], filling from a reflection (``padded``: the images reflect-padded by ``pad``,
+    if already at hand). One masked copy per shift value pair, so the set is read about twice
+    in all; no per-image Python. (Runs once per epoch, outside the step.)"""
     _, _, h, w = images.shape
-    padded = F.pad(images, (pad,) * 4, mode="reflect")
+    if padded is None:
+        padded = F.pad(images, (pad,) * 4, mode="reflect")
     out = torch.empty_like(images)
     for dy in range(-pad, pad + 1):
         row = shifts[:, 0] == dy
@@ -34,9 +36,28 @@ def shifted(images: torch.Tensor, shifts: torch.Tensor, pad: int) -> torch.Tenso
     return out
 
 
-def random_translate(images: torch.Tensor, pad: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def random_translate(images: torch.Tensor, pad: int, generator: torch.Generator | None = None,
+                     padded: torch.Tensor | None = None) -> torch.Tensor:
     shifts = torch.randint(-pad, pad + 1, (len(images), 2), device=images.device, generator=generator)
-    return shifted(images, shifts, pad)
+    return shifted(images, shifts, pad, padded)
+
+
+class PadCache:
+    """The reflect-padded copies of the last two inputs (an alternating flip hands over two
+    sets, in turn), so the set is padded once per input, not once per epoch."""
+
+    def __init__(self, pad: int):
+        self.pad = pad
+        self.entries: list[tuple[tuple, torch.Tensor]] = []
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        key = (images.data_ptr(), images._version, tuple(images.shape))
+        for k, padded in self.entries:
+            if k == key:
+                return padded
+        padded = F.pad(images, (self.pad,) * 4, mode="reflect")
+        self.entries = [*self.entries[-1:], (key, padded)]
+        return padded
 
 
 hlb_trick_info, hlb_config_model = trick(NAME, "random translation by every shift in [-pad, pad] from a reflect pad, per epoch", TranslateSettings)
@@ -45,8 +66,9 @@ hlb_trick_info, hlb_config_model = trick(NAME, "random translation by every shif
 @hookimpl
 def hlb_batch_transforms(cfg):
     pad = getattr(cfg, NAME).pad
+    padded = PadCache(pad)
 
     def translate_epoch(images, epoch, gen=None):
-        return random_translate(images, pad, gen)
+        return random_translate(images, pad, gen, padded(images))
 
     return [Transform(NAME, translate_epoch, level="epoch", order=ORDER_TRANSLATE)]

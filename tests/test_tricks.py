@@ -262,6 +262,20 @@ def test_translate_reaches_every_shift(pad):
         assert torch.equal(out[i], padded[:, y0 : y0 + h, x0 : x0 + w])
 
 
+def test_translate_pads_each_input_once_and_crops_the_same():
+    from hlb_plugins.translate import PadCache, random_translate
+
+    a, b = torch.rand(40, 3, 8, 8), torch.rand(40, 3, 8, 8)
+    cache = PadCache(2)
+    pa = cache(a)
+    assert cache(b) is not pa and cache(a) is pa  # two inputs in turn (an alternating flip's)
+    assert torch.equal(pa, F.pad(a, (2,) * 4, mode="reflect"))
+    a.add_(1)  # changed in place: padded afresh
+    assert cache(a) is not pa and torch.equal(cache(a), F.pad(a, (2,) * 4, mode="reflect"))
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert torch.equal(random_translate(b, 2, g1), random_translate(b, 2, g2, cache(b)))
+
+
 def test_cutout_zeroes_one_square():
     from hlb_plugins.cutout import cutout
 
