@@ -19,35 +19,37 @@ class TtaSettings(Settings):
     shift: int = Field(1, ge=1, le=4, description="level 2: translation in pixels")
 
 
-def tta_views(x: torch.Tensor, level: int, shift: int = 1) -> tuple[torch.Tensor, list[float]]:
-    """All the views of a batch stacked into one batch, and each view's weight in the
-    average: level 1 the image and its mirror (1/2 each); level 2 also both mirrored
-    copies shifted by ``shift`` pixels up-left and down-right (1/4 for the image and its
-    mirror, 1/8 for each shifted view)."""
+def tta_views(x: torch.Tensor, level: int, shift: int = 1) -> list[tuple[torch.Tensor, float]]:
+    """The views of a batch and each one's weight in the average: level 1 the image and its
+    mirror (1/2 each); level 2 also both mirrored copies shifted by ``shift`` pixels up-left
+    and down-right (1/4 for the image and its mirror, 1/8 for each shifted view)."""
     if level == 0:
-        return x, [1.0]
+        return [(x, 1.0)]
     if level == 1:
-        return torch.cat([x, x.flip(-1)]), [0.5, 0.5]
+        return [(x, 0.5), (x.flip(-1), 0.5)]
     h, w = x.shape[-2:]
     padded = F.pad(x, (shift,) * 4, mode="reflect")
     up_left = padded[..., :h, :w]
     down_right = padded[..., 2 * shift : 2 * shift + h, 2 * shift : 2 * shift + w]
-    views = torch.cat([x, up_left, down_right])
-    return torch.cat([views, views.flip(-1)]), [0.25, 0.125, 0.125, 0.25, 0.125, 0.125]
+    views = [(x, 0.25), (up_left, 0.125), (down_right, 0.125)]
+    return views + [(v.flip(-1), wt) for v, wt in views]
 
 
 def tta_forward(net, level: int, shift: int = 1):
-    """A forward that averages the logits over the test-time views, all in one batch (one
-    forward call per evaluation batch, whatever the level)."""
+    """A forward that averages the logits over the test-time views: one forward per view at
+    the evaluation batch's size (``train.eval_batch_size``), as airbench does. Stacking all
+    views into one batch of 6x that size saves launches only where launches cost: on the CPU
+    it was 1.9x slower (35.0 s against airbench's 18.7 s for the final evaluation of the
+    narrowed ``94``), and on the GPU a batch of 2000 already fills the device."""
     if level == 0:
         return net
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        views, weights = tta_views(x, level, shift)
-        logits = net(views)
-        logits = logits.view(len(weights), x.shape[0], *logits.shape[1:])
-        w = torch.tensor(weights, dtype=logits.dtype, device=logits.device).view(-1, *[1] * (logits.dim() - 1))
-        return (logits * w).sum(0)
+        out = None
+        for view, weight in tta_views(x, level, shift):
+            logits = net(view) * weight
+            out = logits if out is None else out.add_(logits)
+        return out
 
     return forward
 
