@@ -1,5 +1,7 @@
 """``hlb ablate``: a baseline arm and one arm per trick switched off (or on), N paired seeds
-each, every arm trained by ``hlb train`` in a process of its own, compared with Welch's test.
+each, compared with Welch's test and, seed by seed, with the paired t-test. Each arm is trained
+by ``hlb train`` in a process of its own (the local backend) or in (arm, block of seeds) tasks
+on a Ray cluster (``--backend ray``, :mod:`hlbcli.ray_backend`).
 
 Layout of ``--out DIR``::
 
@@ -40,6 +42,10 @@ class Arm:
     #: tricks other arms enable and this one does not: passed as ``--disable`` too (a no-op on
     #: the trick list) so that ``--set``/``--config`` settings for them are accepted here
     silenced: list[str] = field(default_factory=list)
+    #: the arm's resolved config (what its run records carry), set by :func:`validate_arms`
+    config: dict | None = field(default=None, repr=False)
+    #: where each of its tricks comes from (``hlb tricks list``'s origin), set with ``config``
+    sources: dict | None = field(default=None, repr=False)
 
     @property
     def folder(self) -> str:
@@ -67,6 +73,19 @@ class AblateOptions:
     plot: bool = False
     quiet: bool = False
     resume: bool = False
+    #: where arms train: "local" (a process per arm on this machine) or "ray" (a Ray cluster)
+    backend: str = "local"
+    #: the Ray cluster to join ("auto", "ray://host:10001", "host:6379"); None: $RAY_ADDRESS,
+    #: else a Ray instance of this machine started for this run
+    address: str | None = None
+    #: seeds per Ray task (built and compiled once, then trained in turn); None: all of an arm's
+    #: seeds in blocks of at most DEFAULT_BLOCK
+    block: int | None = None
+    #: CPU cores per Ray task (its torch threads on the CPU)
+    cpus_per_task: int = 1
+    #: how many times a Ray task lost with its worker (a killed process, a dead node) is
+    #: started again for the seeds it had not finished
+    retries: int = 3
 
 
 def plan_arms(active: list[str], disable: Iterable[str], enable: Iterable[str], leave_one_out: bool) -> list[Arm]:
@@ -111,6 +130,7 @@ def validate_arms(opts: AblateOptions, arms: list[Arm]) -> list[str]:
     """Resolve every arm's config in this process, so that a bad ``--set``, an unknown name or
     a trick another one needs fails now, not after hours of training. Returns the baseline's
     active tricks."""
+    from hlbcli.config import to_dict
     from hlbcli.session import resolve
     from hlbcli.train import check_run
 
@@ -119,6 +139,8 @@ def validate_arms(opts: AblateOptions, arms: list[Arm]) -> list[str]:
         try:
             cfg, tm = resolve(opts.preset, opts.config, opts.sets, arm.enabled, arm.disabled + arm.silenced)
             check_run(cfg, tm)  # sizes, and each trick's hlb_validate against the data's shape and the model
+            arm.config = to_dict(cfg)
+            arm.sources = {n: tm.origins[n] for n in tm.trick_names()}
         except HlbError as e:
             if arm.name == BASELINE:
                 raise
@@ -186,15 +208,33 @@ def worker_slots(device: str, workers: int) -> list[dict[str, str]]:
 # --- reading results -------------------------------------------------------------------------
 
 
+#: records read so far, by path, with the (mtime, size) they were read at: the progress display
+#: reads the arms' folders every second, and a battery of hundreds of runs must not be parsed
+#: again each time
+_READ: dict[Path, tuple[tuple[int, int], dict]] = {}
+
+
 def arm_runs(arm_dir: Path) -> list[dict]:
     """The run records an arm's process has written so far, by seed."""
     out = []
     for p in sorted(arm_dir.glob("run-*.json")):
         try:
-            out.append(json.loads(p.read_text(encoding="utf-8")))
+            st = p.stat()
+            key = (st.st_mtime_ns, st.st_size)
+            hit = _READ.get(p)
+            if hit is None or hit[0] != key:
+                hit = (key, json.loads(p.read_text(encoding="utf-8")))
+                _READ[p] = hit
         except (OSError, ValueError):
             continue  # written atomically, so this is a foreign file: skip it
-    return sorted(out, key=lambda r: r.get("seed", 0))
+        if isinstance(hit[1], dict):
+            out.append(hit[1])
+    return sorted(out, key=lambda r: r.get("seed") if isinstance(r.get("seed"), int) else 0)
+
+
+def run_path(arm_dir: Path, first_seed: int, seed: int) -> Path:
+    """Where the record of ``seed`` goes: ``hlb train --seed FIRST`` names its i-th run so."""
+    return arm_dir / f"run-{seed - first_seed:03d}-seed{seed}.json"
 
 
 def arm_stats(arm: Arm, runs: list[dict], base: dict | None) -> dict:
@@ -219,13 +259,19 @@ def arm_stats(arm: Arm, runs: list[dict], base: dict | None) -> dict:
         "mean_train_seconds": tmean,
         "delta_train_seconds": None,
     }
+    by_seed = {r["seed"]: r["accuracy"] for r in done if isinstance(r.get("seed"), int)}
+    row["p_paired"], row["n_paired"], row["delta_paired"] = None, 0, None
     if base is not None:
         base_accs = base["_accs"]
         row["delta_accuracy"] = mean - base["mean_accuracy"] if accs and base_accs else None
         row["p_value"] = stats.welch(base_accs, accs)[1]
+        _, row["p_paired"], row["n_paired"] = stats.paired(base["_by_seed"], by_seed)
+        common = sorted(set(base["_by_seed"]) & set(by_seed))
+        if common:
+            row["delta_paired"] = stats.mean_std([by_seed[k] - base["_by_seed"][k] for k in common])[0]
         if times and base["_times"]:
             row["delta_train_seconds"] = tmean - base["mean_train_seconds"]
-    row["_accs"], row["_times"] = accs, times
+    row["_accs"], row["_times"], row["_by_seed"] = accs, times, by_seed
     return row
 
 
@@ -242,7 +288,7 @@ def summarize(opts: AblateOptions, arms: list[Arm], out: Path, status: dict[str,
         row["runs"] = runs
         rows.append(row)
     for row in rows:
-        row.pop("_accs"), row.pop("_times")
+        row.pop("_accs"), row.pop("_times"), row.pop("_by_seed")
     return {
         "kind": "ablation",
         "out": str(out),
@@ -260,7 +306,7 @@ def summarize(opts: AblateOptions, arms: list[Arm], out: Path, status: dict[str,
 
 # --- the table -------------------------------------------------------------------------------
 
-COLUMNS = ["arm", "n", "accuracy", "std", "ci95", "Δ acc", "p", "time s", "Δ time s"]
+COLUMNS = ["arm", "n", "accuracy", "std", "ci95", "Δ acc", "p Welch", "p paired", "time s", "Δ time s"]
 
 
 def _f(v: Any, spec: str, signed: bool = False) -> str:
@@ -269,14 +315,15 @@ def _f(v: Any, spec: str, signed: bool = False) -> str:
     return format(v, ("+" if signed else "") + spec)
 
 
+def _p(p: float | None, alpha: float) -> str:
+    return _f(p, ".3g") + (" *" if p is not None and p == p and p < alpha else "")
+
+
 def table_rows(summary: dict) -> list[list[str]]:
     rows = []
     for a in summary["arms"]:
         lo, hi = a["ci95"]
-        p = a["p_value"]
-        ptxt = _f(p, ".3g")
-        if p is not None and p == p and p < summary.get("significance", SIGNIFICANCE):
-            ptxt += " *"
+        alpha = summary.get("significance", SIGNIFICANCE)
         rows.append([
             a["name"],
             f"{a['n']}" + (f"/{a['n_started']}" if a.get("n_started", a["n"]) != a["n"] else ""),
@@ -284,7 +331,8 @@ def table_rows(summary: dict) -> list[list[str]]:
             _f(a["std_accuracy"], ".4f"),
             f"[{_f(lo, '.4f')}, {_f(hi, '.4f')}]" if a["n"] else "-",
             _f(a["delta_accuracy"], ".4f", signed=True),
-            ptxt,
+            _p(a.get("p_value"), alpha),
+            _p(a.get("p_paired"), alpha),
             _f(a["mean_train_seconds"], ".2f"),
             _f(a["delta_train_seconds"], ".2f", signed=True),
         ])
@@ -294,7 +342,8 @@ def table_rows(summary: dict) -> list[list[str]]:
 def footnote(summary: dict) -> str:
     alpha = summary.get("significance", SIGNIFICANCE)
     note = (
-        f"Δ: arm minus baseline; p: Welch's t-test against the baseline, * where p < {alpha:g}; "
+        f"Δ: arm minus baseline; p Welch: Welch's t-test against the baseline; p paired: the paired "
+        f"t-test of the per-seed differences (seeds both arms finished); * where p < {alpha:g}; "
         f"seeds {summary['seeds'][0]}..{summary['seeds'][-1]} in every arm"
     ) if summary["seeds"] else "no seeds"
     if summary.get("partial"):
@@ -315,19 +364,28 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def rich_table(summary: dict, live: bool = False):
+    """The table as a rich ``Table``; ``live`` marks the arms still training (the progress
+    display)."""
+    from rich.table import Table
+
+    t = Table(title=f"ablation of {summary['preset']}", title_justify="left")
+    for i, c in enumerate(COLUMNS):
+        t.add_column(c, justify="left" if i == 0 else "right", no_wrap=True)
+    for a, r in zip(summary["arms"], table_rows(summary)):
+        if live and a.get("status") not in ("completed",):
+            r = [f"{r[0]} ({a.get('status', 'waiting')})", *r[1:]]
+        t.add_row(*r)
+    return t
+
+
 def print_table(summary: dict, console=None) -> None:
     from rich.console import Console
-    from rich.table import Table
 
     console = console or Console(highlight=False, soft_wrap=True)
     rows = table_rows(summary)
     if console.is_terminal:
-        t = Table(title=f"ablation of {summary['preset']}", title_justify="left")
-        for i, c in enumerate(COLUMNS):
-            t.add_column(c, justify="left" if i == 0 else "right", no_wrap=True)
-        for r in rows:
-            t.add_row(*r)
-        console.print(t)
+        console.print(rich_table(summary))
     else:
         widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(COLUMNS)]
         fmt = lambda cells: "  ".join(  # noqa: E731
@@ -517,25 +575,59 @@ def prepare(opts: AblateOptions, fetch: bool = False) -> list[Arm]:
     arms = plan_arms(active, opts.disable, opts.enable, opts.leave_one_out)
     validate_arms(opts, arms)
     section = data.get("data") if isinstance(data.get("data"), dict) else {}
-    check_environment(opts, section.get("dataset", "cifar10"), fetch)  # the settings are validated by now
+    if opts.backend == "local":
+        # on Ray, each worker has its own device and data: its tasks check them there
+        check_environment(opts, section.get("dataset", "cifar10"), fetch)  # the settings are validated by now
     return arms
 
 
-def run_ablation(opts: AblateOptions, say=None) -> tuple[dict, int]:
-    """Validate, train every arm in its own process, write and return the summary. The
-    children end with this process, whatever ends it."""
-    say = say or (lambda text: None)
-    arms = prepare(opts, fetch=True)
+def finished_seeds(arm: Arm, opts: AblateOptions, out: Path) -> dict[int, dict]:
+    """The arm's records already over (completed or diverged) for this ablation's seeds."""
+    from hlbcli.runner import FINISHED
+
+    want = range(opts.seed, opts.seed + opts.runs)
+    return {r["seed"]: r for r in arm_runs(out / "arms" / arm.folder)
+            if r.get("seed") in want and r.get("status") in FINISHED}
+
+
+def run_ablation(opts: AblateOptions, say=None, console=None) -> tuple[dict, int]:
+    """Validate, train every arm (a process each, or Ray tasks), write and return the
+    summary. Local children and Ray tasks end with this process, whatever ends it.
+    ``console`` (rich) shows the progress; ``say`` gets the lines worth a log."""
+    from hlbcli.progress import Progress
+
+    if opts.backend not in BACKENDS:
+        raise UsageError(f"--backend {opts.backend}: unknown backend", f"choose one of: {', '.join(BACKENDS)}")
+    if opts.backend == "ray":
+        from hlbcli.ray_backend import check_ray
+
+        check_ray(opts)
+    arms = prepare(opts, fetch=opts.backend == "local")
     hold = prepare_out(opts.out or default_out(opts.preset), plan_of(opts, arms), opts.resume)
     try:
-        return _run_arms(opts, arms, hold.folder, say)
+        out = hold.folder
+        kept = sum(len(finished_seeds(a, opts, out)) for a in arms) if opts.resume else 0
+        progress = Progress(len(arms) * opts.runs, kept, console, opts.quiet,
+                            render=lambda summary: rich_table(summary, live=True))
+        if say is not None:
+            progress.say = say
+        with progress:
+            if opts.backend == "ray":
+                from hlbcli.ray_backend import run_arms_ray
+
+                return run_arms_ray(opts, arms, out, progress)
+            return _run_arms(opts, arms, out, progress)
     finally:
         hold.release()
 
 
-def _run_arms(opts: AblateOptions, arms: list[Arm], out: Path, say) -> tuple[dict, int]:
+BACKENDS = ("local", "ray")
+
+
+def _run_arms(opts: AblateOptions, arms: list[Arm], out: Path, progress) -> tuple[dict, int]:
     from hlbcli.runner import Interrupted, held_signals, interruptible
 
+    say = progress.say
     slots = worker_slots(opts.device, opts.workers)
     say(
         f"{len(arms)} arms x {opts.runs} seeds (seeds {opts.seed}..{opts.seed + opts.runs - 1}), "
@@ -546,9 +638,24 @@ def _run_arms(opts: AblateOptions, arms: list[Arm], out: Path, say) -> tuple[dic
     running: list[_Job] = []
     failed: list[str] = []
     t0 = time.monotonic()
+    seen = {a.name: set(finished_seeds(a, opts, out)) if opts.resume else set() for a in arms}
 
     def write(partial: bool) -> dict:
-        return write_summary(opts, arms, out, status, partial, time.monotonic() - t0)
+        summary = write_summary(opts, arms, out, status, partial, time.monotonic() - t0)
+        progress.update(summary)
+        return summary
+
+    def poll() -> None:
+        """Runs the arms' processes finished since the last look: progress."""
+        new = False
+        for j in running:
+            for seed, rec in finished_seeds(j.arm, opts, out).items():
+                if seed not in seen[j.arm.name]:
+                    seen[j.arm.name].add(seed)
+                    progress.run_finished(j.arm.name, rec)
+                    new = True
+        if new:
+            progress.update(summarize(opts, arms, out, {**status}, True))
 
     def start(arm: Arm, slot: int) -> None:
         arm_dir = out / "arms" / arm.folder
@@ -567,30 +674,35 @@ def _run_arms(opts: AblateOptions, arms: list[Arm], out: Path, say) -> tuple[dic
             raise
         running.append(_Job(arm, proc, log, slot))
         status[arm.name] = "running"
-        say(f"arm {arm.name}: started ({len(arms) - len(pending)}/{len(arms)})")
+        say(f"arm {arm.name}: started ({len(arms) - len(pending)}/{len(arms)} arms)")
 
     def reap(j: _Job) -> None:
+        poll()
         running.remove(j)
         j.log.close()
         n = len([r for r in arm_runs(out / "arms" / j.arm.folder) if r.get("status") == "completed"])
         if j.proc.returncode == 0:
             status[j.arm.name] = "completed"
-            say(f"arm {j.arm.name}: {n}/{opts.runs} runs done")
         else:
             status[j.arm.name] = f"failed (exit {j.proc.returncode})"
             failed.append(j.arm.name)
             why = _last_error(out / "arms" / j.arm.folder / "train.log")
             say(f"arm {j.arm.name}: exit {j.proc.returncode} after {n}/{opts.runs} runs: {why}")
-        write(partial=True)
+        summary = write(partial=True)
+        progress.arm_finished(next(a for a in summary["arms"] if a["name"] == j.arm.name))
 
     with held_signals():  # from here until the summary is written, no signal cuts it short
         try:
             with interruptible():
+                last_look = time.monotonic()
                 while pending or running:
                     free = [i for i in range(len(slots)) if i not in {j.slot for j in running}]
                     while pending and free:
                         start(pending.pop(0), free.pop(0))
                     time.sleep(0.1)
+                    if time.monotonic() - last_look > 1.0:
+                        poll()
+                        last_look = time.monotonic()
                     for j in [j for j in running if j.proc.poll() is not None]:
                         reap(j)
         except Interrupted as e:

@@ -137,29 +137,51 @@ def ablate(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="print only the table and errors"),
     dry_run: bool = typer.Option(False, "--dry-run", help="check everything, print the arms and their commands, train nothing"),
     resume: bool = typer.Option(False, "--resume", help="--out holds this ablation, stopped: keep its finished runs, train the rest"),
+    backend: str = typer.Option("local", "--backend", help="local: a process per arm on this machine; ray: (arm, block of seeds) tasks on a Ray cluster (extra 'ray')"),
+    address: Optional[str] = typer.Option(None, "--address", help="[ray] the cluster to join (HOST:PORT, ray://HOST:10001 or auto; default: $RAY_ADDRESS, else a Ray instance on this machine)"),
+    block: Optional[int] = typer.Option(None, "--block", min=1, help="[ray] seeds per task, built and compiled once (default: 10)"),
+    cpus_per_task: int = typer.Option(1, "--cpus-per-task", min=1, help="[ray] CPU cores per task (its threads when it trains on the CPU)"),
+    retries: int = typer.Option(3, "--retries", min=0, help="[ray] times a task lost with its worker starts again for the seeds it had left"),
 ) -> None:
     """Baseline vs arms with tricks off (or on), N paired seeds each, with statistics."""
     from rich.console import Console
 
-    from hlbcli.ablate import AblateOptions, child_command, prepare, print_table, run_ablation
+    from hlbcli.ablate import BACKENDS, AblateOptions, child_command, prepare, print_table, run_ablation
 
     _check_seeds(seed, runs)
     opts = AblateOptions(
         preset=preset, config=str(config) if config else None, sets=set_ or [], disable=disable or [],
         enable=enable or [], leave_one_out=leave_one_out, runs=runs, seed=seed, workers=workers, device=device,
         data_dir=str(data_dir) if data_dir else None, download=not no_download, out=out, plot=plot, quiet=quiet,
-        resume=resume,
+        resume=resume, backend=backend, address=address, block=block, cpus_per_task=cpus_per_task, retries=retries,
     )
+    if backend not in BACKENDS:
+        raise UsageError(f"--backend {backend}: unknown backend", f"choose one of: {', '.join(BACKENDS)}")
+    if backend == "local":
+        given = [n for n, v in (("--address", address), ("--block", block)) if v is not None]
+        given += [n for n, v, d in (("--cpus-per-task", cpus_per_task, 1), ("--retries", retries, 3)) if v != d]
+        if given:
+            raise UsageError(f"{given[0]} is an option of the Ray backend", "add --backend ray, or drop it")
     console = Console(highlight=False, soft_wrap=True)
     say = (lambda text: None) if quiet else (lambda text: console.print(text, markup=False))
     if dry_run:
         import shlex
 
-        for arm in prepare(opts):
+        arms = prepare(opts)
+        if backend == "ray":
+            from hlbcli.ray_backend import DEFAULT_BLOCK, blocks, check_ray, seed_span
+
+            check_ray(opts)
+            seeds = list(range(seed, seed + runs))
+            for arm in arms:
+                for b in blocks(seeds, block or DEFAULT_BLOCK):
+                    typer.echo(f"{arm.name}\tray task: {seed_span(b)}, tricks {', '.join(arm.config['tricks']) or 'none'}")
+            raise typer.Exit(0)
+        for arm in arms:
             cmd = child_command(opts, arm, Path(str(out or "OUT")) / "arms" / arm.folder)
             typer.echo(f"{arm.name}\t{shlex.join(['hlb', *cmd[3:]])}")
         raise typer.Exit(0)
-    summary, code = run_ablation(opts, say)
+    summary, code = run_ablation(opts, console=console)
     print_table(summary, console)
     out_dir = Path(summary["out"])
     if plot and any(a["n"] for a in summary["arms"]):

@@ -8,7 +8,7 @@ import signal
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -174,6 +174,50 @@ def rebuild_train_summary(out: Path) -> dict:
     return summary
 
 
+def train_seed(session: Any, seed: int, on_epoch: Callable[[dict], None] | None = None,
+               keep: Callable[[dict], None] | None = None) -> dict:
+    """Train one seed of a prepared session and return its run record: ``completed``, or
+    ``diverged`` when a step overflowed. Any other error, and an interruption, first hand the
+    record (``failed`` with the message, or ``interrupted``) to ``keep``, then go up: what a
+    run was is never lost. ``hlb train`` and the Ray backend's tasks write the same records."""
+    tm = session.tm
+    tricks = list(tm.trick_names())
+    rows: list[dict] = []
+
+    def epoch(row: dict) -> None:
+        rows.append(row)
+        if on_epoch:
+            on_epoch(row)
+
+    rec = {
+        "seed": seed, "status": "interrupted", "accuracy": None, "train_seconds": None,
+        "tricks": tricks, "trick_sources": {n: tm.origins[n] for n in tricks}, "config": to_dict(session.cfg),
+        "device": device_name(session.device), "versions": record.versions(),
+        "deterministic": session.deterministic, "compiled": session.compiled,
+        "precision": session.precision, "compile_mode": session.cfg.train.compile_mode if session.compiled else None,
+        "epochs": rows,
+    }
+    keep = keep or (lambda rec: None)
+    try:
+        res = run_one(session, seed, epoch)
+    except Exception as e:
+        if not _numeric_failure(e):
+            rec.update(status="failed", message=f"{e.__class__.__name__}: {e}")
+            keep(rec)
+            raise
+        res = RunResult(seed, "diverged", float("nan"), None, {}, rows,
+                        f"a training step failed in epoch {len(rows) + 1}: {e}")
+    except Interrupted:
+        rec["message"] = "interrupted during this run"
+        keep(rec)
+        raise
+    rec.update(
+        status=res.status, accuracy=res.accuracy if res.status == "completed" else None,
+        train_seconds=res.train_seconds, phases=res.phases, message=res.message, final=res.final,
+    )
+    return rec
+
+
 def train_runs(cfg: Any, tm, opts: TrainOptions, printer: Printer | None = None) -> tuple[dict, int]:
     """Train ``opts.runs`` seeds; write records as each finishes. Returns (summary, exit code).
     ``opts.out`` is claimed for the whole batch (one hlb at a time per folder)."""
@@ -191,9 +235,7 @@ def _train_batch(cfg: Any, tm, opts: TrainOptions, printer: Printer, out: Path |
                  earlier: dict[int, tuple[Path, dict]]) -> tuple[dict, int]:
     runs: list[dict] = []
     exit_code = 0
-    config = to_dict(cfg)
     tricks = list(tm.trick_names())
-    trick_versions = {n: tm.origins[n] for n in tricks}
     session = None
 
     def write_summary(partial: bool) -> dict:
@@ -232,51 +274,22 @@ def _train_batch(cfg: Any, tm, opts: TrainOptions, printer: Printer, out: Path |
                         printer.info(f"\nrun {i + 1}/{opts.runs} (seed {seed}): {old['status']}, kept from {path.name}")
                         exit_code = exit_code or (0 if old["status"] == "completed" else 1)
                         continue
-                rows: list[dict] = []
                 printer.run_header(i, opts.runs, seed)
 
-                def on_epoch(row, rows=rows):
-                    rows.append(row)
-                    printer.epoch_row(row)
-
-                rec = {
-                    "seed": seed, "status": "interrupted", "accuracy": None, "train_seconds": None,
-                    "tricks": tricks, "trick_sources": trick_versions, "config": config,
-                    "device": device_name(session.device), "versions": record.versions(),
-                    "deterministic": session.deterministic, "compiled": session.compiled,
-                    "precision": session.precision, "compile_mode": session.cfg.train.compile_mode if session.compiled else None,
-                    "epochs": rows,
-                }
-                try:
-                    res = run_one(session, seed, on_epoch)
-                except Exception as e:
-                    if not _numeric_failure(e):
-                        # whatever failed, the run's record says so before the error goes up
-                        rec.update(status="failed", message=f"{e.__class__.__name__}: {e}")
-                        runs.append(rec)
-                        if path:
-                            record.write_json(path, rec)
-                        raise
-                    res = RunResult(seed, "diverged", float("nan"), None, {}, rows,
-                                    f"a training step failed in epoch {len(rows) + 1}: {e}")
-                except Interrupted:
-                    rec["message"] = "interrupted during this run"
+                def keep(rec, path=path):  # a run that failed or was stopped: its record first
                     runs.append(rec)
                     if path:
                         record.write_json(path, rec)
-                    raise
-                rec.update(
-                    status=res.status, accuracy=res.accuracy if res.status == "completed" else None,
-                    train_seconds=res.train_seconds, phases=res.phases, message=res.message, final=res.final,
-                )
+
+                rec = train_seed(session, seed, printer.epoch_row, keep)
                 runs.append(rec)
                 if path:
                     record.write_json(path, rec)
                 printer.run_done(rec)
-                if res.status != "completed":
+                if rec["status"] != "completed":
                     exit_code = 1
                     then = "--stop-on-failure ends the batch here" if opts.stop_on_failure else "the batch goes on"
-                    printer.error(f"run {i + 1} (seed {seed}) {res.status}: {res.message} ({'its record says so; ' if out else ''}{then})")
+                    printer.error(f"run {i + 1} (seed {seed}) {rec['status']}: {rec['message']} ({'its record says so; ' if out else ''}{then})")
                     if opts.stop_on_failure:
                         break
                 write_summary(partial=i + 1 < opts.runs)

@@ -24,6 +24,25 @@ def resolve(
     check_names([n for n in enable if n not in extra], "--enable")
     check_names([n for n in disable if n not in extra], "--disable")
     data, user = layered_sources(preset, config_file, list(sets))
+    return resolve_data(data, user, enable, disable, extra)
+
+
+def resolve_data(
+    data: dict,
+    user: dict[str, str] | None = None,
+    enable: Iterable[str] = (),
+    disable: Iterable[str] = (),
+    extra: dict[str, object] | None = None,
+) -> tuple[Any, TrickManager]:
+    """:func:`resolve` from the merged settings themselves: also how a resolved config
+    (a run record's ``config``, what the Ray backend sends its workers) becomes a config and
+    a plugin manager again, in another process or on another machine. ``user`` maps each
+    top-level key the user wrote to where (for the message about inactive sections)."""
+    import copy
+
+    data, user = copy.deepcopy(data), dict(user or {})
+    enable, disable = list(enable), list(disable)
+    extra = extra or {}
     active = active_tricks(data, enable, disable)
     check_names([n for n in active if n not in extra], "the tricks list")
     inactive = (set(known_tricks()) | set(extra)) - set(active)

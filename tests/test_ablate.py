@@ -6,6 +6,7 @@ import builtins
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -225,6 +226,12 @@ def test_ablate_disable_ema_three_runs(cli, tmp_path):
     assert base["p_value"] is None
     accs = lambda a: [r["accuracy"] for r in a["runs"]]  # noqa: E731
     assert arm["p_value"] == pytest.approx(stats.welch(accs(base), accs(arm))[1], nan_ok=True)
+    by_seed = lambda a: {r["seed"]: r["accuracy"] for r in a["runs"]}  # noqa: E731
+    assert arm["p_paired"] == pytest.approx(stats.paired(by_seed(base), by_seed(arm))[1], nan_ok=True)
+    assert arm["n_paired"] == 3 and base["p_paired"] is None
+    # progress over the battery, as plain lines (not a terminal): one per run, one per arm
+    assert sum(1 for ln in out.splitlines() if re.match(r"\[\d/6 runs, \S+ elapsed, ETA \S+\] arm ", ln)) == 6
+    assert "[6/6 runs" in out and "arm -ema done: n 3, accuracy" in out
     assert arm["delta_accuracy"] == pytest.approx(arm["mean_accuracy"] - base["mean_accuracy"])
     for key in ("std_accuracy", "ci95", "mean_train_seconds"):
         assert key in arm
@@ -329,3 +336,96 @@ def test_hlb_threads_sets_torch_threads(monkeypatch):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+# --- progress --------------------------------------------------------------------------------
+
+
+def _console(terminal: bool):
+    import io
+
+    from rich.console import Console
+
+    buf = io.StringIO()
+    return buf, Console(file=buf, force_terminal=terminal, width=200, highlight=False)
+
+
+def test_progress_counts_runs_and_estimates_the_rest_in_plain_lines():
+    from hlbcli.progress import Progress
+
+    buf, console = _console(False)
+    t = [100.0]
+    p = Progress(total=10, kept=2, console=console, now=lambda: t[0])  # 2 kept by --resume
+    with p:
+        assert p.line() == "2/10 runs, 0s elapsed, ETA -"
+        t[0] += 60
+        p.run_finished("-ema", {"seed": 3, "status": "completed", "accuracy": 0.8512, "train_seconds": 180.3})
+        t[0] += 60
+        p.run_finished("-ema", {"seed": 4, "status": "diverged", "accuracy": None, "train_seconds": None})
+        p.arm_finished({"name": "-ema", "n": 1, "n_started": 2, "mean_accuracy": 0.8512, "std_accuracy": 0.0,
+                        "ci95": [0.8512, 0.8512], "delta_accuracy": -0.01, "p_value": None, "p_paired": None,
+                        "mean_train_seconds": 180.3, "delta_train_seconds": 1.0})
+    # the rate counts only this process's runs: 2 in 120 s, 6 left
+    assert p.line() == "4/10 runs, 2m00s elapsed, ETA 6m00s"
+    lines = buf.getvalue().splitlines()
+    assert lines[0] == "[3/10 runs, 1m00s elapsed, ETA 7m00s] arm -ema, seed 3: 85.12% in 180.3 s"
+    assert lines[1] == "[4/10 runs, 2m00s elapsed, ETA 6m00s] arm -ema, seed 4: diverged"
+    assert lines[2].startswith("arm -ema done: n 1/2, accuracy 0.8512,") and "Δ acc -0.0100" in lines[2]
+
+
+def test_progress_on_a_terminal_is_a_live_table():
+    from hlbcli.ablate import rich_table
+    from hlbcli.progress import Progress, clock
+
+    buf, console = _console(True)
+    summary = {"preset": "smoke", "arms": [
+        {"name": "baseline", "status": "completed", "n": 2, "mean_accuracy": 0.5, "std_accuracy": 0.1, "ci95": [0.4, 0.6],
+         "delta_accuracy": None, "p_value": None, "p_paired": None, "mean_train_seconds": 1.0, "delta_train_seconds": None},
+        {"name": "-ema", "status": "running", "n": 1, "mean_accuracy": 0.4, "std_accuracy": 0.0, "ci95": [0.4, 0.4],
+         "delta_accuracy": -0.1, "p_value": None, "p_paired": None, "mean_train_seconds": 1.0, "delta_train_seconds": 0.0},
+    ]}
+    with Progress(total=4, console=console, render=lambda s: rich_table(s, live=True)) as p:
+        assert p.live is not None
+        p.update(summary)
+        p.run_finished("-ema", {"seed": 1, "status": "completed", "accuracy": 0.4})
+    text = buf.getvalue()
+    assert "-ema (running)" in text and "3/4 runs" not in text and "1/4 runs" in text
+    assert [clock(s) for s in (5, 65, 3725, None)] == ["5s", "1m05s", "1h02m", "-"]
+
+
+# --- the Ray backend's options, without Ray (tests/test_ray.py runs it on a local instance) ----
+
+
+def test_ray_backend_without_ray_says_how_to_get_it(cli, tmp_path, monkeypatch):
+    real = builtins.__import__
+
+    def no_ray(name, *a, **kw):
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError("No module named 'ray'")
+        return real(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    code, _, err = cli("ablate", "--preset", "smoke", "--disable", "ema", "--backend", "ray", "--out", tmp_path / "d")
+    assert code == 2 and not (tmp_path / "d").exists()
+    assert err.strip() == ("error: --backend ray needs Ray, which is not installed "
+                           "(pip install 'hlbcli[ray]', here and on every node of the cluster)")
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--backend", "slurm"], "--backend slurm: unknown backend (choose one of: local, ray)"),
+    (["--address", "10.0.0.1:6379"], "--address is an option of the Ray backend (add --backend ray, or drop it)"),
+    (["--block", "4"], "--block is an option of the Ray backend"),
+    (["--retries", "0"], "--retries is an option of the Ray backend"),
+    (["--backend", "ray", "--block", "0"], "--block"),
+])
+def test_ray_options_are_checked(cli, tmp_path, args, needle):
+    code, _, err = cli("ablate", "--preset", "smoke", "--disable", "ema", *args, "--out", tmp_path / "d")
+    assert code == 2 and needle in err and not (tmp_path / "d").exists()
+
+
+def test_blocks_cut_seeds_in_order():
+    from hlbcli.ray_backend import blocks, seed_span
+
+    assert blocks([0, 1, 2, 3, 4], 2) == [[0, 1], [2, 3], [4]]
+    assert blocks([3, 7], 10) == [[3, 7]] and blocks([], 3) == []
+    assert (seed_span([4]), seed_span([0, 1, 2])) == ("seed 4", "seeds 0..2")
