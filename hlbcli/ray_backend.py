@@ -9,8 +9,9 @@ writes every record where the local backend's ``hlb train`` would, so ``summary.
 
 What travels to a worker: the arm's resolved config, the seeds, the device, the data folder's
 path and the library versions (to refuse a worker with another hlb or other tricks). Not the
-data. Each worker process keeps the last session it built, so the next block of the same arm
-on that worker skips loading and compiling.
+data. On the CPU a worker process keeps the last session it built, so the next block of the
+same arm there skips loading and building; a GPU task always starts in a fresh process (so
+``--block`` should be large enough to pay for a compile).
 
 Failures: a task whose worker is lost (killed, out of memory, its node gone) is started again
 for the seeds it had not finished, up to ``--retries`` times; the records it streamed before
@@ -184,7 +185,7 @@ def resources(opts) -> dict[str, float]:
 
 def run_arms_ray(opts, arms: list, out: Path, progress) -> tuple[dict, int]:
     from hlbcli.ablate import finished_seeds, run_path, summarize, write_summary
-    from hlbcli.runner import FINISHED, Interrupted, earlier_runs, held_signals, interruptible
+    from hlbcli.runner import FINISHED, Interrupted, earlier_runs, held_signals
 
     ray = _import_ray()
     say = progress.say
@@ -193,9 +194,10 @@ def run_arms_ray(opts, arms: list, out: Path, progress) -> tuple[dict, int]:
     started_here = connect(opts)
     try:
         res = resources(opts)
-        # max_calls=0: one worker process serves block after block (GPU tasks included, where
-        # Ray's default is a fresh process per task): its cached session is the point
-        remote = ray.remote(max_calls=0)(train_block).options(
+        # on the CPU one worker process serves block after block and keeps its build; a GPU
+        # task gets a fresh process (Ray's default there): a process whose CUDA context sits on
+        # the GPU of its last task cannot move to the GPU Ray assigns to its next one
+        remote = ray.remote(max_calls=1 if res["num_gpus"] else 0)(train_block).options(
             **res, num_returns="streaming", max_retries=0, retry_exceptions=False,
         )
         size = opts.block or DEFAULT_BLOCK
@@ -312,34 +314,37 @@ def run_arms_ray(opts, arms: list, out: Path, progress) -> tuple[dict, int]:
                     pass
                 live.remove(o)
 
-        with held_signals():
+        # a stop signal is noted, not raised where it lands: raised inside Ray's own calls it
+        # leaves them broken (a SystemError); the loop looks at least every half second
+        with held_signals() as got:
             try:
-                with interruptible():
-                    for t in tasks:
-                        submit(t)
-                    for arm in arms:
-                        if status[arm.name] == "completed":
-                            arm_over(arm)  # all kept from an earlier try (--resume)
-                    write(partial=True)
-                    while live:
-                        ready, _ = ray.wait([t.gen for t in live], num_returns=1, timeout=0.5)
-                        if not ready:
-                            continue  # the live display keeps its clock moving by itself
-                        t = next(t for t in live if t.gen is ready[0])
-                        try:
-                            ref = next(t.gen)
-                        except StopIteration:
-                            finish(t)
-                            continue
-                        except ray.exceptions.RayError as e:
-                            lost(t, e)
-                            continue
-                        try:
-                            msg = ray.get(ref)
-                        except ray.exceptions.RayError as e:
-                            lost(t, e)
-                            continue
-                        handle(t, msg)
+                for t in tasks:
+                    submit(t)
+                for arm in arms:
+                    if status[arm.name] == "completed":
+                        arm_over(arm)  # all kept from an earlier try (--resume)
+                write(partial=True)
+                while live:
+                    if got:
+                        raise Interrupted(got[0])
+                    ready, _ = ray.wait([t.gen for t in live], num_returns=1, timeout=0.5)
+                    if not ready:
+                        continue  # the live display keeps its clock moving by itself
+                    t = next(t for t in live if t.gen is ready[0])
+                    try:
+                        ref = next(t.gen)
+                    except StopIteration:
+                        finish(t)
+                        continue
+                    except ray.exceptions.RayError as e:
+                        lost(t, e)
+                        continue
+                    try:
+                        msg = ray.get(ref)
+                    except ray.exceptions.RayError as e:
+                        lost(t, e)
+                        continue
+                    handle(t, msg)
             except Interrupted as e:
                 for t in list(live):
                     status[t.arm.name] = "interrupted"

@@ -163,15 +163,20 @@ def test_dry_run_leave_one_out_lists_one_arm_per_active_trick(cli):
 # --- plotting --------------------------------------------------------------------------------
 
 
-def _hide_matplotlib(monkeypatch):
+def _hide(monkeypatch, module: str):
+    """``import module`` (and its submodules) fails, as where it is not installed."""
     real = builtins.__import__
 
     def fake(name, *a, **k):
-        if name == "matplotlib" or name.startswith("matplotlib."):
-            raise ImportError("No module named 'matplotlib'")
+        if name == module or name.startswith(module + "."):
+            raise ImportError(f"No module named '{module}'")
         return real(name, *a, **k)
 
     monkeypatch.setattr(builtins, "__import__", fake)
+
+
+def _hide_matplotlib(monkeypatch):
+    _hide(monkeypatch, "matplotlib")
 
 
 def test_plot_without_matplotlib_says_how_to_get_it(cli, tmp_path, monkeypatch):
@@ -397,14 +402,7 @@ def test_progress_on_a_terminal_is_a_live_table():
 
 
 def test_ray_backend_without_ray_says_how_to_get_it(cli, tmp_path, monkeypatch):
-    real = builtins.__import__
-
-    def no_ray(name, *a, **kw):
-        if name == "ray" or name.startswith("ray."):
-            raise ImportError("No module named 'ray'")
-        return real(name, *a, **kw)
-
-    monkeypatch.setattr(builtins, "__import__", no_ray)
+    _hide(monkeypatch, "ray")
     code, _, err = cli("ablate", "--preset", "smoke", "--disable", "ema", "--backend", "ray", "--out", tmp_path / "d")
     assert code == 2 and not (tmp_path / "d").exists()
     assert err.strip() == ("error: --backend ray needs Ray, which is not installed "

@@ -173,3 +173,28 @@ def test_dry_run_lists_the_tasks(cli):
     assert lines[0].startswith("baseline\tray task: seeds 0..1, tricks ") and "ema" in lines[0]
     assert lines[2].startswith("baseline\tray task: seed 4,")
     assert lines[3].startswith("-ema\tray task: seeds 0..1") and "ema" not in lines[3].split("tricks")[1]
+
+
+def test_ctrl_c_cancels_the_tasks_keeps_finished_runs_and_resume_completes(head, hlb_proc, tmp_path):
+    out = tmp_path / "D"
+    args = ["ablate", "--preset", "smoke", "--disable", "ema", "--runs", "3", "--device", "cpu", *set_args(SLOW),
+            "--backend", "ray", "--address", head, "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "hlbcli.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 240
+    while not list(out.glob("arms/*/run-*.json")):
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline, "no run finished in 240 s"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    text, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, text
+    assert re.search(r"interrupted: \d finished run\(s\) kept in .* --resume", text), text
+    s = json.loads((out / "summary.json").read_text())
+    assert s["partial"] is True and 1 <= sum(a["n"] for a in s["arms"]) < 6
+    kept = {p: p.read_bytes() for p in out.glob("arms/*/run-*.json")
+            if json.loads(p.read_text())["status"] == "completed"}
+    r = hlb_proc(*args, "--resume")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert all(p.read_bytes() == b for p, b in kept.items()), "a finished run was trained again"
+    assert [a["n"] for a in json.loads((out / "summary.json").read_text())["arms"]] == [3, 3]
