@@ -138,10 +138,10 @@ def ablate(
     dry_run: bool = typer.Option(False, "--dry-run", help="check everything, print the arms and their commands, train nothing"),
     resume: bool = typer.Option(False, "--resume", help="--out holds this ablation, stopped: keep its finished runs, train the rest"),
     backend: str = typer.Option("local", "--backend", help="local: a process per arm on this machine; ray: (arm, block of seeds) tasks on a Ray cluster (extra 'ray')"),
-    address: Optional[str] = typer.Option(None, "--address", help="[ray] the cluster to join (HOST:PORT, ray://HOST:10001 or auto; default: $RAY_ADDRESS, else a Ray instance on this machine)"),
-    block: Optional[int] = typer.Option(None, "--block", min=1, help="[ray] seeds per task, built and compiled once (default: 10)"),
-    cpus_per_task: int = typer.Option(1, "--cpus-per-task", min=1, help="[ray] CPU cores per task (its threads when it trains on the CPU)"),
-    retries: int = typer.Option(3, "--retries", min=0, help="[ray] times a task lost with its worker starts again for the seeds it had left"),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray backend: the cluster to join (HOST:PORT, ray://HOST:10001 or auto; default: $RAY_ADDRESS, else a Ray instance on this machine)"),
+    block: Optional[int] = typer.Option(None, "--block", min=1, help="Ray backend: seeds per task, built and compiled once (default: 10)"),
+    cpus_per_task: int = typer.Option(1, "--cpus-per-task", min=1, help="Ray backend: CPU cores per task (its threads when it trains on the CPU)"),
+    retries: int = typer.Option(3, "--retries", min=0, help="Ray backend: times a task lost with its worker starts again for the seeds it had left"),
 ) -> None:
     """Baseline vs arms with tricks off (or on), N paired seeds each, with statistics."""
     from rich.console import Console
