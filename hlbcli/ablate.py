@@ -594,8 +594,6 @@ def run_ablation(opts: AblateOptions, say=None, console=None) -> tuple[dict, int
     """Validate, train every arm (a process each, or Ray tasks), write and return the
     summary. Local children and Ray tasks end with this process, whatever ends it.
     ``console`` (rich) shows the progress; ``say`` gets the lines worth a log."""
-    from hlbcli.progress import Progress
-
     if opts.backend not in BACKENDS:
         raise UsageError(f"--backend {opts.backend}: unknown backend", f"choose one of: {', '.join(BACKENDS)}")
     if opts.backend == "ray":
@@ -603,6 +601,25 @@ def run_ablation(opts: AblateOptions, say=None, console=None) -> tuple[dict, int
 
         check_ray(opts)
     arms = prepare(opts, fetch=opts.backend == "local")
+    joined = False
+    if opts.backend == "ray":
+        from hlbcli.ray_backend import connect, resources
+
+        joined = connect(opts)  # an unreachable cluster or one without the GPUs asked for: before --out
+    try:
+        if opts.backend == "ray":
+            resources(opts)
+        return _run_claimed(opts, arms, say, console)
+    finally:
+        if joined:
+            import ray
+
+            ray.shutdown()
+
+
+def _run_claimed(opts: AblateOptions, arms: list[Arm], say, console) -> tuple[dict, int]:
+    from hlbcli.progress import Progress
+
     hold = prepare_out(opts.out or default_out(opts.preset), plan_of(opts, arms), opts.resume)
     try:
         out = hold.folder
@@ -615,7 +632,7 @@ def run_ablation(opts: AblateOptions, say=None, console=None) -> tuple[dict, int
             if opts.backend == "ray":
                 from hlbcli.ray_backend import run_arms_ray
 
-                return run_arms_ray(opts, arms, out, progress)
+                return run_arms_ray(opts, arms, out, progress, connected=True)
             return _run_arms(opts, arms, out, progress)
     finally:
         hold.release()

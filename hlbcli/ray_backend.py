@@ -152,6 +152,25 @@ class _Task:
         return [s for s in self.seeds if s not in self.done]
 
 
+def _answers(address: str | None) -> None:
+    """A cluster address must answer on its port within 5 s: Ray itself retries an unreachable
+    one for minutes before it gives up."""
+    if not address or address == "auto":
+        return
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not port.isdigit() or not host:
+        raise UsageError(f"--address {address}: not HOST:PORT", "write it as HOST:PORT (6379 by default) or ray://HOST:10001")
+    import socket
+
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as e:
+        raise UsageError(
+            f"--backend ray: nothing answers at {address} ({e.strerror or e.__class__.__name__})",
+            "start the cluster (ray start --head) and pass its HOST:PORT, or leave --address out to run on this machine",
+        ) from None
+
+
 def connect(opts) -> bool:
     """Join the cluster at ``opts.address`` (or ``$RAY_ADDRESS``), or start a Ray instance on
     this machine; True when this process started (and so must stop) it."""
@@ -159,6 +178,8 @@ def connect(opts) -> bool:
     if ray.is_initialized():
         return False
     import logging
+
+    _answers(opts.address or os.environ.get("RAY_ADDRESS"))
 
     try:
         ray.init(address=opts.address, include_dashboard=False, logging_level=logging.ERROR,
@@ -183,7 +204,9 @@ def resources(opts) -> dict[str, float]:
     return {"num_cpus": opts.cpus_per_task, "num_gpus": 1 if want_gpu else 0}
 
 
-def run_arms_ray(opts, arms: list, out: Path, progress) -> tuple[dict, int]:
+def run_arms_ray(opts, arms: list, out: Path, progress, connected: bool = False) -> tuple[dict, int]:
+    """Train the arms as Ray tasks. ``connected``: the caller has joined the cluster already
+    (and will leave it)."""
     from hlbcli.ablate import finished_seeds, run_path, summarize, write_summary
     from hlbcli.runner import FINISHED, Interrupted, earlier_runs, held_signals
 
@@ -191,7 +214,7 @@ def run_arms_ray(opts, arms: list, out: Path, progress) -> tuple[dict, int]:
     say = progress.say
     import hlbcli
 
-    started_here = connect(opts)
+    started_here = False if connected else connect(opts)
     try:
         res = resources(opts)
         # on the CPU one worker process serves block after block and keeps its build; a GPU

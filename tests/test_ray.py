@@ -198,3 +198,15 @@ def test_ctrl_c_cancels_the_tasks_keeps_finished_runs_and_resume_completes(head,
     assert r.returncode == 0, r.stdout + r.stderr
     assert all(p.read_bytes() == b for p, b in kept.items()), "a finished run was trained again"
     assert [a["n"] for a in json.loads((out / "summary.json").read_text())["arms"]] == [3, 3]
+
+
+@pytest.mark.parametrize("address,needle", [
+    ("127.0.0.1:1", "error: --backend ray: nothing answers at 127.0.0.1:1"),
+    ("somewhere", "error: --address somewhere: not HOST:PORT"),
+])
+def test_a_cluster_that_does_not_answer_is_one_line_before_anything_is_written(cli, tmp_path, address, needle):
+    t0 = time.monotonic()
+    code, _, err = cli("ablate", "--preset", "smoke", "--disable", "ema", "--backend", "ray", "--address", address,
+                       "--out", tmp_path / "d")
+    assert code == 2 and err.startswith(needle) and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "d").exists() and time.monotonic() - t0 < 30
