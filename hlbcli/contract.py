@@ -78,6 +78,31 @@ class Dataset:
                         len(self.train_labels), len(self.test_labels))
 
 
+class PerInput:
+    """``fn(x)`` computed once per input tensor and kept for the last ``keep`` inputs: for an
+    epoch transform that would otherwise redo the same work on the same set every epoch (the
+    alternating flip's two sets, translate's reflect pad).
+
+    An input counts as the same only while it is the same live tensor object, unchanged in
+    place since (its version). Keys are weak references, not addresses: a set freed at the end
+    of an epoch whose memory comes back as the next epoch's new set (the CUDA caching
+    allocator does exactly that) is a new input, never a stale hit."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], keep: int = 1):
+        self.fn, self.keep = fn, max(1, keep)
+        self.entries: list[tuple[Any, int, torch.Tensor]] = []  # (weak ref, version, fn(x))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        import weakref
+
+        for ref, version, out in self.entries:
+            if ref() is x and x._version == version:
+                return out
+        out = self.fn(x)
+        self.entries = [*self.entries[len(self.entries) - self.keep + 1:], (weakref.ref(x), x._version, out)]
+        return out
+
+
 @dataclass(frozen=True)
 class Transform:
     """A data augmentation returned by ``hlb_batch_transforms``.

@@ -12,7 +12,7 @@ from pydantic import Field
 
 from hlbcli import hookimpl
 from hlbcli.config import Settings
-from hlbcli.contract import ORDER_FLIP, Transform, trick
+from hlbcli.contract import ORDER_FLIP, PerInput, Transform, trick
 
 NAME = "flip"
 
@@ -28,21 +28,15 @@ def flip_masked(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def make_transform(n: int, mode: str, device, generator: torch.Generator | None) -> Transform:
     base = torch.rand(n, device=device, generator=generator) < 0.5
-    cache: dict = {}
+    # the even epochs' set is computed once per input (one select over the set), the odd
+    # epochs' set is that one mirrored whole (the same as flipping by ~base); both kept, so
+    # that later transforms see the same two inputs in turn
+    even = PerInput(lambda images: flip_masked(images, base))
+    odd = PerInput(lambda flipped: flipped.flip(-1))
 
     def flip_epoch(images: torch.Tensor, epoch: int, gen: torch.Generator | None = None) -> torch.Tensor:
         if mode == "alternating":
-            # the even epochs' set is computed once per input (one select over the set), the odd
-            # epochs' set is that one mirrored whole (the same as flipping by ~base); both kept
-            key = (images.data_ptr(), images._version, tuple(images.shape))
-            if cache.get("key") != key:
-                cache.clear()
-                cache["key"], cache["even"] = key, flip_masked(images, base)
-            if epoch % 2 == 0:
-                return cache["even"]
-            if "odd" not in cache:  # kept too, so that later transforms see the same two inputs
-                cache["odd"] = cache["even"].flip(-1)
-            return cache["odd"]
+            return even(images) if epoch % 2 == 0 else odd(even(images))
         mask = torch.rand(len(images), device=images.device, generator=gen) < 0.5
         return flip_masked(images, mask)
 

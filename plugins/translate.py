@@ -10,7 +10,7 @@ from pydantic import Field
 
 from hlbcli import hookimpl
 from hlbcli.config import Settings
-from hlbcli.contract import ORDER_TRANSLATE, Transform, trick
+from hlbcli.contract import ORDER_TRANSLATE, PerInput, Transform, trick
 
 NAME = "translate"
 
@@ -42,22 +42,12 @@ def random_translate(images: torch.Tensor, pad: int, generator: torch.Generator 
     return shifted(images, shifts, pad, padded)
 
 
-class PadCache:
+class PadCache(PerInput):
     """The reflect-padded copies of the last two inputs (an alternating flip hands over two
     sets, in turn), so the set is padded once per input, not once per epoch."""
 
     def __init__(self, pad: int):
-        self.pad = pad
-        self.entries: list[tuple[tuple, torch.Tensor]] = []
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        key = (images.data_ptr(), images._version, tuple(images.shape))
-        for k, padded in self.entries:
-            if k == key:
-                return padded
-        padded = F.pad(images, (self.pad,) * 4, mode="reflect")
-        self.entries = [*self.entries[-1:], (key, padded)]
-        return padded
+        super().__init__(lambda images: F.pad(images, (pad,) * 4, mode="reflect"), keep=2)
 
 
 hlb_trick_info, hlb_config_model = trick(NAME, "random translation by every shift in [-pad, pad] from a reflect pad, per epoch", TranslateSettings)

@@ -381,3 +381,21 @@ def test_disabling_a_trick_leaves_the_others_as_they_were(off):
     ctx_off = augmented(tm, cfg)
     for name, val in ctx_off.items():
         assert torch.equal(val, ctx_all[name])
+
+
+def test_per_input_never_mistakes_a_new_set_in_reused_memory_for_the_old_one():
+    """The CUDA caching allocator hands an epoch's freed set's memory to the next epoch's new
+    set: same address, same shape, version 0. Made here on the CPU by two tensors over one
+    numpy buffer rewritten between them. A transform's kept result must follow the new set."""
+    import numpy as np
+
+    from hlb_plugins.translate import PadCache
+
+    buf = np.zeros((4, 3, 8, 8), dtype=np.float32)
+    cache = PadCache(2)
+    a = torch.from_numpy(buf)
+    cache(a)
+    del a  # the old set is gone; its memory comes back holding other images
+    buf[:] = np.random.default_rng(0).random(buf.shape, dtype=np.float32)
+    b = torch.from_numpy(buf)
+    assert torch.equal(cache(b), F.pad(b, (2,) * 4, mode="reflect"))
