@@ -46,21 +46,9 @@ exec(compile(src, src_path, "exec"), ns)
 w = [int(v) for v in widths.split(",")]
 ns["hyp"]["net"]["widths"] = dict(block1=w[0], block2=w[1], block3=w[2])
 ns["hyp"]["opt"]["train_epochs"] = epochs
-seen = {"epochs": []}
-orig = ns["print_training_details"]
-def capture(variables, is_final_entry):
-    seen.update({k: variables.get(k) for k in ("tta_val_acc", "total_time_seconds")})
-    if not is_final_entry:
-        seen["epochs"].append(variables.get("total_time_seconds"))
-    return orig(variables, is_final_entry)
-ns["print_training_details"] = capture
 torch.manual_seed(seed)
-t0 = time.perf_counter()
-acc = ns["main"](seed)
-total, before_eval = float(seen["total_time_seconds"]), float(seen["epochs"][-1])
-json.dump({"accuracy": float(acc), "seconds": total, "wall": time.perf_counter() - t0,
-           "phases": {"init+train": before_eval, "eval": total - before_eval}}, open(out, "w"))
-'''
+run = lambda: ns["main"](seed)
+%(capture)s'''
 
 
 # the same for airbench94_muon.py: fp32 instead of fp16 (Newton-Schulz too), no torch.compile, the
@@ -88,22 +76,10 @@ for old, new in patches:
 ns = {"__name__": "airbench94_muon_cpu"}
 sys.argv = [src_path]  # the script reads its own source through sys.argv[0]
 exec(compile(src, src_path, "exec"), ns)
-seen = {"epochs": []}
-orig = ns["print_training_details"]
-def capture(variables, is_final_entry):
-    seen.update({k: variables.get(k) for k in ("tta_val_acc", "time_seconds")})
-    if not is_final_entry:
-        seen["epochs"].append(variables.get("time_seconds"))
-    return orig(variables, is_final_entry)
-ns["print_training_details"] = capture
 torch.manual_seed(seed)
 model = ns["CifarNet"]().to(memory_format=torch.channels_last)
-t0 = time.perf_counter()
-acc = ns["main"](seed, model)
-total, before_eval = float(seen["time_seconds"]), float(seen["epochs"][-1])
-json.dump({"accuracy": float(acc), "seconds": total, "wall": time.perf_counter() - t0,
-           "phases": {"init+train": before_eval, "eval": total - before_eval}}, open(out, "w"))
-'''
+run = lambda: ns["main"](seed, model)
+%(capture)s'''
 
 # CUDA events and synchronize, for the host clock (both children)
 HOST_CLOCK = """
@@ -118,8 +94,27 @@ class HostEvent:
 torch.cuda.Event = HostEvent
 torch.cuda.synchronize = lambda *a, **k: None
 """
-AIRBENCH_CHILD = AIRBENCH_CHILD.replace("%(shim)s", HOST_CLOCK)
-AIRBENCH_MUON_CHILD = AIRBENCH_MUON_CHILD.replace("%(shim)s", HOST_CLOCK)
+# both children: read airbench's own printout for the total and the time before its final
+# evaluation (the variable is total_time_seconds in airbench94, time_seconds in _muon), run it
+CAPTURE = """
+seen = {"epochs": []}
+orig = ns["print_training_details"]
+def capture(variables, is_final_entry):
+    seen.update({k: variables.get(k) for k in ("tta_val_acc", TIME_KEY)})
+    if not is_final_entry:
+        seen["epochs"].append(variables.get(TIME_KEY))
+    return orig(variables, is_final_entry)
+ns["print_training_details"] = capture
+t0 = time.perf_counter()
+acc = run()
+total, before_eval = float(seen[TIME_KEY]), float(seen["epochs"][-1])
+json.dump({"accuracy": float(acc), "seconds": total, "wall": time.perf_counter() - t0,
+           "phases": {"init+train": before_eval, "eval": total - before_eval}}, open(out, "w"))
+"""
+AIRBENCH_CHILD = AIRBENCH_CHILD.replace("%(shim)s", HOST_CLOCK).replace(
+    "%(capture)s", CAPTURE.replace("TIME_KEY", '"total_time_seconds"'))
+AIRBENCH_MUON_CHILD = AIRBENCH_MUON_CHILD.replace("%(shim)s", HOST_CLOCK).replace(
+    "%(capture)s", CAPTURE.replace("TIME_KEY", '"time_seconds"'))
 
 RECIPES = {
     # name: (hlb preset, airbench script in external/airbench, its child, extra hlb settings given widths)
