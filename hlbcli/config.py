@@ -34,6 +34,9 @@ MAX_SEED = 2**63 - 1
 MAX_WIDTH = 4096
 #: the most synthetic images per split (3 KiB each at 32px)
 MAX_SYNTHETIC = 1_000_000
+#: ``train.eval_batch_size = "auto"``: on CUDA (airbench's size), and on the CPU
+EVAL_BATCH_CUDA = 2000
+EVAL_BATCH_CPU = 128
 
 
 class DataSettings(Settings):
@@ -104,7 +107,32 @@ class TrainSettings(Settings):
         "auto", description="SGD kernels: fused (one kernel per dtype), foreach, or per tensor; auto: fused"
     )
     eval_every_epoch: bool = Field(True, description="measure val accuracy (no TTA) after every epoch, untimed")
-    eval_batch_size: int = Field(2000, gt=0, le=MAX_SYNTHETIC, description="batch size for evaluation")
+    eval_batch_size: int | Literal["auto"] = Field(
+        "auto",
+        description=(
+            f"batch size for evaluation (the same logits at any size); auto: {EVAL_BATCH_CUDA} on CUDA,"
+            f" {EVAL_BATCH_CPU} on the CPU, where a batch that stays in cache evaluates up to 2x faster"
+        ),
+    )
+
+
+    @field_validator("eval_batch_size", mode="before")
+    @classmethod
+    def _eval_batch(cls, v: Any) -> Any:
+        if v == "auto" or (type(v) is int and 0 < v <= MAX_SYNTHETIC):
+            return v
+        raise ValueError(f'must be "auto" or an integer from 1 to {MAX_SYNTHETIC}')
+
+
+def eval_batch_size(value: int | str, device: Any) -> int:
+    """``train.eval_batch_size`` with ``auto`` resolved for ``device`` (a torch.device or its
+    type's name). A GPU wants large batches; on the CPU a batch of 2000 spills the caches (the
+    narrowed ``94``'s net evaluated 2000 test images in 0.82 s at 2000 a batch and in 0.42 s at
+    128; the full-width net in 3.13 s and 2.23 s)."""
+    if value != "auto":
+        return int(value)
+    kind = device if isinstance(device, str) else device.type
+    return EVAL_BATCH_CPU if kind == "cpu" else EVAL_BATCH_CUDA
 
 
 # --- TOML helpers ----------------------------------------------------------------------------

@@ -8,6 +8,8 @@ from typing import Any, Callable, Literal
 
 import torch
 
+from hlbcli.config import eval_batch_size
+
 #: The stages a trick can hook into, in pipeline order.
 STAGES = ("setup", "data", "model", "loss", "optimizer", "step", "run", "eval")
 
@@ -192,6 +194,11 @@ class RunContext:
     def settings(self, name: str) -> Any:
         """The settings section of trick ``name`` (its pydantic model instance)."""
         return getattr(self.cfg, name)
+
+    @property
+    def eval_batch_size(self) -> int:
+        """``train.eval_batch_size`` with ``auto`` resolved for this run's device."""
+        return eval_batch_size(self.cfg.train.eval_batch_size, self.device)
 
 
 @dataclass(frozen=True)

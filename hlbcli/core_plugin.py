@@ -76,7 +76,7 @@ def hlb_evaluate(model, images, labels, forward, ctx: RunContext):
     from hlbcli.data import normalize
 
     ds = ctx.dataset
-    bs = ctx.cfg.train.eval_batch_size
+    bs = ctx.eval_batch_size
     was_training = model.training
     model.eval()
     correct = torch.zeros((), device=images.device)

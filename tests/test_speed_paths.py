@@ -78,3 +78,37 @@ def test_step_dispatches_no_more_ops_than_a_hand_written_step(precision):
     rep = ops_per_step("94", precision, steps=10, batch_size=16, widths=(8, 16, 16))
     assert rep["hand"] > 50  # the counter sees the forward, the backward and the optimizer
     assert rep["ratio"] <= 1.0, rep
+
+
+def test_eval_batch_size_auto_resolves_per_device():
+    from hlbcli.config import EVAL_BATCH_CPU, EVAL_BATCH_CUDA, eval_batch_size
+
+    assert (EVAL_BATCH_CPU, EVAL_BATCH_CUDA) == (128, 2000)
+    assert eval_batch_size("auto", "cpu") == EVAL_BATCH_CPU
+    assert eval_batch_size("auto", torch.device("cuda", 0)) == EVAL_BATCH_CUDA
+    assert eval_batch_size(300, "cpu") == eval_batch_size(300, "cuda") == 300
+
+
+def test_evaluation_batch_size_changes_the_batches_not_the_result():
+    """The final evaluation (TTA's six views) runs at the resolved batch size and gives the
+    same accuracy and loss at any size: batchnorm is in eval mode, so batches are independent."""
+    from hlbcli.contract import RunContext
+
+    results, sizes = {}, {}
+    for bs in ("auto", 1000, 50):
+        s = _session("data.synthetic_test=300", f"train.eval_batch_size={bs}" if bs != "auto" else 'train.eval_batch_size="auto"')
+        seen: list[int] = []
+        res = run_one(s, 0)
+        handle = s.model.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))
+        ctx = RunContext(s.cfg, s.device, s.dtype, s.dataset, 0, 64, 4, 8, 2.0, 2)
+        fwd = s.tm.hook.hlb_eval_forward(model=s.model, cfg=s.cfg, ctx=ctx)
+        again = s.tm.hook.hlb_evaluate(model=s.model, images=s.dataset.test_images, labels=s.dataset.test_labels,
+                                       forward=fwd, ctx=ctx)
+        handle.remove()
+        assert again["accuracy"] == res.accuracy
+        results[bs], sizes[bs] = again, seen
+    assert sizes["auto"] == [128] * 12 + [44] * 6  # six TTA views per batch
+    assert sizes[1000] == [300] * 6 and sizes[50] == [50] * 36
+    for bs in (1000, 50):
+        assert results[bs]["accuracy"] == results["auto"]["accuracy"]
+        assert results[bs]["loss"] == pytest.approx(results["auto"]["loss"], rel=1e-5)
