@@ -300,6 +300,7 @@ def bench_report(summary: dict) -> dict:
         "compiled": summary.get("compiled"),
         "precision": runs[0].get("precision") if runs else None,
         "compile_mode": runs[0].get("compile_mode") if runs else None,
+        "eval_batch_size": runs[0].get("eval_batch_size") if runs else None,
     }
 
 
@@ -309,7 +310,8 @@ def format_report(rep: dict, preset: str) -> str:
         + (f", compiled ({rep.get('compile_mode')})" if rep["compiled"] else ", eager"),
         f"  accuracy  mean {rep['accuracy_mean']:.4f}  std {rep['accuracy_std']:.4f}  min {rep['accuracy_min']:.4f}",
         f"  time (s)  mean {rep['time_mean']:.3f}  median {rep['time_median']:.3f}   (timed: init + train steps + final eval)",
-        f"  phases    init {rep['phase_init_mean']:.3f}  train steps {rep['phase_train_mean']:.3f}  final eval {rep['phase_eval_mean']:.3f}",
+        f"  phases    init {rep['phase_init_mean']:.3f}  train steps {rep['phase_train_mean']:.3f}  final eval {rep['phase_eval_mean']:.3f}"
+        + (f" (batch {rep['eval_batch_size']})" if rep.get("eval_batch_size") else ""),
         f"  untimed   load {rep['load_seconds'] or 0:.2f}  build {rep['build_seconds'] or 0:.2f}  compile + warm-up {rep['warmup_seconds'] or 0:.2f}"
         + ("" if rep["compiled"] else "  (not compiled)"),
     ]

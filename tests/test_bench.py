@@ -11,6 +11,7 @@ def test_hlb_bench_reports_phases(cli, tmp_path):
     rep = json.loads((tmp_path / "bench.json").read_text())
     assert rep["n"] == 2
     assert rep["precision"] == "fp32" and "precision fp32, eager" in out  # auto on the CPU
+    assert rep["eval_batch_size"] == 128 and "(batch 128)" in out  # auto on the CPU
     for key in ("accuracy_mean", "accuracy_std", "accuracy_min", "time_mean", "time_median", "phase_init_mean", "phase_train_mean", "phase_eval_mean"):
         assert rep[key] is not None and math.isfinite(rep[key]), key
     # the timed figure is the sum of the timed phases
