@@ -115,7 +115,6 @@ class TrainSettings(Settings):
         ),
     )
 
-
     @field_validator("eval_batch_size", mode="before")
     @classmethod
     def _eval_batch(cls, v: Any) -> Any:

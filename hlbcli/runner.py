@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 
 from hlbcli import record
-from hlbcli.config import eval_batch_size, to_dict
+from hlbcli.config import to_dict
 from hlbcli.errors import EXIT_INTERRUPTED, HlbError, UsageError
 from hlbcli.output import Printer
 from hlbcli.train import RunResult, prepare, run_one, warm_up
@@ -195,7 +195,7 @@ def train_seed(session: Any, seed: int, on_epoch: Callable[[dict], None] | None 
         "device": device_name(session.device), "versions": record.versions(),
         "deterministic": session.deterministic, "compiled": session.compiled,
         "precision": session.precision, "compile_mode": session.cfg.train.compile_mode if session.compiled else None,
-        "eval_batch_size": eval_batch_size(session.cfg.train.eval_batch_size, session.device),
+        "eval_batch_size": session.eval_batch_size,
         "epochs": rows,
     }
     keep = keep or (lambda rec: None)

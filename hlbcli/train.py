@@ -12,6 +12,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from hlbcli.config import eval_batch_size
 from hlbcli.contract import Dataset, DataSpec, RunContext, StepAction, Transform
 from hlbcli.data import normalize
 from hlbcli.errors import TrickError, UsageError
@@ -93,6 +94,11 @@ class Session:
     def precision(self) -> str:
         """The resolved ``train.precision`` (fp32, fp16, bf16, fp16-weights, bf16-weights)."""
         return precision_name(self.cfg.train.precision, self.device)
+
+    @property
+    def eval_batch_size(self) -> int:
+        """The resolved ``train.eval_batch_size`` (``auto``: by device)."""
+        return eval_batch_size(self.cfg.train.eval_batch_size, self.device)
 
     @property
     def train_size(self) -> int:

@@ -3,6 +3,7 @@ step against eager, and the step's dispatched operations against a hand-written 
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -96,7 +97,7 @@ def test_evaluation_batch_size_changes_the_batches_not_the_result():
 
     results, sizes = {}, {}
     for bs in ("auto", 1000, 50):
-        s = _session("data.synthetic_test=300", f"train.eval_batch_size={bs}" if bs != "auto" else 'train.eval_batch_size="auto"')
+        s = _session("data.synthetic_test=300", f"train.eval_batch_size={json.dumps(bs)}")
         seen: list[int] = []
         res = run_one(s, 0)
         handle = s.model.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))
