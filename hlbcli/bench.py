@@ -301,13 +301,15 @@ def bench_report(summary: dict) -> dict:
         "precision": runs[0].get("precision") if runs else None,
         "compile_mode": runs[0].get("compile_mode") if runs else None,
         "eval_batch_size": runs[0].get("eval_batch_size") if runs else None,
+        "host_memory": runs[0].get("host_memory") if runs else None,
     }
 
 
 def format_report(rep: dict, preset: str) -> str:
     lines = [
         f"bench {preset}: n={rep['n']} on {rep['device']}, precision {rep.get('precision')}"
-        + (f", compiled ({rep.get('compile_mode')})" if rep["compiled"] else ", eager"),
+        + (f", compiled ({rep.get('compile_mode')})" if rep["compiled"] else ", eager")
+        + (f", host memory {rep['host_memory']}" if rep.get("host_memory") else ""),
         f"  accuracy  mean {rep['accuracy_mean']:.4f}  std {rep['accuracy_std']:.4f}  min {rep['accuracy_min']:.4f}",
         f"  time (s)  mean {rep['time_mean']:.3f}  median {rep['time_median']:.3f}   (timed: init + train steps + final eval)",
         f"  phases    init {rep['phase_init_mean']:.3f}  train steps {rep['phase_train_mean']:.3f}  final eval {rep['phase_eval_mean']:.3f}"

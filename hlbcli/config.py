@@ -106,6 +106,15 @@ class TrainSettings(Settings):
     optimizer_impl: Literal["auto", "fused", "foreach", "for-loop"] = Field(
         "auto", description="SGD kernels: fused (one kernel per dtype), foreach, or per tensor; auto: fused"
     )
+    host_memory: Literal["auto", "keep", "system"] = Field(
+        "auto",
+        description=(
+            "the C allocator on the CPU: keep: freed blocks stay with the process and the next step"
+            " reuses them (glibc, no mmap per large block, no trim), instead of the kernel zeroing fresh"
+            " pages for every activation; system: as the process has it; auto: keep for training on the"
+            " CPU under glibc, system on CUDA"
+        ),
+    )
     eval_every_epoch: bool = Field(True, description="measure val accuracy (no TTA) after every epoch, untimed")
     eval_batch_size: int | Literal["auto"] = Field(
         "auto",

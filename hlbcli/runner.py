@@ -195,7 +195,7 @@ def train_seed(session: Any, seed: int, on_epoch: Callable[[dict], None] | None 
         "device": device_name(session.device), "versions": record.versions(),
         "deterministic": session.deterministic, "compiled": session.compiled,
         "precision": session.precision, "compile_mode": session.cfg.train.compile_mode if session.compiled else None,
-        "eval_batch_size": session.eval_batch_size,
+        "eval_batch_size": session.eval_batch_size, "host_memory": session.host_memory,
         "epochs": rows,
     }
     keep = keep or (lambda rec: None)

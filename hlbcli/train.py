@@ -16,6 +16,7 @@ from hlbcli.config import eval_batch_size
 from hlbcli.contract import Dataset, DataSpec, RunContext, StepAction, Transform
 from hlbcli.data import normalize
 from hlbcli.errors import TrickError, UsageError
+from hlbcli.hostmem import apply_host_memory
 from hlbcli.model import check_fits, half_weights
 from hlbcli.plugins import TrickManager
 
@@ -89,6 +90,7 @@ class Session:
     build_seconds: float
     warmup_seconds: float = 0.0
     warmed_up: bool = False
+    host_memory: str = "system"
 
     @property
     def precision(self) -> str:
@@ -128,6 +130,7 @@ def prepare(
     dev = resolve_device(device)
     dtype, autocast_dtype = resolve_precision(cfg.train.precision, dev)
     set_deterministic(deterministic)
+    host_memory = apply_host_memory(cfg.train.host_memory, dev.type)
     t0 = time.perf_counter()
     dataset = tm.hook.hlb_dataset_build(cfg=cfg, device=dev, data_dir=data_dir, download=download)
     load_s = time.perf_counter() - t0
@@ -144,7 +147,7 @@ def prepare(
     build_s = time.perf_counter() - t0
     return Session(
         cfg, tm, dev, dtype, autocast_dtype, dataset, model, forward_model, compile_on,
-        deterministic or dev.type == "cpu", load_s, build_s,
+        deterministic or dev.type == "cpu", load_s, build_s, host_memory=host_memory,
     )
 
 

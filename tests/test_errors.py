@@ -110,6 +110,7 @@ def _cases(tmp: Path, fake_data: Path) -> list[tuple[str, list[str], int, list[s
         ("unknown command", ["trian"], 2, ["Did you mean 'train'?"]),
         ("--out cannot be written", [*smoke, "--out", tmp / "a_file" / "sub"], 2, ["--out", "cannot be written"]),
         ("unknown device", [*smoke, "--device", "tpu"], 2, ["unknown device 'tpu'"]),
+        ("unknown host_memory", [*smoke, "--set", 'train.host_memory="hold"'], 2, ["train.host_memory", "'keep'", "'system'"]),
         ("dataset folder missing",
          ["train", "--preset", "smoke", *TINY, "--set", 'data.dataset="cifar10"', "--data-dir", tmp / "empty", "--no-download"],
          2, ["cifar-10-batches-py is missing", "--data-dir"]),

@@ -113,3 +113,52 @@ def test_evaluation_batch_size_changes_the_batches_not_the_result():
     for bs in (1000, 50):
         assert results[bs]["accuracy"] == results["auto"]["accuracy"]
         assert results[bs]["loss"] == pytest.approx(results["auto"]["loss"], rel=1e-5)
+
+
+# a probe run in its own process (the setting holds for a whole process): free a 96 MB block,
+# then allocate and write one of 64 MB, counting the page faults the second one costs
+FAULT_PROBE = r"""
+import json, resource, sys, torch
+from hlbcli.hostmem import apply_host_memory
+mode = apply_host_memory(sys.argv[1], "cpu")
+n = 64 * 2**20 // 4  # 64 MB: over glibc's largest mmap threshold (32 MB)
+x = torch.empty(n + n // 2); x.fill_(1.0); del x  # a larger block freed (an aligned block needs slack)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+y = torch.empty(n); y.fill_(2.0)
+print(json.dumps({"mode": mode, "faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before}))
+"""
+
+
+def _fault_probe(setting: str) -> dict:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", FAULT_PROBE, setting], capture_output=True, text=True, timeout=120, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_host_memory_keep_reuses_freed_blocks_without_page_faults():
+    """keep: the next large block is the one just freed, its pages already mapped; system
+    (glibc's default): a fresh mmap, each page faulted in and zeroed again."""
+    from hlbcli.hostmem import glibc
+
+    if glibc() is None:
+        pytest.skip("train.host_memory=keep needs glibc")
+    keep, system = _fault_probe("keep"), _fault_probe("system")
+    assert keep["mode"] == "keep" and system["mode"] == "system"
+    assert keep["faults"] < 16, keep
+    assert system["faults"] > keep["faults"] + 16, system  # 16384 pages of 4 KB (32 with 2 MB pages)
+
+
+def test_host_memory_resolves_per_device(monkeypatch):
+    from hlbcli import hostmem
+    from hlbcli.errors import UsageError
+
+    monkeypatch.setattr(hostmem, "glibc", lambda: object())
+    assert hostmem.resolve_host_memory("auto", "cpu") == "keep"
+    assert hostmem.resolve_host_memory("auto", "cuda") == "system"
+    assert hostmem.resolve_host_memory("system", "cpu") == "system"
+    monkeypatch.setattr(hostmem, "glibc", lambda: None)  # macOS, musl
+    assert hostmem.resolve_host_memory("auto", "cpu") == "system"
+    with pytest.raises(UsageError, match="needs glibc"):
+        hostmem.resolve_host_memory("keep", "cpu")
