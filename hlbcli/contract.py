@@ -196,7 +196,8 @@ class RunContext:
 
     @property
     def eval_batch_size(self) -> int:
-        """``train.eval_batch_size`` with ``auto`` resolved for this run's device."""
+        """``train.eval_batch_size`` with ``auto`` resolved for this run's device and the
+        process's C allocator (``train.host_memory``)."""
         return eval_batch_size(self.cfg.train.eval_batch_size, self.device)
 
 

@@ -36,6 +36,11 @@ def glibc() -> ctypes.CDLL | None:
     return libc
 
 
+def kept() -> bool:
+    """Whether ``keep`` holds for this process."""
+    return _kept
+
+
 def resolve_host_memory(setting: str, device_type: str) -> str:
     """``keep`` or ``system`` for ``train.host_memory`` on this device (``auto``: keep for
     training on the CPU under glibc, else system)."""

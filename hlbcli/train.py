@@ -99,8 +99,8 @@ class Session:
 
     @property
     def eval_batch_size(self) -> int:
-        """The resolved ``train.eval_batch_size`` (``auto``: by device)."""
-        return eval_batch_size(self.cfg.train.eval_batch_size, self.device)
+        """The resolved ``train.eval_batch_size`` (``auto``: by device and host memory)."""
+        return eval_batch_size(self.cfg.train.eval_batch_size, self.device, self.host_memory == "keep")
 
     @property
     def train_size(self) -> int:

@@ -1,6 +1,7 @@
 """hlb against airbench94 (or airbench94_muon) on the CPU, narrowed the same way, back to back.
 
     python scripts/cpu_side_by_side.py --data-dir DIR [--recipe 94|94-muon] [--pairs 1] [--widths 32,64,64] [--epochs 4]
+                                      [--airbench-host-memory system|keep|both]
 
 DIR holds the real CIFAR-10 (``cifar-10-batches-py``; ``python ../shared/data/cifar10/materialize.py
 DIR`` writes it). airbench's own script is read from ``external/airbench/airbench94.py`` (an
@@ -124,10 +125,15 @@ RECIPES = {
 }
 
 
-def run_airbench(child: str, src: Path, data_root: Path, widths: str, epochs: float, seed: int, threads: int) -> dict:
+# glibc's own environment variables for what hlb's train.host_memory="keep" sets with mallopt
+KEEP_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
+
+
+def run_airbench(child: str, src: Path, data_root: Path, widths: str, epochs: float, seed: int, threads: int,
+                 keep: bool = False) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), **(KEEP_ENV if keep else {}))
         subprocess.run([sys.executable, "-c", child, str(src), widths, str(epochs), str(seed), str(threads), str(out)],
                        cwd=data_root, env=env, check=True, stdout=subprocess.DEVNULL)
         return json.loads(out.read_text())
@@ -159,6 +165,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--set", action="append", default=[], help="extra --set for hlb")
+    ap.add_argument("--airbench-host-memory", choices=["system", "keep", "both"], default="system",
+                    help="airbench's C allocator: system (as published), keep (glibc told by environment what hlb's"
+                         " train.host_memory=keep sets), or both as two arms")
     ap.add_argument("--json", help="write the rows here")
     a = ap.parse_args()
     preset, script, child, more = RECIPES[a.recipe]
@@ -174,23 +183,33 @@ def main() -> None:
         extra = [x for s in [*more(widths), *a.set] for x in ("--set", s)]
         rows = []
         name = "airbench" + a.recipe
+        arms = {}
+        if a.only != "airbench":
+            arms["hlb"] = lambda seed: run_hlb(preset, a.data_dir, a.widths, a.epochs, seed, a.threads, extra)
+        if a.only != "hlb":
+            for keep in {"system": [False], "keep": [True], "both": [False, True]}[a.airbench_host_memory]:
+                arms[name + ("+keep" if keep else "")] = lambda seed, keep=keep: run_airbench(
+                    child, src, Path(tmp), a.widths, a.epochs, seed, a.threads, keep)
         for seed in range(a.pairs):
             row = {"seed": seed}
-            if a.only != "airbench":
-                row["hlb"] = run_hlb(preset, a.data_dir, a.widths, a.epochs, seed, a.threads, extra)
-            if a.only != "hlb":
-                row[name] = run_airbench(child, src, Path(tmp), a.widths, a.epochs, seed, a.threads)
+            # the order turns round every pair, so that a drifting machine favours no side
+            for k in (list(arms) if seed % 2 == 0 else list(arms)[::-1]):
+                row[k] = arms[k](seed)
+            row = {"seed": seed, **{k: row[k] for k in arms}}
             rows.append(row)
             print(f"seed {seed}: " + "; ".join(
                 f"{k} {100 * v['accuracy']:.2f}% in {v['seconds']:.1f} s {_short(v['phases'])}" for k, v in row.items() if k != "seed"
-            ) + (f"; ratio {row['hlb']['seconds'] / row[name]['seconds']:.3f}" if len(row) == 3 else ""), flush=True)
+            ) + "".join(f"; ratio to {k} {row['hlb']['seconds'] / row[k]['seconds']:.3f}" for k in arms if k != "hlb" and "hlb" in arms),
+                flush=True)
     n = len(rows)
-    mean = {k: (sum(r[k]["seconds"] for r in rows) / n, sum(r[k]["accuracy"] for r in rows) / n) for k in rows[0] if k != "seed"}
+    mean = {k: (sum(r[k]["seconds"] for r in rows) / n, sum(r[k]["accuracy"] for r in rows) / n) for k in arms}
     line = f"{a.recipe}, widths {a.widths}, {a.epochs:g} epochs, {a.threads} threads, {n} seed(s): " + ", ".join(
         f"{k} {100 * acc:.2f}% {t:.1f} s" for k, (t, acc) in mean.items())
-    if len(mean) == 2:
-        (ht, ha), (at, aa) = mean["hlb"], mean[name]
-        line += f"; time ratio {ht / at:.3f}, accuracy difference {100 * (ha - aa):+.2f} points"
+    if "hlb" in mean:
+        ht, ha = mean["hlb"]
+        for k, (at, aa) in mean.items():
+            if k != "hlb":
+                line += f"; against {k}: time ratio {ht / at:.3f}, accuracy difference {100 * (ha - aa):+.2f} points"
     print(line)
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=2))

@@ -81,13 +81,14 @@ def test_step_dispatches_no_more_ops_than_a_hand_written_step(precision):
     assert rep["ratio"] <= 1.0, rep
 
 
-def test_eval_batch_size_auto_resolves_per_device():
-    from hlbcli.config import EVAL_BATCH_CPU, EVAL_BATCH_CUDA, eval_batch_size
+def test_eval_batch_size_auto_resolves_per_device_and_allocator():
+    from hlbcli.config import EVAL_BATCH, EVAL_BATCH_CPU_SYSTEM, eval_batch_size
 
-    assert (EVAL_BATCH_CPU, EVAL_BATCH_CUDA) == (128, 2000)
-    assert eval_batch_size("auto", "cpu") == EVAL_BATCH_CPU
-    assert eval_batch_size("auto", torch.device("cuda", 0)) == EVAL_BATCH_CUDA
-    assert eval_batch_size(300, "cpu") == eval_batch_size(300, "cuda") == 300
+    assert (EVAL_BATCH_CPU_SYSTEM, EVAL_BATCH) == (128, 2000)
+    assert eval_batch_size("auto", "cpu", kept=False) == EVAL_BATCH_CPU_SYSTEM
+    assert eval_batch_size("auto", "cpu", kept=True) == EVAL_BATCH
+    assert eval_batch_size("auto", torch.device("cuda", 0), kept=False) == EVAL_BATCH
+    assert eval_batch_size(300, "cpu", kept=False) == eval_batch_size(300, "cuda") == 300
 
 
 def test_evaluation_batch_size_changes_the_batches_not_the_result():
@@ -95,8 +96,8 @@ def test_evaluation_batch_size_changes_the_batches_not_the_result():
     same accuracy and loss at any size: batchnorm is in eval mode, so batches are independent."""
     from hlbcli.contract import RunContext
 
-    results, sizes = {}, {}
-    for bs in ("auto", 1000, 50):
+    results, sizes, resolved = {}, {}, None
+    for bs in ("auto", 128, 1000, 50):
         s = _session("data.synthetic_test=300", f"train.eval_batch_size={json.dumps(bs)}")
         seen: list[int] = []
         res = run_one(s, 0)
@@ -108,9 +109,11 @@ def test_evaluation_batch_size_changes_the_batches_not_the_result():
         handle.remove()
         assert again["accuracy"] == res.accuracy
         results[bs], sizes[bs] = again, seen
-    assert sizes["auto"] == [128] * 12 + [44] * 6  # six TTA views per batch
+        resolved = resolved or s.eval_batch_size
+    assert sizes[128] == [128] * 12 + [44] * 6  # six TTA views per batch
     assert sizes[1000] == [300] * 6 and sizes[50] == [50] * 36
-    for bs in (1000, 50):
+    assert sizes["auto"] == sizes[min(resolved, 1000)]  # 2000 (one batch of 300) or 128 on the CPU
+    for bs in (128, 1000, 50):
         assert results[bs]["accuracy"] == results["auto"]["accuracy"]
         assert results[bs]["loss"] == pytest.approx(results["auto"]["loss"], rel=1e-5)
 
