@@ -16,7 +16,7 @@ from hlbcli.config import eval_batch_size
 from hlbcli.contract import Dataset, DataSpec, RunContext, StepAction, Transform
 from hlbcli.data import normalize
 from hlbcli.errors import TrickError, UsageError
-from hlbcli.hostmem import apply_host_memory
+from hlbcli.hostmem import apply_host_memory, kept
 from hlbcli.model import check_fits, half_weights
 from hlbcli.plugins import TrickManager
 
@@ -90,7 +90,6 @@ class Session:
     build_seconds: float
     warmup_seconds: float = 0.0
     warmed_up: bool = False
-    host_memory: str = "system"
 
     @property
     def precision(self) -> str:
@@ -100,7 +99,12 @@ class Session:
     @property
     def eval_batch_size(self) -> int:
         """The resolved ``train.eval_batch_size`` (``auto``: by device and host memory)."""
-        return eval_batch_size(self.cfg.train.eval_batch_size, self.device, self.host_memory == "keep")
+        return eval_batch_size(self.cfg.train.eval_batch_size, self.device)
+
+    @property
+    def host_memory(self) -> str:
+        """What holds for this process's C allocator (``train.host_memory``): keep or system."""
+        return "keep" if kept() else "system"
 
     @property
     def train_size(self) -> int:
@@ -130,7 +134,7 @@ def prepare(
     dev = resolve_device(device)
     dtype, autocast_dtype = resolve_precision(cfg.train.precision, dev)
     set_deterministic(deterministic)
-    host_memory = apply_host_memory(cfg.train.host_memory, dev.type)
+    apply_host_memory(cfg.train.host_memory, dev.type)
     t0 = time.perf_counter()
     dataset = tm.hook.hlb_dataset_build(cfg=cfg, device=dev, data_dir=data_dir, download=download)
     load_s = time.perf_counter() - t0
@@ -147,7 +151,7 @@ def prepare(
     build_s = time.perf_counter() - t0
     return Session(
         cfg, tm, dev, dtype, autocast_dtype, dataset, model, forward_model, compile_on,
-        deterministic or dev.type == "cpu", load_s, build_s, host_memory=host_memory,
+        deterministic or dev.type == "cpu", load_s, build_s,
     )
 
 
