@@ -642,7 +642,7 @@ BACKENDS = ("local", "ray")
 
 
 def _run_arms(opts: AblateOptions, arms: list[Arm], out: Path, progress) -> tuple[dict, int]:
-    from hlbcli.runner import Interrupted, held_signals, interruptible
+    from hlbcli.signals import Interrupted, held_signals, interruptible
 
     say = progress.say
     slots = worker_slots(opts.device, opts.workers)

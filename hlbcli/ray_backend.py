@@ -208,7 +208,8 @@ def run_arms_ray(opts, arms: list, out: Path, progress, connected: bool = False)
     """Train the arms as Ray tasks. ``connected``: the caller has joined the cluster already
     (and will leave it)."""
     from hlbcli.ablate import finished_seeds, run_path, summarize, write_summary
-    from hlbcli.runner import FINISHED, Interrupted, earlier_runs, held_signals
+    from hlbcli.runner import FINISHED, earlier_runs
+    from hlbcli.signals import Interrupted, held_signals
 
     ray = _import_ray()
     say = progress.say

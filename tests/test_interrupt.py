@@ -121,7 +121,7 @@ def test_interrupt_while_loading_data_is_not_a_corrupt_file(cli, tmp_path, fake_
     """The signal handler raises wherever the process is: the dataset reader's
     ``except Exception`` must not turn Ctrl-C into "file is corrupt"."""
     import hlbcli.data
-    from hlbcli.runner import Interrupted
+    from hlbcli.signals import Interrupted
 
     def interrupted(*a, **k):
         raise Interrupted(signal.SIGINT)
