@@ -114,7 +114,8 @@ class Transform:
     built-in flip and translate keep sets between epochs, keyed on their input.
     ``level="batch"``: ``fn(images, targets) -> (images, targets)`` runs inside the fused step
     on every batch, with soft targets (B, K) (CutMix). Active for epochs in
-    ``[start_epoch, stop_epoch)``; lower ``order`` runs first.
+    ``[start_epoch, stop_epoch)``, epochs counted from 0 (as ``hlb_epoch_start`` gets them);
+    lower ``order`` runs first.
     """
 
     name: str
@@ -138,7 +139,8 @@ class StepAction:
     0-based index of the current step for ``before_forward``/``after_backward``, the number
     of steps completed for ``after_step`` (so ``every=5`` runs after steps 5, 10, ...). It
     runs when ``step % every == 0`` and ``start_step <= step`` (and ``step < stop_step``
-    when set). ``at_end`` actions run once after the last step, with the total.
+    when set). ``at_end`` actions run once after the last step of a run that completed (not
+    one that diverged), with the total, before ``hlb_train_end``.
     """
 
     name: str
@@ -178,8 +180,10 @@ class RunContext:
     optimizers: list = field(default_factory=list)
     generator: torch.Generator | None = None
     state: dict[str, Any] = field(default_factory=dict)
-    #: Set by ``hlb_epoch_start``/``hlb_epoch_end`` implementations that need the trainer to
-    #: rebuild the step (a phase boundary that transforms and actions do not already mark).
+    #: Set by ``hlb_epoch_start`` implementations that need the trainer to rebuild the step (a
+    #: phase boundary that transforms and actions do not already mark). The trainer clears it
+    #: just before each ``hlb_epoch_start`` and reads it just after, so setting it in
+    #: ``hlb_epoch_end`` has no effect.
     rebuild_step: bool = False
     #: the autocast dtype (``train.precision`` fp16/bf16), None when the run uses no autocast
     autocast_dtype: torch.dtype | None = None

@@ -1,22 +1,19 @@
 """The plugin contract of hlb.
 
 Every hook is called with keyword arguments; an implementation may accept any subset of the
-arguments a spec names. Hooks run at build time (once per process or once per run) and at epoch
-boundaries, never inside a training step: the trainer collects what they return and assembles a
-plain step function per phase before the loop.
+arguments a spec names. Hooks run at build time and at epoch boundaries, never inside a training
+step: the trainer collects what they return and assembles a plain step function per phase
+before the loop.
 
-Stages and hooks:
+Words used below: a *session* is what :func:`hlbcli.train.prepare` builds once and reuses for
+every seed (the data and the model: once per ``hlb train``/``hlb bench`` process, once per arm
+in a Ray worker); a *run* is one seed trained on a session. When the model is compiled, an
+untimed warm-up run comes before the timed ones and calls the per-run hooks too
+(``ctx.state["warmup"]`` is True).
 
-=========  ==========================================================================
-setup      ``hlb_trick_info``, ``hlb_config_model``, ``hlb_validate``
-data       ``hlb_dataset_build``, ``hlb_batch_transforms``
-model      ``hlb_model_build``, ``hlb_model_init``
-loss       ``hlb_loss_build``
-optimizer  ``hlb_param_groups``, ``hlb_optimizer_build``, ``hlb_lr_schedule``
-step       ``hlb_step_actions``
-run        ``hlb_train_start``, ``hlb_epoch_start``, ``hlb_epoch_end``, ``hlb_train_end``
-eval       ``hlb_eval_forward``, ``hlb_evaluate``
-=========  ==========================================================================
+Which stage each hook belongs to is :data:`HOOK_STAGES` below, the one source of that table (in
+the order of :data:`hlbcli.contract.STAGES`): ``hlb tricks list`` reports a trick's stages from
+it, and ``tests/test_docs.py`` checks the table in docs/tricks.md against it.
 """
 
 from __future__ import annotations
@@ -29,7 +26,9 @@ from pydantic import BaseModel
 from hlbcli import hookspec
 from hlbcli.contract import Dataset, DataSpec, RunContext, StepAction, TrickInfo, Transform
 
-#: Which stage each hook belongs to (``hlb tricks list`` reports a trick's stages from it).
+#: Which stage each hook belongs to, in the order of ``hlbcli.contract.STAGES``: the one source
+#: of the stage table (``hlb tricks list`` reports a trick's stages from it, leaving out setup;
+#: ``tests/test_docs.py`` holds docs/tricks.md's table to it). Every hookspec is listed here.
 HOOK_STAGES = {
     "hlb_trick_info": "setup",
     "hlb_config_model": "setup",
@@ -58,24 +57,31 @@ HOOK_STAGES = {
 @hookspec
 def hlb_trick_info() -> TrickInfo:
     """Describe the trick: name (its config section and the name ``--disable`` takes) and a
-    one-line summary. Called whenever the plugin manager is listed; every trick returns one."""
+    one-line summary. Called on each trick directly, not through the hook: when the trick
+    registers (its name must match the one it is registered under), when ``requires`` and
+    ``conflicts`` are checked, and whenever tricks are listed (``hlb tricks list/show``). A
+    trick without it is listed as "(no hlb_trick_info)"; :func:`hlbcli.contract.trick` writes
+    it."""
 
 
 @hookspec
 def hlb_config_model() -> tuple[str, type[BaseModel]]:
-    """Return ``(section, SettingsModel)``: the trick's settings, a pydantic model whose every
-    field has a default. Called once when the config is resolved; the section is validated
-    with it (``extra="forbid"``) and reaches hooks as ``getattr(cfg, section)``."""
+    """Return ``(section, SettingsModel)``, or None for a trick without settings: the trick's
+    settings, a pydantic model whose every field has a default. Called on each active trick
+    directly, each time a config is resolved (once per arm in ``hlb ablate``, again in each
+    arm's process or Ray worker) and by ``hlb tricks show``; the section is validated with it
+    (``extra="forbid"``) and reaches hooks as ``getattr(cfg, section)``."""
 
 
 @hookspec
 def hlb_validate(cfg: Any, data: DataSpec, model: torch.nn.Module) -> None:
     """Check settings that depend on the data or the model (a size larger than the images, a
     layer the net lacks) and raise :class:`hlbcli.TrickError` with a hint when one does not
-    fit. Called once per process before anything trains (after the dataset is loaded and the
-    model built, fp32 on the CPU), and by ``hlb train --dry-run`` and ``hlb ablate --dry-run``
-    for every arm, with the data's shape known from the config and no data loaded. Must not
-    change anything."""
+    fit. ``model`` is built for the check alone (``hlb_model_build``, fp32, on the CPU), not the
+    model that trains. Called before anything trains: once per session, after the dataset is
+    loaded (``data`` is its spec); and by ``hlb ablate`` for every arm before any arm starts
+    (also with ``--dry-run``, which stops there), with ``data`` known from the config and no
+    data loaded. All implementations run. Must not change anything."""
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -84,13 +90,15 @@ def hlb_validate(cfg: Any, data: DataSpec, model: torch.nn.Module) -> None:
 @hookspec(firstresult=True)
 def hlb_dataset_build(cfg: Any, device: torch.device, data_dir: str, download: bool) -> Dataset:
     """Load the dataset named by ``cfg.data`` as uint8 tensors on ``device``. Called once per
-    process; the first non-None result wins (the core implements it last)."""
+    session, before ``hlb_validate``; the first non-None result wins (the core implements it
+    last)."""
 
 
 @hookspec
 def hlb_batch_transforms(cfg: Any, ctx: RunContext) -> list[Transform]:
     """Return data augmentations (:class:`~hlbcli.contract.Transform`). Called once per run,
-    before the loop; all results are concatenated and sorted by ``order``. Epoch-level ones
+    after ``hlb_model_init``, before the loop; all results are concatenated (a transform or a
+    list of them per implementation) and sorted by ``order``. Epoch-level ones
     run on the whole training set at each epoch start; batch-level ones are fused into the
     step for the epochs where they are active."""
 
@@ -100,19 +108,29 @@ def hlb_batch_transforms(cfg: Any, ctx: RunContext) -> list[Transform]:
 
 @hookspec(firstresult=True)
 def hlb_model_build(cfg: Any, num_classes: int, in_channels: int) -> torch.nn.Module:
-    """Build the network (on the CPU, fp32; the trainer then moves it to the device and, in
-    the ``*-weights`` precisions, casts it to half with batchnorm kept in fp32). Called once
-    per process: runs with several seeds
-    reset weights through ``hlb_model_init``, never rebuild. First result wins; wrappers
+    """Build the network on the CPU in fp32. First result wins; wrappers
     (``@hookimpl(wrapper=True)``) receive the model from ``yield`` and may edit or replace it
-    (noisy batchnorm, weight norm)."""
+    (noisy batchnorm, weight norm).
+
+    Called several times per process, so it must build the same structure every time and have
+    no side effect that matters:
+
+    - in the check before training (the model ``hlb_validate`` sees; once per session, and in
+      ``hlb ablate`` once per arm);
+    - once per session, for the model that trains: the trainer moves it to the device, in the
+      ``*-weights`` precisions casts it to half with batchnorm kept in fp32, and compiles it;
+    - once per run (every seed, and the warm-up run), after ``torch.manual_seed(seed)``: the
+      trainer copies this fresh model's state and each parameter's ``requires_grad`` into the
+      session's model, which is never rebuilt (a compiled graph keeps its tensors). Data-aware
+      init then follows in ``hlb_model_init``."""
 
 
 @hookspec
 def hlb_model_init(model: torch.nn.Module, ctx: RunContext) -> None:
-    """Initialise weights from data or by rule (whitening, dirac). Called once per run after
-    the weights are reset to the seed's defaults, in registration order; counts as timed
-    work."""
+    """Initialise weights from data or by rule (whitening, dirac). Called once per run, the
+    first of the per-run hooks, after the weights are reset to the seed's defaults; all
+    implementations run, in registration order. Counts as timed work (the run's ``init``
+    phase); ``ctx.state["train_images"]`` holds the normalised training set."""
 
 
 # --- loss ------------------------------------------------------------------------------------
@@ -148,9 +166,9 @@ def hlb_optimizer_build(param_groups: list[dict], cfg: Any, ctx: RunContext) -> 
     ``yield`` and may return a list, e.g. ``[sgd, MyOptimizer(filters)]``, to optimise the
     parameters it took out in ``hlb_param_groups`` with an optimizer of its own.
 
-    What the trainer does with the result, every step: ``zero_grad(set_to_none=True)`` and
-    ``step()`` on each optimizer, in list order, after the backward pass; and before the
-    steps it rewrites ``group["lr"]`` of every group of every optimizer as the group's lr at
+    What the trainer does with the result, every step: ``zero_grad(set_to_none=True)`` on
+    each optimizer before the backward pass, and ``step()`` on each after it (and after the
+    ``after_backward`` step actions), in list order; and before the steps it rewrites ``group["lr"]`` of every group of every optimizer as the group's lr at
     build time times the schedule's multiplier for the step (``hlb_lr_schedule``), so an
     optimizer must read ``group["lr"]`` at each step. Groups may carry extra keys (the core's
     ``name``); the trainer reads and writes only ``lr``. Each parameter belongs to exactly one
@@ -160,8 +178,9 @@ def hlb_optimizer_build(param_groups: list[dict], cfg: Any, ctx: RunContext) -> 
 
 @hookspec(firstresult=True)
 def hlb_lr_schedule(total_steps: int, cfg: Any, ctx: RunContext) -> torch.Tensor:
-    """Return a float tensor of ``total_steps + 1`` multipliers of each group's base lr, one
-    per step, computed before the loop. First result wins."""
+    """Return a float tensor of at least ``total_steps + 1`` multipliers of each group's base
+    lr, computed before the loop: step ``i`` (counted from 0) uses value ``i``. Called once per
+    run, after ``hlb_optimizer_build``. First result wins; fewer values is an error."""
 
 
 # --- step ------------------------------------------------------------------------------------
@@ -171,10 +190,11 @@ def hlb_lr_schedule(total_steps: int, cfg: Any, ctx: RunContext) -> torch.Tensor
 def hlb_step_actions(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer, optimizers: list, cfg: Any, ctx: RunContext
 ) -> list[StepAction]:
-    """Return functions to place in the fused step (:class:`~hlbcli.contract.StepAction`):
-    ``optimizer`` is the first optimizer, ``optimizers`` all of them.
-    before the forward pass, after the backward pass, after the optimizer step, or once at the
-    end. Called once per run; results are concatenated in registration order."""
+    """Return functions to place in the fused step (:class:`~hlbcli.contract.StepAction`), to
+    run before the forward pass, after the backward pass, after the optimizer step, or once
+    after the last step (``at_end``). ``optimizer`` is the first optimizer, ``optimizers`` all
+    of them. Called once per run, after ``hlb_lr_schedule``; results are concatenated (an
+    action or a list of them per implementation)."""
 
 
 # --- run and epoch events --------------------------------------------------------------------
@@ -182,24 +202,39 @@ def hlb_step_actions(
 
 @hookspec
 def hlb_train_start(ctx: RunContext) -> None:
-    """Called once per run, after init and before the first step."""
+    """Called once per run, the last of the per-run build-time hooks (after
+    ``hlb_step_actions``), before the first epoch starts; its time counts in the run's ``init``
+    phase."""
 
 
 @hookspec
 def hlb_epoch_start(epoch: int, ctx: RunContext) -> None:
-    """Called at the start of every epoch, outside the step (freeze a layer, change a flag).
-    Set ``ctx.rebuild_step = True`` if the change needs a new step function."""
+    """Called at the start of every epoch (``epoch`` counts from 0), before the epoch's phase
+    is chosen and its epoch-level transforms run, outside the step (freeze a layer, change a
+    flag). Set ``ctx.rebuild_step = True`` if the change needs a new step function (the trainer
+    clears it before each call)."""
 
 
 @hookspec
 def hlb_epoch_end(epoch: int, metrics: dict, ctx: RunContext) -> None:
-    """Called after every epoch with its metrics (host numbers, already synced)."""
+    """Called after every epoch's steps and its per-epoch evaluation (if any), with
+    ``epoch`` counting from 0. Not called for an epoch whose training loss is not finite (the
+    run is then ``diverged`` and stops).
+
+    ``metrics`` is the epoch's row of the run record, host numbers already synced:
+    ``epoch`` (counted from 1: ``epoch + 1``), ``steps`` (training steps done so far in the
+    run), ``train_loss`` (mean loss per example over the epoch), ``train_acc`` (accuracy on
+    the epoch's last batch), ``val_acc`` (the per-epoch ``hlb_evaluate``'s accuracy; None for
+    the last epoch and when ``train.eval_every_epoch`` is off; the final evaluation fills in
+    the last row after this hook) and ``elapsed`` (timed seconds so far: the run's init and
+    training epochs; per-epoch evaluation is not timed)."""
 
 
 @hookspec
 def hlb_train_end(ctx: RunContext) -> None:
-    """Called once per run after the last step and its ``at_end`` actions, before the final
-    evaluation."""
+    """Called once per run that completed: after the last epoch's ``hlb_epoch_end`` and the
+    ``at_end`` step actions, before ``hlb_eval_forward`` and the final evaluation, inside the
+    timed ``eval`` phase. Not called for a run that diverged, failed or was interrupted."""
 
 
 # --- evaluation ------------------------------------------------------------------------------
@@ -207,8 +242,10 @@ def hlb_train_end(ctx: RunContext) -> None:
 
 @hookspec(firstresult=True)
 def hlb_eval_forward(model: torch.nn.Module, cfg: Any, ctx: RunContext) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Return ``forward(images) -> logits`` used for evaluation (normalised float images in,
-    logits out). Called once per run; first result wins (TTA returns an averaging forward)."""
+    """Return ``forward(images) -> logits`` used for the final evaluation (normalised float
+    images in, logits out). ``model`` is the forward the run trained with (the compiled model
+    when compiling is on). Called once per run that completed, after ``hlb_train_end``; first
+    result wins (TTA returns an averaging forward; the core returns ``model``)."""
 
 
 @hookspec(firstresult=True)
@@ -219,6 +256,16 @@ def hlb_evaluate(
     forward: Callable[[torch.Tensor], torch.Tensor],
     ctx: RunContext,
 ) -> dict:
-    """Evaluate ``forward`` on uint8 ``images``; return at least ``{"accuracy": float,
-    "loss": float}``. Called at each epoch end (no TTA) and once at the end (with the eval
-    forward). First result wins; wrappers may swap weights in and out around it."""
+    """Evaluate ``forward`` on uint8 ``images`` (the test set); return at least
+    ``{"accuracy": float, "loss": float}``. ``model`` is the uncompiled module (for wrappers
+    that swap weights); ``forward`` is what to call. First result wins; wrappers may swap
+    weights in and out around it.
+
+    Called in two places:
+
+    - per epoch, only when ``train.eval_every_epoch`` is on, after every epoch but the last,
+      with ``forward`` the training forward (the compiled model when compiling is on; no TTA).
+      Untimed; its accuracy becomes the epoch's ``val_acc``, before ``hlb_epoch_end``.
+    - once at the end of a run that completed, after ``hlb_train_end``, with ``forward`` from
+      ``hlb_eval_forward`` (TTA where active). Timed as the ``eval`` phase; the result is the
+      run record's ``final`` and its accuracy the run's."""
