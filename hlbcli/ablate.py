@@ -13,7 +13,6 @@ Layout of ``--out DIR``::
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
@@ -25,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from hlbcli import record, stats
+from hlbcli import readback, record, stats
 from hlbcli.errors import EXIT_INTERRUPTED, HlbError, UsageError
 
 BASELINE = "baseline"
@@ -208,30 +207,6 @@ def worker_slots(device: str, workers: int) -> list[dict[str, str]]:
 # --- reading results -------------------------------------------------------------------------
 
 
-#: records read so far, by path, with the (mtime, size) they were read at: the progress display
-#: reads the arms' folders every second, and a battery of hundreds of runs must not be parsed
-#: again each time
-_READ: dict[Path, tuple[tuple[int, int], dict]] = {}
-
-
-def arm_runs(arm_dir: Path) -> list[dict]:
-    """The run records an arm's process has written so far, by seed."""
-    out = []
-    for p in sorted(arm_dir.glob("run-*.json")):
-        try:
-            st = p.stat()
-            key = (st.st_mtime_ns, st.st_size)
-            hit = _READ.get(p)
-            if hit is None or hit[0] != key:
-                hit = (key, json.loads(p.read_text(encoding="utf-8")))
-                _READ[p] = hit
-        except (OSError, ValueError):
-            continue  # written atomically, so this is a foreign file: skip it
-        if isinstance(hit[1], dict):
-            out.append(hit[1])
-    return sorted(out, key=lambda r: r.get("seed") if isinstance(r.get("seed"), int) else 0)
-
-
 def run_path(arm_dir: Path, first_seed: int, seed: int) -> Path:
     """Where the record of ``seed`` goes: ``hlb train --seed FIRST`` names its i-th run so."""
     return arm_dir / f"run-{seed - first_seed:03d}-seed{seed}.json"
@@ -275,11 +250,20 @@ def arm_stats(arm: Arm, runs: list[dict], base: dict | None) -> dict:
     return row
 
 
-def summarize(opts: AblateOptions, arms: list[Arm], out: Path, status: dict[str, str], partial: bool) -> dict:
-    rows = []
+def arm_records(arm: Arm, opts: AblateOptions, out: Path, strict: bool = False) -> readback.Records:
+    """The arm's run records of this ablation's seeds, one per seed (:mod:`hlbcli.readback`)."""
+    return readback.read_records(out / "arms" / arm.folder, range(opts.seed, opts.seed + opts.runs), strict=strict)
+
+
+def summarize(opts: AblateOptions, arms: list[Arm], out: Path, status: dict[str, str], partial: bool,
+              strict: bool = False) -> dict:
+    """The summary from the arms' records; those left out are named in its ``rejected``.
+    ``strict`` (``hlb summary``): also the records' versions and config are checked."""
+    rows, left = [], []
     base_row = None
     for arm in arms:
-        runs = arm_runs(out / "arms" / arm.folder)
+        found = arm_records(arm, opts, out, strict)
+        runs, left = found.sorted_runs(), left + found.left_out()
         row = arm_stats(arm, runs, base_row)
         if base_row is None:
             base_row = row
@@ -301,6 +285,7 @@ def summarize(opts: AblateOptions, arms: list[Arm], out: Path, status: dict[str,
         "significance": SIGNIFICANCE,
         "partial": partial,
         "arms": rows,
+        "rejected": [{"file": str(p), "why": why} for p, why in left],
     }
 
 
@@ -405,7 +390,7 @@ def default_out(preset: str) -> Path:
     return Path(f"hlb-ablate-{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
-PLAN_NAME = "ablation.json"
+PLAN_NAME = readback.PLAN_NAME
 
 
 def plan_of(opts: AblateOptions, arms: list[Arm]) -> dict:
@@ -434,13 +419,17 @@ def prepare_out(out: Path, plan: dict, resume: bool = False) -> record.Claim:
                     f"--out {hold.folder} already holds an ablation",
                     "pass --resume to keep its finished runs and train the rest, or choose a new folder",
                 )
-            old = _read_plan(hold.folder)
-            same = {k: v for k, v in old.items() if k != "runs"} == {k: v for k, v in plan.items() if k != "runs"}
-            if not same:
-                raise UsageError(
-                    f"--resume: {hold.folder} holds an ablation of another plan (preset, --config, --set, arms or --seed differ)",
-                    "rerun the command that started it with --resume, or choose a new folder",
-                )
+            if (hold.folder / PLAN_NAME).exists() or not readback.arms_hold_records(hold.folder):
+                old = readback.read_plan(hold.folder)
+                if {k: v for k, v in old.items() if k != "runs"} != {k: v for k, v in plan.items() if k != "runs"}:
+                    raise UsageError(
+                        f"--resume: {hold.folder} holds an ablation of another plan ({readback.plan_difference(old, plan)})",
+                        "rerun the command that started it with --resume, the same --disable/--enable in the same order, or choose a new folder",
+                    )
+            else:  # deleted: this command's plan, and each arm's --resume checks its records' config
+                print(f"warning: {hold.folder} had no {PLAN_NAME}; written again from this command", file=sys.stderr, flush=True)
+            opts, arms = _opts_arms(plan, hold.folder)
+            readback.refuse_rejected([arm_records(a, opts, hold.folder, strict=True) for a in arms])
         arms_dir.mkdir(exist_ok=True)
         record.write_json(hold.folder / PLAN_NAME, plan)
     except BaseException:
@@ -449,30 +438,18 @@ def prepare_out(out: Path, plan: dict, resume: bool = False) -> record.Claim:
     return hold
 
 
-def _read_plan(folder: Path) -> dict:
-    path = Path(folder) / PLAN_NAME
-    try:
-        plan = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"{folder} has no {PLAN_NAME}", "it was not written by hlb ablate; choose a new folder") from None
-    except (OSError, ValueError) as e:
-        raise UsageError(f"{path} cannot be read: {e}", "choose a new folder") from None
-    if not isinstance(plan, dict) or plan.get("kind") != "ablation-plan":
-        raise UsageError(f"{path} is not an ablation plan", "choose a new folder")
-    return plan
-
-
 def _opts_arms(plan: dict, out: Path) -> tuple[AblateOptions, list[Arm]]:
+    """The options and arms of a plan (one checked by :func:`readback.read_plan`, or ours)."""
     opts = AblateOptions(preset=plan["preset"], config=plan.get("config"), sets=list(plan.get("sets", [])),
-                         runs=int(plan["runs"]), seed=int(plan["seed"]), out=out)
+                         runs=plan["runs"], seed=plan["seed"], out=out)
     arms = [Arm(a["name"], list(a.get("disabled", [])), list(a.get("enabled", [])), list(a.get("silenced", [])))
             for a in plan["arms"]]
     return opts, arms
 
 
 def write_summary(opts: AblateOptions, arms: list[Arm], out: Path, status: dict[str, str], partial: bool,
-                  wall_seconds: float | None = None) -> dict:
-    summary = summarize(opts, arms, out, status, partial)
+                  wall_seconds: float | None = None, strict: bool = False) -> dict:
+    summary = summarize(opts, arms, out, status, partial, strict)
     if wall_seconds is not None:
         summary["wall_seconds"] = wall_seconds
     record.write_json(out / "summary.json", summary)
@@ -482,16 +459,20 @@ def write_summary(opts: AblateOptions, arms: list[Arm], out: Path, status: dict[
 
 def rebuild_summary(folder: Path) -> dict:
     """``hlb summary DIR`` for an ablation: the summary again from its plan and the arms' run
-    records (after a crash, a SIGKILL, or by hand)."""
-    opts, arms = _opts_arms(_read_plan(folder), Path(folder))
-    status = {}
+    records (after a crash, a SIGKILL, or by hand). Records that fail the checks are left out
+    and named in its ``rejected``; none valid among some: exit 2."""
+    opts, arms = _opts_arms(readback.read_plan(folder), Path(folder))
+    status, left, valid = {}, [], 0
     for arm in arms:
-        runs = arm_runs(Path(folder) / "arms" / arm.folder)
-        done = {r.get("seed") for r in runs if r.get("status") in ("completed", "diverged")}
-        want = set(range(opts.seed, opts.seed + opts.runs))
-        status[arm.name] = "completed" if want <= done else ("incomplete" if runs else "not started")
+        found = arm_records(arm, opts, Path(folder), strict=True)
+        done = sum(1 for _, r in found.runs.values() if r["status"] in readback.FINISHED)
+        status[arm.name] = "completed" if done == opts.runs else ("incomplete" if found.runs else "not started")
+        left, valid = left + found.left_out(), valid + len(found.runs)
+    if left and not valid:
+        raise UsageError(f"no valid run records in {folder}: {len(left)} left out, the first {left[0][0]}: {left[0][1]}",
+                         "move them away and rerun the ablation command with --resume to train them again, or use the hlbcli and torch that wrote them")
     partial = any(v != "completed" for v in status.values())
-    return write_summary(opts, arms, Path(folder), status, partial)
+    return write_summary(opts, arms, Path(folder), status, partial, strict=True)
 
 
 class _Job:
@@ -583,11 +564,7 @@ def prepare(opts: AblateOptions, fetch: bool = False) -> list[Arm]:
 
 def finished_seeds(arm: Arm, opts: AblateOptions, out: Path) -> dict[int, dict]:
     """The arm's records already over (completed or diverged) for this ablation's seeds."""
-    from hlbcli.runner import FINISHED
-
-    want = range(opts.seed, opts.seed + opts.runs)
-    return {r["seed"]: r for r in arm_runs(out / "arms" / arm.folder)
-            if r.get("seed") in want and r.get("status") in FINISHED}
+    return {s: r for s, (_, r) in arm_records(arm, opts, out).runs.items() if r["status"] in readback.FINISHED}
 
 
 def run_ablation(opts: AblateOptions, say=None, console=None) -> tuple[dict, int]:
@@ -697,7 +674,7 @@ def _run_arms(opts: AblateOptions, arms: list[Arm], out: Path, progress) -> tupl
         poll()
         running.remove(j)
         j.log.close()
-        n = len([r for r in arm_runs(out / "arms" / j.arm.folder) if r.get("status") == "completed"])
+        n = len([r for r in finished_seeds(j.arm, opts, out).values() if r["status"] == "completed"])
         if j.proc.returncode == 0:
             status[j.arm.name] = "completed"
         else:

@@ -10,11 +10,8 @@ from typing import List, Optional
 
 import typer
 
-from hlbcli.config import MAX_SEED
+from hlbcli.config import MAX_RUNS, MAX_SEED
 from hlbcli.errors import ConfigError, HlbError, UsageError
-
-#: the most seeds one command trains (per arm for ``hlb ablate``)
-MAX_RUNS = 10_000
 
 
 def _click_classes(name: str) -> tuple[type, ...]:
@@ -210,11 +207,13 @@ def summary_cmd(
     if not folder.is_dir():
         raise UsageError(f"{folder} is not a folder", "point at the --out folder of hlb ablate or hlb train")
     with record.claim(folder, "folder"):
-        if (folder / PLAN_NAME).exists():
-            summary = rebuild_summary(folder)
+        summary = rebuild_summary(folder) if (folder / PLAN_NAME).exists() else rebuild_train_summary(folder)
+        for r in summary.get("rejected", []):  # records that fail the checks: left out, each named
+            typer.echo(f"warning: left out {r['file']}: {r['why']}", err=True)
+        if summary.get("kind") == "ablation":
             print_table(summary, Console(highlight=False, soft_wrap=True))
         else:
-            Printer().summary(rebuild_train_summary(folder))
+            Printer().summary(summary)
     typer.echo(f"summary: {folder / 'summary.json'}")
 
 

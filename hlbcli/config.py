@@ -31,6 +31,10 @@ class Settings(BaseModel):
 
 #: the largest seed torch's generators take (a signed 64-bit integer)
 MAX_SEED = 2**63 - 1
+#: the most seeds one command trains (per arm for ``hlb ablate``), and the most a plan read back may ask for
+MAX_RUNS = 10_000
+#: the most arms an ablation plan read back may hold
+MAX_ARMS = 1_000
 #: the widest conv group the settings accept (the 96 preset uses 512)
 MAX_WIDTH = 4096
 #: the most synthetic images per split (3 KiB each at 32px)

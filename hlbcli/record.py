@@ -204,7 +204,7 @@ def summarize(runs: list[dict], **extra: Any) -> dict:
     """n, mean, std, min, max and a 95% CI of the accuracies of the completed runs."""
     done = [r for r in runs if r.get("status") == "completed"]
     accs = [r["accuracy"] for r in done]
-    times = [r["train_seconds"] for r in done]
+    times = [r["train_seconds"] for r in done if r.get("train_seconds") is not None]
     m, s = stats.mean_std(accs)
     lo, hi = stats.ci95(accs)
     tm, ts = stats.mean_std(times)

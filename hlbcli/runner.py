@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import signal
 from dataclasses import dataclass
@@ -11,8 +10,10 @@ from typing import Any, Callable
 
 import torch
 
-from hlbcli import record
+from hlbcli import readback, record
 from hlbcli.config import to_dict
+from hlbcli.readback import FINISHED  # statuses of a run that is over: --resume keeps these, trains the rest
+from hlbcli.readback import first_difference as _first_difference
 from hlbcli.errors import EXIT_INTERRUPTED, HlbError, UsageError
 from hlbcli.output import Printer
 from hlbcli.signals import Interrupted, interruptible
@@ -42,10 +43,6 @@ def device_name(dev: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-#: statuses of a run that is over: ``--resume`` keeps these and trains the rest
-FINISHED = ("completed", "diverged")
-
-
 def _numeric_failure(e: BaseException) -> bool:
     """An exception a training step raises when a value overflowed or went non-finite (lr
     1e300: "value cannot be converted to type float without overflow"): a divergence."""
@@ -54,56 +51,72 @@ def _numeric_failure(e: BaseException) -> bool:
     return isinstance(e, RuntimeError) and re.search(r"\b(overflow|nan|inf|infinity|non-finite)\b", str(e).lower()) is not None
 
 
-def _first_difference(a: Any, b: Any, where: str = "") -> str:
-    """Where two resolved configs differ first, as ``train.lr: 0.5 vs 11.5``."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in [*a, *(k for k in b if k not in a)]:
-            if a.get(k) != b.get(k):
-                return _first_difference(a.get(k), b.get(k), f"{where}.{k}" if where else str(k))
-    return f"{where or 'config'}: {a!r} vs {b!r}"
-
-
-def earlier_runs(out: Path, config: dict, resume: bool, check: bool = True) -> dict[int, tuple[Path, dict]]:
-    """The run records already in ``out``, by seed. Records there are refused without
-    ``resume``; with it, a record of another config is refused."""
-    found: dict[int, tuple[Path, dict]] = {}
-    for p in sorted(out.glob("run-*.json")):
-        try:
-            rec = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue  # records are written atomically: not one of ours
-        if isinstance(rec, dict) and isinstance(rec.get("seed"), int):
-            found[rec["seed"]] = (p, rec)
+def earlier_runs(out: Path, config: dict, resume: bool, check: bool = True,
+                 seeds: range | None = None) -> dict[int, tuple[Path, dict]]:
+    """The run records already in ``out``, by seed (of ``seeds``, the batch's, when given).
+    Records there are refused without ``resume``; with it, a record that fails the checks of
+    :mod:`hlbcli.readback` or (``check``) of another config is refused, and records of other
+    seeds are named in a warning and left out."""
     if not resume:
-        if found or (out / "summary.json").exists():
+        if any(out.glob("run-*.json")) or (out / "summary.json").exists():
             raise UsageError(
                 f"--out {out} already holds the records of an earlier batch",
                 "pass --resume to keep its finished runs and train the rest, or choose a new folder",
             )
-        return found
-    for p, rec in found.values():
+        return {}
+    found = readback.read_records(out, seeds)
+    readback.refuse_rejected([found])
+    for p, rec in found.runs.values():
         if check and rec.get("config") != config:
             raise UsageError(
                 f"--resume: {p} was trained with another config ({_first_difference(rec.get('config'), config)})",
                 "rerun with the same preset, --config, --set, --enable and --disable, or choose a new folder",
             )
-    return found
+    return found.runs
+
+
+def _batch_of(out: Path) -> tuple[int | None, int | None, list[tuple[Path, str]]]:
+    """``runs_requested`` and ``first_seed`` of the last summary.json, each checked (a bad one
+    is named and not used)."""
+    path, bad = out / "summary.json", []
+    try:
+        old = readback.read_json(path)
+    except FileNotFoundError:
+        return None, None, []
+    except (OSError, readback.Bad) as e:
+        return None, None, [(path, f"{getattr(e, 'strerror', None) or e}; not used")]
+    old = old if isinstance(old, dict) else {}
+    got = []
+    for key, lo, hi in (("runs_requested", 1, readback.MAX_RUNS), ("first_seed", 0, readback.MAX_SEED)):
+        v = old.get(key)
+        ok = isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+        if v is not None and not ok:
+            bad.append((path, f"{key} {v!r} is not an integer in {lo}..{hi}; not used"))
+        got.append(v if ok else None)
+    return got[0], got[1], bad
 
 
 def rebuild_train_summary(out: Path) -> dict:
-    """``hlb summary DIR`` for ``hlb train``: summary.json again from the run records."""
-    runs = [rec for _, (_, rec) in sorted(earlier_runs(out, {}, resume=True, check=False).items())]
+    """``hlb summary DIR`` for ``hlb train``: summary.json again from the run records that pass
+    the checks (the others are named in its ``rejected``), of the last batch's seeds when its
+    summary.json says which."""
+    requested, first, bad = _batch_of(out)
+    seeds = range(first, first + requested) if requested is not None and first is not None else None
+    found = readback.read_records(out, seeds, first)
+    runs, left = found.sorted_runs(), found.left_out() + bad
     if not runs:
+        if found.left_out():
+            p, why = found.left_out()[0]
+            raise UsageError(f"no valid run records in {out}: {len(found.left_out())} left out, the first {p}: {why}",
+                             "point at the --out folder of hlb train or hlb ablate, made by this hlbcli and torch")
+        if readback.arms_hold_records(out):
+            readback.read_plan(out)  # no ablation.json: says so
         raise UsageError(f"no run records in {out}", "point at the --out folder of hlb train or hlb ablate")
-    old: dict = {}
-    try:
-        old = json.loads((out / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        pass
-    requested = old.get("runs_requested") if isinstance(old, dict) else None
-    requested = requested if isinstance(requested, int) else len(runs)
+    requested = requested or len(runs)
     partial = any(r.get("status") not in FINISHED for r in runs) or len(runs) < requested
-    summary = record.summarize(runs, partial=partial, runs_requested=requested, rebuilt=True)
+    summary = record.summarize(runs, partial=partial, runs_requested=requested, rebuilt=True,
+                               rejected=[{"file": str(p), "why": why} for p, why in left],
+                               **({"first_seed": first} if first is not None else {}))
     record.write_json(out / "summary.json", summary)
     return summary
 
@@ -159,7 +172,8 @@ def train_runs(cfg: Any, tm, opts: TrainOptions, printer: Printer | None = None)
     printer = printer or Printer(quiet=opts.quiet)
     hold = record.claim(opts.out) if opts.out else None
     try:
-        earlier = earlier_runs(hold.folder, to_dict(cfg), opts.resume) if hold else {}
+        seeds = range(opts.seed, opts.seed + opts.runs)
+        earlier = earlier_runs(hold.folder, to_dict(cfg), opts.resume, seeds=seeds) if hold else {}
         return _train_batch(cfg, tm, opts, printer, hold.folder if hold else None, earlier)
     finally:
         if hold:
@@ -174,7 +188,7 @@ def _train_batch(cfg: Any, tm, opts: TrainOptions, printer: Printer, out: Path |
     session = None
 
     def write_summary(partial: bool) -> dict:
-        extra = {"preset_tricks": tricks, "partial": partial, "runs_requested": opts.runs}
+        extra = {"preset_tricks": tricks, "partial": partial, "runs_requested": opts.runs, "first_seed": opts.seed}
         if session is not None:
             extra.update(
                 device=device_name(session.device),

@@ -311,8 +311,9 @@ def on_int(signum, frame):
         time.sleep(0.05)
     sys.exit(130)
 signal.signal(signal.SIGINT, on_int)
+from hlbcli.record import versions  # what hlb train's records carry: hlb summary checks them
 with open(os.path.join(out, "run-000-seed0.json"), "w") as f:
-    json.dump({"seed": 0, "status": "completed", "accuracy": 0.5, "train_seconds": 1.0}, f)
+    json.dump({"seed": 0, "status": "completed", "accuracy": 0.5, "train_seconds": 1.0, "versions": versions(), "config": {}}, f)
 with open(os.path.join(out, "pid"), "w") as f:
     f.write(str(os.getpid()))
 time.sleep(600)
