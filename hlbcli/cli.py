@@ -397,6 +397,35 @@ def _print_error(e: HlbError) -> None:
             typer.echo(f"  {_one_line(where):<{w}}  {_one_line(what)}", err=True)
 
 
+def _invoke(cmd, args: list[str]):
+    """Run the command; an OSError a path gets for its shape (a name longer than the
+    filesystem takes, a link loop) becomes a one-line error naming the option that gave it."""
+    try:
+        return cmd.main(args=args, prog_name="hlb", standalone_mode=False)
+    except OSError as e:
+        err = _path_error(e, args)
+        if err is None:
+            raise
+        raise err from None
+
+
+def _path_error(e: OSError, args: list[str]) -> HlbError | None:
+    import errno
+
+    from hlbcli.paths import path_error
+
+    if e.errno not in (errno.ENAMETOOLONG, errno.ELOOP) or not e.filename:
+        return None
+    name = os.fsdecode(e.filename)
+    for i, a in enumerate(args):
+        opt, eq, val = a.partition("=") if a.startswith("--") else ("", "", a)
+        norm = str(Path(val)) if val else ""
+        if norm and (name == norm or name.startswith(norm.rstrip("/") + "/")):
+            what = opt if eq else args[i - 1] if i and args[i - 1].startswith("-") else f"hlb {args[0]}"
+            return path_error(e, what, val)
+    return path_error(e, "path", name)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: errors become one line and an exit code; --debug shows tracebacks."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -404,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     args = [a for a in args if a != "--debug"]
     cmd = typer.main.get_command(app)
     try:
-        rv = cmd.main(args=args, prog_name="hlb", standalone_mode=False)
+        rv = _invoke(cmd, args)
         code = rv if isinstance(rv, int) else 0
     except HlbError as e:
         if debug:

@@ -222,6 +222,14 @@ MAX_TOML_BYTES = 1 << 20
 
 def load_toml_file(path: str | Path, what: str) -> dict:
     p = Path(path)
+    try:
+        p.stat()
+    except OSError as e:  # a name too long, a link loop: one line naming the option
+        from hlbcli.paths import path_error
+
+        err = path_error(e, {"config file": "--config", "preset file": "--preset"}.get(what, what), p)
+        if err:
+            raise err from None
     if not p.exists():
         raise UsageError(f"{what} not found: {p}", "check the path")
     if p.is_dir():

@@ -6,7 +6,10 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import re
+import signal
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +17,8 @@ import torch
 
 from hlbcli.contract import Dataset
 from hlbcli.errors import HlbError, UsageError
+from hlbcli.paths import broken_link, expand_user, path_error
+from hlbcli.signals import Interrupted, held_signals
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -34,11 +39,11 @@ def data_root(data_dir: str | Path | None) -> tuple[Path, str]:
     """The data folder and where it came from (for messages): ``--data-dir``, else
     ``$HLB_DATA_DIR``, else a user cache folder."""
     if data_dir:
-        return Path(data_dir), "--data-dir"
+        return expand_user(data_dir, "--data-dir"), "--data-dir"
     env = os.environ.get("HLB_DATA_DIR")
     if env:
-        return Path(env).expanduser(), "$HLB_DATA_DIR"
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return expand_user(env, "$HLB_DATA_DIR"), "$HLB_DATA_DIR"
+    base = os.environ.get("XDG_CACHE_HOME") or str(expand_user("~", "the default data folder", "set $HLB_DATA_DIR or pass --data-dir") / ".cache")
     return Path(base) / "hlb" / "data", "the default data folder"
 
 
@@ -88,17 +93,58 @@ def check_labels(path: Path, labels, num_classes: int) -> torch.Tensor:
     return torch.from_numpy(y.astype(np.int64))
 
 
+#: the only globals a CIFAR python batch references: numpy's array (and scalar) reconstruction,
+#: under numpy 1's and numpy 2's module names; ``_frombuffer`` for protocol 5 pickles,
+#: ``_codecs.encode`` for bytes in a protocol 2 pickle written by Python 3
+_PICKLE_GLOBALS = frozenset(
+    [(m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray") for n in ("_reconstruct", "scalar")]
+    + [("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.numeric", "_frombuffer"),
+       ("numpy._core.numeric", "_frombuffer"), ("_codecs", "encode")]
+)
+
+
+class _RefusedGlobal(Exception):
+    pass
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """A pickle may call any function it names while it loads: a CIFAR batch needs numpy's
+    array reconstruction and nothing else, so nothing else is found."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _PICKLE_GLOBALS:
+            raise _RefusedGlobal(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
+def _reraise_interrupt(e: BaseException) -> None:
+    """A Ctrl-C that a library turned into an ordinary error (torch's zip writer and reader
+    raise a RuntimeError from their cleanup, the interruption as its context) is raised again,
+    never taken for a bad file."""
+    ctx = e.__context__
+    while ctx is not None:
+        if isinstance(ctx, (KeyboardInterrupt, Interrupted)):
+            raise ctx
+        ctx = ctx.__context__
+
+
 def _read_batch(path: Path, label_key: str, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     try:
         with open(path, "rb") as f:
-            d = pickle.load(f, encoding="bytes")
+            d = _BatchUnpickler(f, encoding="bytes").load()
         data = _get(d, "data")
         labels = _get(d, label_key)
         images = check_images(path, data)
         labels = check_labels(path, labels, num_classes)
     except HlbError:
         raise
+    except _RefusedGlobal as e:
+        raise HlbError(
+            f"dataset file {path} is not a plain CIFAR batch: its pickle calls {e}, which hlb refuses to run",
+            "a data folder's pickles run code when loaded: restore the file from the upstream archive, and check who wrote it",
+        ) from None
     except Exception as e:
+        _reraise_interrupt(e)
         raise HlbError(
             f"dataset file {path} is corrupt or not a CIFAR batch ({e.__class__.__name__}: {e})",
             "delete the folder and download again, or restore the file",
@@ -130,15 +176,24 @@ def locate_cifar(name: str, data_dir: str | Path | None = None, download: bool =
     folder_name, train_files, test_files, _, _ = _LAYOUT[name]
     root, source = data_root(data_dir)
     folder = root / folder_name
-    for p in (root, folder):
-        if p.exists() and not p.is_dir():
-            raise UsageError(
-                f"{source} {root} is not a folder: {p} is a file",
-                f"point {source} at a folder that holds (or may receive) '{folder_name}'",
-            )
     files = [folder / f for f in train_files + test_files]
-    if all(f.is_file() for f in files):
-        return files
+    try:
+        for p in (root, folder):
+            if p.exists() and not p.is_dir():
+                raise UsageError(
+                    f"{source} {root} is not a folder: {p} is a file",
+                    f"point {source} at a folder that holds (or may receive) '{folder_name}'",
+                )
+        if all(f.is_file() for f in files):
+            return files
+    except OSError as e:
+        err = path_error(e, source, root)
+        if err:
+            raise err from None
+        raise
+    link = broken_link(root, source)
+    if link:
+        raise link
     if not download:
         missing = folder if not folder.is_dir() else next(f for f in files if not f.is_file())
         raise UsageError(
@@ -167,19 +222,39 @@ def load_cifar(name: str, data_dir: str | Path | None = None, download: bool = T
     folder = files[0].parent
     stamp = hashlib.sha1("".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files).encode()).hexdigest()[:12]
     cache = folder / f"{CACHE_PREFIX}{stamp}.pt"
+    remove_leftovers(folder)
     if cache.exists():
         try:
             t = torch.load(cache, weights_only=True)
             if _cache_ok(t, k):
+                check_not_flat(name, folder, t["xtr"])
                 return Dataset(name, t["xtr"], t["ytr"], t["xte"], t["yte"], k, *_stats(name))
-        except Exception:
-            pass  # a bad cache is rebuilt below
+        except HlbError:
+            raise
+        except Exception as e:
+            _reraise_interrupt(e)  # a bad cache is rebuilt below; a Ctrl-C while reading it is not
     tr = [_read_batch(folder / f, label_key, k) for f in train_files]
     te = [_read_batch(folder / f, label_key, k) for f in test_files]
     xtr, ytr = torch.cat([a for a, _ in tr]), torch.cat([b for _, b in tr])
     xte, yte = torch.cat([a for a, _ in te]), torch.cat([b for _, b in te])
+    check_not_flat(name, folder, xtr)
     _write_cache(cache, {"xtr": xtr, "ytr": ytr, "xte": xte, "yte": yte})
     return Dataset(name, xtr, ytr, xte, yte, k, *_stats(name))
+
+
+def check_not_flat(name: str, folder: Path, images: torch.Tensor) -> None:
+    """Training images that are each one constant value (all zero, say) leave nothing to learn
+    and drive the loss to NaN: refused at load, naming the folder. The first 256 images decide
+    for a real dataset (40 ms for all of CIFAR-10 otherwise)."""
+    flat = images.flatten(1)
+    for part in (flat[:256], flat):
+        if not (len(part) and bool((part.amax(1) == part.amin(1)).all())):
+            return
+    what = "all zero" if not bool(flat.any()) else "each a single constant value"
+    raise HlbError(
+        f"dataset {name} in {folder}: its {len(flat)} training images are {what} (flat images, nothing to learn)",
+        "restore the files from the upstream archive, or fix what wrote them",
+    )
 
 
 CACHE_PREFIX = ".hlb-cache-"
@@ -193,23 +268,77 @@ def _cache_ok(t: dict, k: int) -> bool:
     )
 
 
-def _write_cache(cache: Path, tensors: dict) -> None:
-    """Write the cache through a temporary file of its own, then remove older caches of the
-    folder. A folder that cannot take it (read-only, full) only costs the decode next time:
-    no error, no temporary left."""
+#: a cache temporary whose writer still runs is removed when it is this old (its pid reused)
+LEFTOVER_SECONDS = 3600
+_TMP_NAME = re.compile(r"\.pt\.(\d+)\.[^.]*\.tmp$")  # CACHE.pt.<writer's pid>.<random>.tmp
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
     try:
-        fd, tmp = tempfile.mkstemp(prefix=cache.name + ".", suffix=".tmp", dir=cache.parent)
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    try:  # a killed writer nobody has reaped yet is gone too
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
+def remove_leftovers(folder: Path) -> None:
+    """Remove the cache temporaries of writers that are gone (killed with SIGKILL, or by a
+    power cut: about 50 MB each), and any older than :data:`LEFTOVER_SECONDS`. A temporary
+    named without a pid (an older hlb's) goes by age alone."""
+    try:
+        temps = list(folder.glob(f"{CACHE_PREFIX}*.tmp"))
+    except OSError:
+        return
+    now = time.time()
+    for p in temps:
+        m = _TMP_NAME.search(p.name)
+        pid = int(m.group(1)) if m else None
+        try:
+            old = now - p.lstat().st_mtime > LEFTOVER_SECONDS
+            if old or (pid is not None and pid != os.getpid() and not _alive(pid)):
+                p.unlink()
+        except OSError:
+            pass
+
+
+def _write_cache(cache: Path, tensors: dict) -> None:
+    """Write the cache through a temporary file of its own (named with this process's pid, so
+    that a later run can tell a dead writer's leftover), then remove older caches of the
+    folder. A folder that cannot take it (read-only, full) only costs the decode next time:
+    no error, no temporary left. Stop signals are held while it writes (torch's writer turns an
+    interruption inside it into a RuntimeError, which would pass for a full disk) and obeyed
+    right after, the temporary removed: the run stops as for any Ctrl-C."""
+    with held_signals() as got:
+        _write_cache_file(cache, tensors)
+    for signum in got[:1]:
+        signal.raise_signal(signum)  # to the handler in force again: Interrupted while training
+
+
+def _write_cache_file(cache: Path, tensors: dict) -> None:
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f"{cache.name}.{os.getpid()}.", suffix=".tmp", dir=cache.parent)
     except OSError:
         return
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(tensors, f)
         os.replace(tmp, cache)
-    except (OSError, RuntimeError):  # torch's writer reports a full disk as a RuntimeError
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, Exception):
+            _reraise_interrupt(e)
+        if not isinstance(e, (OSError, RuntimeError)):  # torch's writer reports a full disk as a RuntimeError
+            raise
         return
     for old in cache.parent.glob(f"{CACHE_PREFIX}*.pt"):
         if old != cache:

@@ -9,10 +9,12 @@ import os
 import platform
 import tempfile
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
 from hlbcli import stats
 from hlbcli.errors import HlbError, UsageError
+from hlbcli.paths import broken_link, path_error
 
 try:
     import fcntl
@@ -74,7 +76,7 @@ def _write_atomic(path: Path, write, mode: str = "w") -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
+            os.fchmod(f.fileno(), 0o666 & ~_UMASK)  # mkstemp makes 0600; the usual mode, on our own file
         os.replace(tmp, path)
     except BaseException as e:
         try:
@@ -126,10 +128,17 @@ class Claim:
         return self.folder / LOCK_NAME
 
     def release(self) -> None:
+        """Remove the lock file, while still locked (a waiter then sees a new file, not ours),
+        only where it is still the very file this claim locked: one removed by hand may have
+        been replaced by another hlb's, which is that one's to remove. The check and the unlink
+        are two calls: a file swapped in between them (a hand removal and a new claim, within
+        microseconds) is removed all the same; rename-then-check would instead leave the path
+        empty for a moment, letting a third in."""
         if self.fd < 0:
             return
         try:
-            os.unlink(self.path)  # while still locked: a waiter then sees a new file, not ours
+            if _same_file(self.fd, self.path):
+                os.unlink(self.path)
         except OSError:
             pass
         os.close(self.fd)
@@ -146,15 +155,19 @@ def claim(out: str | Path, what: str = "--out") -> Claim:
     """Create ``out`` and take it for this process, before any training starts. Another hlb
     holding it is a one-line error naming its pid."""
     p = Path(out)
-    if p.exists() and not p.is_dir():
-        raise UsageError(f"{what} {p} is a file, not a folder", "choose a folder")
     try:
+        if p.exists() and not p.is_dir():
+            raise UsageError(f"{what} {p} is a file, not a folder", "choose a folder")
+        if not p.is_dir():
+            link = broken_link(p, what)
+            if link:
+                raise link
         p.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UsageError(f"{what} {p} cannot be written: {e.strerror or e}", "choose a folder you can write to") from None
+        raise path_error(e, what, p) or UsageError(f"{what} {p} cannot be written: {e.strerror or e}", "choose a folder you can write to") from None
     while True:
         try:
-            fd = os.open(p / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+            fd = _open_lock(p / LOCK_NAME, what, p)
         except OSError as e:
             raise UsageError(f"{what} {p} cannot be written: {e.strerror or e}", "choose a folder you can write to") from None
         if not _lock(fd):
@@ -172,6 +185,31 @@ def claim(out: str | Path, what: str = "--out") -> Claim:
         os.close(fd)
         raise UsageError(f"{what} {p} cannot be written: {e.strerror or e}", "choose a folder with free space you can write to") from None
     return Claim(p, fd)
+
+
+def _open_lock(lock: Path, what: str, folder: Path) -> int:
+    """Open (or create) the lock file without following a symbolic link: a link planted there
+    would have hlb truncate its target and write a pid into it. A link, or anything but a plain
+    file of one name, is refused naming it."""
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0), 0o666)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.EMLINK) and os.path.islink(lock):
+            raise _planted(what, folder, lock, f"a symbolic link (to {os.readlink(lock)})") from None
+        raise
+    st = os.fstat(fd)
+    why = "not a regular file" if not S_ISREG(st.st_mode) else f"a file with {st.st_nlink} names (hard links)" if st.st_nlink > 1 else ""
+    if why:
+        os.close(fd)
+        raise _planted(what, folder, lock, why)
+    return fd
+
+
+def _planted(what: str, folder: Path, lock: Path, why: str) -> UsageError:
+    return UsageError(
+        f"{what} {folder}: its lock file {lock} is {why}; hlb refuses to write through it",
+        "hlb makes it a plain file: remove it after checking who put it there, or choose another folder",
+    )
 
 
 def _lock(fd: int) -> bool:
@@ -193,8 +231,9 @@ def _read_pid(fd: int) -> int | None:
 
 
 def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``path`` (itself, not a link's target) is still the file open as ``fd``."""
     try:
-        a, b = os.fstat(fd), os.stat(path)
+        a, b = os.fstat(fd), os.lstat(path)
     except OSError:
         return False
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
