@@ -125,10 +125,11 @@ def plan_arms(active: list[str], disable: Iterable[str], enable: Iterable[str], 
     return arms
 
 
-def validate_arms(opts: AblateOptions, arms: list[Arm]) -> list[str]:
+def validate_arms(opts: AblateOptions, arms: list[Arm], spec=None) -> list[str]:
     """Resolve every arm's config in this process, so that a bad ``--set``, an unknown name or
-    a trick another one needs fails now, not after hours of training. Returns the baseline's
-    active tricks."""
+    a trick another one needs fails now, not after hours of training. ``spec``: the shape of
+    the data on disk, where it was read (else the config's). Returns the baseline's active
+    tricks."""
     from hlbcli.config import to_dict
     from hlbcli.session import resolve
     from hlbcli.train import check_run
@@ -137,7 +138,9 @@ def validate_arms(opts: AblateOptions, arms: list[Arm]) -> list[str]:
     for arm in arms:
         try:
             cfg, tm = resolve(opts.preset, opts.config, opts.sets, arm.enabled, arm.disabled + arm.silenced)
-            check_run(cfg, tm)  # sizes, and each trick's hlb_validate against the data's shape and the model
+            own_data = tm.owners().get("hlb_dataset_build", "core") != "core"  # a trick brings its data
+            # sizes, and each trick's hlb_validate against the data's shape and the model
+            check_run(cfg, tm, None if own_data else spec)
             arm.config = to_dict(cfg)
             arm.sources = {n: tm.origins[n] for n in tm.trick_names()}
         except HlbError as e:
@@ -149,28 +152,32 @@ def validate_arms(opts: AblateOptions, arms: list[Arm]) -> list[str]:
     return active
 
 
-def check_environment(opts: AblateOptions, dataset: str, fetch: bool) -> None:
+def check_environment(opts: AblateOptions, dataset: str, fetch: bool):
     """The device and the data, once, before any arm starts (each arm would fail alike).
-    With ``fetch``, a missing dataset is downloaded here, once, not by every arm at once."""
+    With ``fetch``, a missing dataset is downloaded here, once, not by every arm at once.
+    Returns the shape of the data on disk (read, checked and cached here, once) where it is
+    there, else None."""
     from hlbcli.train import resolve_device
 
     resolve_device(opts.device)
     if dataset in ("cifar10", "cifar100"):
-        from hlbcli.data import locate_cifar
+        from hlbcli.data import load_cifar, locate_cifar
 
-        locate_cifar(dataset, opts.data_dir, opts.download, fetch=fetch)
+        files = locate_cifar(dataset, opts.data_dir, opts.download, fetch=fetch)
+        if all(f.is_file() for f in files):
+            return load_cifar(dataset, opts.data_dir, opts.download).spec()
+    return None
+
+
+#: each arm's resolved config, written before its process starts: what the arm trains
+ARM_CONFIG = "config.json"
 
 
 def child_command(opts: AblateOptions, arm: Arm, arm_dir: Path) -> list[str]:
-    cmd = [sys.executable, "-m", "hlbcli.cli", "train", "--preset", opts.preset]
-    if opts.config:
-        cmd += ["--config", str(opts.config)]
-    for s in opts.sets:
-        cmd += ["--set", s]
-    for d in arm.disabled + arm.silenced:
-        cmd += ["--disable", d]
-    for e in arm.enabled:
-        cmd += ["--enable", e]
+    """The arm's ``hlb train``: its config is the file :data:`ARM_CONFIG` in ``arm_dir``,
+    resolved when the battery started, so a ``--config`` or preset file edited while the
+    battery runs changes nothing (``--resume`` then refuses records of another config)."""
+    cmd = [sys.executable, "-m", "hlbcli.cli", "train", "--preset", str(arm_dir / ARM_CONFIG)]
     cmd += ["--runs", str(opts.runs), "--seed", str(opts.seed), "--device", opts.device]
     if opts.data_dir:
         cmd += ["--data-dir", str(opts.data_dir)]
@@ -558,7 +565,9 @@ def prepare(opts: AblateOptions, fetch: bool = False) -> list[Arm]:
     section = data.get("data") if isinstance(data.get("data"), dict) else {}
     if opts.backend == "local":
         # on Ray, each worker has its own device and data: its tasks check them there
-        check_environment(opts, section.get("dataset", "cifar10"), fetch)  # the settings are validated by now
+        spec = check_environment(opts, section.get("dataset", "cifar10"), fetch)  # the settings are validated by now
+        if spec is not None:  # the data on disk may be smaller than the config says (a batch larger than it)
+            validate_arms(opts, arms, spec)
     return arms
 
 
@@ -618,6 +627,12 @@ def _run_claimed(opts: AblateOptions, arms: list[Arm], say, console) -> tuple[di
 BACKENDS = ("local", "ray")
 
 
+def interrupted_line(e, kept: int, out: Path) -> str:
+    """What an interrupted battery says (every backend): what was kept, how to go on."""
+    return (f"interrupted by {signal.Signals(e.signum).name}: {kept} finished run(s) kept in {out} "
+            f"(rerun the same command with --resume to train the rest)")
+
+
 def _run_arms(opts: AblateOptions, arms: list[Arm], out: Path, progress) -> tuple[dict, int]:
     from hlbcli.signals import Interrupted, held_signals, interruptible
 
@@ -654,6 +669,7 @@ def _run_arms(opts: AblateOptions, arms: list[Arm], out: Path, progress) -> tupl
     def start(arm: Arm, slot: int) -> None:
         arm_dir = out / "arms" / arm.folder
         arm_dir.mkdir(parents=True, exist_ok=True)
+        record.write_json(arm_dir / ARM_CONFIG, arm.config)
         cmd = child_command(opts, arm, arm_dir)
         record.write_text(arm_dir / "command.txt", shlex.join(cmd) + "\n")
         log = open(arm_dir / "train.log", "a" if opts.resume else "w", encoding="utf-8")
@@ -705,7 +721,8 @@ def _run_arms(opts: AblateOptions, arms: list[Arm], out: Path, progress) -> tupl
                 status[j.arm.name] = "interrupted"
             summary = write(partial=True)
             kept = sum(a["n"] for a in summary["arms"])
-            say(f"interrupted: {kept} finished run(s) kept in {out} (rerun the same command with --resume to train the rest)")
+            # the CLI prints it on stderr, --quiet or not
+            summary["error"] = interrupted_line(e, kept, out)
             return summary, EXIT_INTERRUPTED if e.signum == signal.SIGINT else e.exit_code
         except BaseException:
             _stop(running)  # an error here must not leave arms training without a parent

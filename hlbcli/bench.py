@@ -95,7 +95,7 @@ def overhead(
             net = tracked_tensors(model)
             ema = (every, [t.detach().clone() for t in net], net, decay_table(plan.ctx.total_steps, every, 0.95, 3.0))
         plain = _plain_step(model, plain_opt, [g["lr"] for g in plain_groups], plan.lr_table, smoothing, ema)
-        x_all = plan.train_images
+        x_all = plan.ctx.train_images
         y_all = session.dataset.train_labels
         batches = [(x_all[i * batch_size : (i + 1) * batch_size], y_all[i * batch_size : (i + 1) * batch_size]) for i in range(steps)]
         times = {"hlb": [], "plain": []}
@@ -191,7 +191,7 @@ def ops_per_step(preset: str = "94", precision: str = "fp16-weights", steps: int
     decays = (0.95**every * (torch.arange(plan.ctx.total_steps + 1) / plan.ctx.total_steps) ** 3).tolist()
     hand_step = _airbench_step(hand_model, lr, wd, bias.scaler if bias else 1.0, t.momentum, ls.factor if ls else 0.0,
                                plan.lr_table, decays, every)
-    images, labels = plan.train_images, session.dataset.train_labels
+    images, labels = plan.ctx.train_images, session.dataset.train_labels
     perm = torch.randperm(len(labels))
     out = {}
     for name, fn in (("hlb", hlb_step), ("hand", hand_step)):

@@ -82,6 +82,7 @@ def train(
 
     _threads_from_env()
     _check_seeds(seed, runs)
+    _check_resume(resume, out)
 
     cfg, tm = resolve(preset, str(config) if config else None, set_ or [], enable or [], disable or [])
     opts = TrainOptions(
@@ -107,6 +108,11 @@ def _threads_from_env() -> None:
     import torch
 
     torch.set_num_threads(int(k))
+
+
+def _check_resume(resume: bool, out: Optional[Path]) -> None:
+    if resume and out is None:
+        raise UsageError("--resume needs --out: the folder of the batch to go on with", "add --out DIR, the folder the stopped command wrote")
 
 
 def _check_seeds(seed: int, runs: int) -> None:
@@ -146,6 +152,7 @@ def ablate(
     from hlbcli.ablate import BACKENDS, AblateOptions, child_command, prepare, print_table, run_ablation
 
     _check_seeds(seed, runs)
+    _check_resume(resume, out)
     opts = AblateOptions(
         preset=preset, config=str(config) if config else None, sets=set_ or [], disable=disable or [],
         enable=enable or [], leave_one_out=leave_one_out, runs=runs, seed=seed, workers=workers, device=device,
@@ -176,7 +183,7 @@ def ablate(
             raise typer.Exit(0)
         for arm in arms:
             cmd = child_command(opts, arm, Path(str(out or "OUT")) / "arms" / arm.folder)
-            typer.echo(f"{arm.name}\t{shlex.join(['hlb', *cmd[3:]])}")
+            typer.echo(f"{arm.name}\t{shlex.join(['hlb', *cmd[3:]])}\ttricks: {', '.join(arm.config['tricks']) or 'none'}")
         raise typer.Exit(0)
     summary, code = run_ablation(opts, console=console)
     print_table(summary, console)
@@ -268,7 +275,7 @@ def tricks_list(
     from hlbcli.plugins import build_manager, check_names, known_tricks
 
     check_names(disable or [], "--disable")
-    tm = build_manager([n for n in known_tricks() if n not in (disable or [])], check_relations=False)
+    tm = build_manager([n for n in known_tricks() if n not in (disable or [])], check_relations=False, skip_broken=True)
     on = set(load_preset(preset).get("tricks", [])) if preset else None
     table = Table(box=None, pad_edge=False, show_edge=False)
     for col in ["name", "stages", "summary", "origin"] + ([f"in {preset}"] if preset else []):
@@ -279,6 +286,8 @@ def tricks_list(
         if on is not None:
             row.append("on" if name in on else "off")
         table.add_row(*row)
+    for name, why in tm.broken.items():  # listed, marked, and the others still usable
+        table.add_row(name, "-", f"BROKEN: {why}", "-", *(["-"] if preset else []))
     console = Console(highlight=False, width=200 if not sys.stdout.isatty() else None)
     console.print(table)
     if preset:
@@ -370,6 +379,7 @@ def bench(
     from hlbcli.session import resolve
 
     _check_seeds(seed, runs)
+    _check_resume(resume, out)
     cfg, tm = resolve(preset, str(config) if config else None, set_ or [], enable or [], disable or [])
     opts = TrainOptions(
         runs=runs, seed=seed, device=device, data_dir=str(data_dir) if data_dir else None,
@@ -460,10 +470,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         typer.echo("error: interrupted", err=True)
         code = 130
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # SystemExit: foreign code (a trick, a data file) called sys.exit
         if debug:
             traceback.print_exc()
-        typer.echo(f"error: internal error: {e.__class__.__name__}: {e} (rerun with --debug for the traceback and report it)", err=True)
+        from hlbcli.blame import memory_error
+        from hlbcli.errors import out_of_memory
+
+        words = memory_error(e)
+        if words is not None:
+            _print_error(out_of_memory("", words))
+        elif isinstance(e, SystemExit):
+            typer.echo(f"error: code run by hlb called sys.exit({e.code!r}) (rerun with --debug to see where)", err=True)
+        else:
+            typer.echo(f"error: internal error: {e.__class__.__name__}: {e} (rerun with --debug for the traceback and report it)", err=True)
         code = 1
     if argv is None:
         sys.exit(code)

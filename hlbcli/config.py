@@ -18,7 +18,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from hlbcli.errors import ConfigError, UsageError
-from hlbcli.hostmem import kept as host_memory_kept
 
 
 
@@ -139,18 +138,16 @@ class TrainSettings(Settings):
         raise ValueError(f'must be "auto" or an integer from 1 to {MAX_SYNTHETIC}')
 
 
-def eval_batch_size(value: int | str, device: Any, kept: bool | None = None) -> int:
+def eval_batch_size(value: int | str, device: Any, kept: bool) -> int:
     """``train.eval_batch_size`` with ``auto`` resolved for ``device`` (a torch.device or its
-    type's name) and this process's C allocator (``kept``: whether ``train.host_memory=keep``
-    holds; by default, as it stands now). A batch of 2000 is airbench's size and the fastest on
+    type's name) and the process's C allocator (``kept``: whether ``train.host_memory=keep``
+    holds, as the session resolved it when it started). A batch of 2000 is airbench's size and the fastest on
     CUDA and on a CPU that reuses freed memory. On a CPU that returns it to the system, every
     batch's activations are faulted in and zeroed afresh, and a small batch is faster (the
     narrowed ``94`` net evaluated 2000 test images in 0.92 s at 2000 a batch, 0.46 s at 128; with
     the memory kept, 0.43 s at 2000 and 0.49 s at 128)."""
     if value != "auto":
         return int(value)
-    if kept is None:
-        kept = host_memory_kept()
     kind = device if isinstance(device, str) else device.type
     return EVAL_BATCH_CPU_SYSTEM if kind == "cpu" and not kept else EVAL_BATCH
 
@@ -158,11 +155,30 @@ def eval_batch_size(value: int | str, device: Any, kept: bool | None = None) -> 
 # --- TOML helpers ----------------------------------------------------------------------------
 
 
+#: the deepest nesting of tables and lists a config may have (the core's is two levels)
+MAX_DEPTH = 32
+
+
+def check_depth(data: Any, where: str) -> None:
+    """Refuse a config nested deeper than :data:`MAX_DEPTH` (counted without recursion)."""
+    stack = [(data, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise UsageError(f"{where} is nested more than {MAX_DEPTH} levels deep", "a config is sections of keys: flatten it")
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+
+
 def parse_value(text: str) -> Any:
     """Parse a --set value as a TOML value; anything else is a plain string, except what
     looks like a list or a table (``[...]``, ``{...}``): that must be valid TOML."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
+    except RecursionError:
+        raise UsageError(f"--set value is nested more than {MAX_DEPTH} levels deep", "a config is sections of keys: flatten it") from None
     except tomllib.TOMLDecodeError:
         if text[:1] in "[{":
             raise UsageError(
@@ -243,14 +259,23 @@ def load_toml_file(path: str | Path, what: str) -> dict:
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError(f"{what} cannot be read: {p}: {e.__class__.__name__}", "check its permissions and encoding") from None
     try:
+        if p.suffix == ".json":  # a resolved config hlb wrote (an ablation arm's config.json)
+            data = json.loads(text)
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object of sections")
+            return data
         return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise UsageError(f"{what} is not valid TOML: {p}: {e}", "fix the syntax at that line") from None
+    except ValueError as e:  # TOMLDecodeError and JSONDecodeError are ValueErrors
+        kind = "JSON" if p.suffix == ".json" else "TOML"
+        raise UsageError(f"{what} is not valid {kind}: {p}: {e}", "fix the syntax at that line") from None
+    except RecursionError:
+        raise UsageError(f"{what} is nested more than {MAX_DEPTH} levels deep: {p}", "a config is sections of keys: flatten it") from None
 
 
 def load_preset(name: str) -> dict:
-    """A preset by name (shipped in the package) or by path to a TOML file."""
-    if name.endswith(".toml") or "/" in name:
+    """A preset by name (shipped in the package) or by path to a TOML file (or to a resolved
+    config as JSON, as ``hlb ablate`` writes for each arm)."""
+    if name.endswith((".toml", ".json")) or "/" in name:
         return load_toml_file(name, "preset file")
     ref = resources.files("hlbcli.presets").joinpath(f"{name}.toml")
     if not ref.is_file():
@@ -277,6 +302,8 @@ def apply_set(data: dict, assignment: str) -> dict:
     parts = key.split(".")
     if not key or any(not p for p in parts):
         raise UsageError(f"--set {assignment!r} has an empty key", "write --set section.key=value")
+    value = parse_value(raw.strip())
+    check_depth(value, f"--set {key}")
     out = copy.deepcopy(data)
     node = out
     for p in parts[:-1]:
@@ -284,7 +311,9 @@ def apply_set(data: dict, assignment: str) -> dict:
         if not isinstance(nxt, dict):
             raise UsageError(f"--set {key}: '{p}' is a value, not a section", "set the value itself, not a key below it")
         node = nxt
-    node[parts[-1]] = parse_value(raw.strip())
+    old = node.get(parts[-1])
+    # a table merges into the section it names (``train={epochs=1}`` changes epochs, keeps the rest)
+    node[parts[-1]] = deep_merge(old, value) if isinstance(value, dict) and isinstance(old, dict) else value
     return out
 
 
@@ -292,27 +321,51 @@ def layered(preset: str, config_file: str | None, sets: list[str]) -> dict:
     return layered_sources(preset, config_file, sets)[0]
 
 
+def leaf_keys(data: Any, prefix: str = "") -> list[str]:
+    """The dotted keys of a nested dict's values (``train.epochs``); a list is one value."""
+    if not isinstance(data, dict) or not data:
+        return [prefix] if prefix else []
+    return [k for key, v in data.items() for k in leaf_keys(v, f"{prefix}.{key}" if prefix else str(key))]
+
+
 def layered_sources(preset: str, config_file: str | None, sets: list[str]) -> tuple[dict, dict[str, str]]:
-    """The merged dict, and each top-level key the user wrote (not the preset) with where:
-    ``--config FILE`` or ``--set KEY``."""
+    """The merged dict, and each key the user wrote (not the preset), dotted
+    (``train.epochs``), with where: ``--config FILE`` or ``--set KEY``."""
     data = load_preset(preset)
+    check_depth(data, f"preset {preset}")
     user: dict[str, str] = {}
     if config_file:
         over = load_toml_file(config_file, "config file")
+        check_depth(over, f"config file {config_file}")
         data = deep_merge(data, over)
-        user.update({k: f"--config {config_file}" for k in over})
+        user.update({k: f"--config {config_file}" for k in leaf_keys(over)})
     for s in sets:
         data = apply_set(data, s)
         key = s.partition("=")[0].strip()
-        user[key.split(".")[0]] = f"--set {key}"
+        value = parse_value(s.partition("=")[2].strip())
+        user.update({k: f"--set {key}" for k in leaf_keys(value, key)})
     return data, user
+
+
+def check_overridden(user: dict[str, str], overrides: dict[str, str]) -> None:
+    """A key the user wrote that an active trick sets itself (``model.bn_eps`` under
+    ``noisy_bn``: ``overrides`` maps it to the trick) would do nothing: an error."""
+    rows = [(k, f"does nothing while trick '{overrides[k]}' is active (it sets this itself; {where})")
+            for k, where in user.items() if k in overrides]
+    if rows:
+        trick = overrides[rows[0][0]]
+        raise ConfigError(rows, f"set it in the [{trick}] section (see `hlb tricks show {trick}`), or add --disable {trick}")
 
 
 def check_inactive_sections(user: dict[str, str], inactive: set[str], disable: list[str]) -> None:
     """A section the user wrote for a known trick that is off is an error (the setting would
     silently do nothing), unless ``--disable`` names that trick: the preset's and the user's
     settings for a trick switched off on purpose (an ablation arm) stay accepted."""
-    stray = [(k, where) for k, where in user.items() if k in inactive and k not in disable]
+    stray: list[tuple[str, str]] = []
+    for key, where in user.items():
+        k = key.split(".")[0]
+        if k in inactive and k not in disable and k not in {s for s, _ in stray}:
+            stray.append((k, where))
     if stray:
         rows = [(k, f"trick '{k}' is not active, so {where} would do nothing") for k, where in stray]
         name = stray[0][0]

@@ -9,7 +9,7 @@ from typing import Any, Callable, Literal
 
 import torch
 
-from hlbcli.config import eval_batch_size
+from hlbcli.config import EVAL_BATCH
 
 #: The stages a trick can hook into, in pipeline order.
 STAGES = ("setup", "data", "model", "loss", "optimizer", "step", "run", "eval")
@@ -33,6 +33,9 @@ class TrickInfo:
     requires: tuple[str, ...] = ()
     #: tricks that cannot be active at the same time
     conflicts: tuple[str, ...] = ()
+    #: core settings the trick sets itself while active (dotted keys, e.g. ``model.bn_eps``):
+    #: a value the user writes for one of them would do nothing, so it is refused
+    overrides: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -160,7 +163,8 @@ class StepAction:
 
 @dataclass
 class RunContext:
-    """Everything a run knows, handed to hooks; ``state`` is free space for plugins."""
+    """Everything a run knows, handed to hooks: built by the trainer once per run, before the
+    per-run hooks; ``state`` is free space for tricks."""
 
     cfg: Any
     device: torch.device
@@ -179,6 +183,17 @@ class RunContext:
     optimizer: torch.optim.Optimizer | None = None
     optimizers: list = field(default_factory=list)
     generator: torch.Generator | None = None
+    #: the training images normalised, in ``dtype`` and the run's memory format (channels_last
+    #: with ``train.channels_last``): what data-aware init reads (whitening) and what the epoch
+    #: transforms receive
+    train_images: torch.Tensor | None = None
+    #: True in the untimed warm-up run that compiles every phase's graphs before the timed runs
+    #: (two steps per epoch, no per-epoch output); False in every timed run
+    warmup: bool = False
+    #: the evaluation batch size: ``train.eval_batch_size`` with ``auto`` resolved by the session
+    #: for its device and C allocator (see :func:`hlbcli.config.eval_batch_size`)
+    eval_batch_size: int = EVAL_BATCH
+    #: free space for tricks: the core puts nothing here
     state: dict[str, Any] = field(default_factory=dict)
     #: Set by ``hlb_epoch_start`` implementations that need the trainer to rebuild the step (a
     #: phase boundary that transforms and actions do not already mark). The trainer clears it
@@ -197,12 +212,6 @@ class RunContext:
     def settings(self, name: str) -> Any:
         """The settings section of trick ``name`` (its pydantic model instance)."""
         return getattr(self.cfg, name)
-
-    @property
-    def eval_batch_size(self) -> int:
-        """``train.eval_batch_size`` with ``auto`` resolved for this run's device and the
-        process's C allocator (``train.host_memory``)."""
-        return eval_batch_size(self.cfg.train.eval_batch_size, self.device)
 
 
 @dataclass(frozen=True)
@@ -229,6 +238,7 @@ def trick(
     version: str = "",
     requires: tuple[str, ...] = (),
     conflicts: tuple[str, ...] = (),
+    overrides: tuple[str, ...] = (),
 ):
     """The two setup hooks every trick has, to assign at module level::
 
@@ -239,7 +249,7 @@ def trick(
     becomes the config section ``name``; without it the trick has no settings."""
     from hlbcli import hookimpl
 
-    info = TrickInfo(name, summary, version, tuple(requires), tuple(conflicts))
+    info = TrickInfo(name, summary, version, tuple(requires), tuple(conflicts), tuple(overrides))
 
     # ``*_self``: the same functions work at module level and as attributes of a trick class
     # (where Python passes the instance)

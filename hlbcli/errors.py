@@ -47,3 +47,23 @@ class ConfigError(UsageError):
         first = rows[0] if rows else ("config", "invalid")
         more = f" (+{len(rows) - 1} more)" if len(rows) > 1 else ""
         super().__init__(f"invalid config: {first[0]}: {first[1]}{more}", hint)
+
+
+class TrickBug(HlbError):
+    """A trick's code failed or broke the hook contract (raised, called ``sys.exit``, returned
+    the wrong thing): named as that trick's bug, not hlb's, with exit code 2. Raised by hlb
+    (:mod:`hlbcli.blame`), not by tricks: a trick raises :class:`TrickError` for a bad value."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, message: str, trick: str):
+        super().__init__(message, f"a bug of trick '{trick}': report it to its author, or run with --disable {trick}")
+        self.trick = trick
+
+
+def out_of_memory(where: str, words: str) -> HlbError:
+    """The one-line error for an allocator that ran out of memory, naming what sizes it."""
+    return HlbError(
+        f"out of memory{' ' + where if where else ''}: {words}",
+        "lower model.widths, train.batch_size or train.eval_batch_size, or run fewer --workers at once",
+    )

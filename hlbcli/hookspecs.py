@@ -9,7 +9,7 @@ Words used below: a *session* is what :func:`hlbcli.train.prepare` builds once a
 every seed (the data and the model: once per ``hlb train``/``hlb bench`` process, once per arm
 in a Ray worker); a *run* is one seed trained on a session. When the model is compiled, an
 untimed warm-up run comes before the timed ones and calls the per-run hooks too
-(``ctx.state["warmup"]`` is True).
+(``ctx.warmup`` is True).
 
 Which stage each hook belongs to is :data:`HOOK_STAGES` below, the one source of that table (in
 the order of :data:`hlbcli.contract.STAGES`): ``hlb tricks list`` reports a trick's stages from
@@ -130,7 +130,7 @@ def hlb_model_init(model: torch.nn.Module, ctx: RunContext) -> None:
     """Initialise weights from data or by rule (whitening, dirac). Called once per run, the
     first of the per-run hooks, after the weights are reset to the seed's defaults; all
     implementations run, in registration order. Counts as timed work (the run's ``init``
-    phase); ``ctx.state["train_images"]`` holds the normalised training set."""
+    phase); ``ctx.train_images`` holds the normalised training set."""
 
 
 # --- loss ------------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ import pluggy
 
 from hlbcli import PROJECT, hookspecs
 from hlbcli.contract import STAGES, TrickInfo
-from hlbcli.errors import UsageError
+from hlbcli.blame import guard_impls, guarded, trick_files
+from hlbcli.errors import HlbError, TrickBug, UsageError
 
 ENTRY_POINT_GROUP = "hlb.tricks"
 CORE_NAME = "core"
@@ -51,6 +52,8 @@ class TrickManager:
 
     pm: pluggy.PluginManager
     origins: dict[str, str] = field(default_factory=dict)
+    #: tricks that could not be registered (``build_manager(skip_broken=True)``): name -> why
+    broken: dict[str, str] = field(default_factory=dict)
 
     @property
     def hook(self):
@@ -64,7 +67,14 @@ class TrickManager:
         fn = getattr(plugin, "hlb_trick_info", None)
         if fn is None:
             return TrickInfo(name=name, summary="(no hlb_trick_info)")
-        return fn()
+        info = guarded(fn, name, self.origins.get(name, "?"), "hlb_trick_info")()
+        if info is None:
+            raise TrickBug(f"trick '{name}' ({self.origins.get(name, '?')}) returned None from hlb_trick_info, where a TrickInfo is due", name)
+        return info
+
+    def files(self) -> dict[str, tuple[str, ...]]:
+        """Each registered trick's source files: whose code a traceback passes through."""
+        return {n: trick_files(self.pm.get_plugin(n)) for n in self.origins}
 
     def stages(self, name: str) -> list[str]:
         plugin = self.pm.get_plugin(name)
@@ -88,7 +98,7 @@ class TrickManager:
         for name in self.origins:
             plugin = self.pm.get_plugin(name)
             fn = getattr(plugin, "hlb_config_model", None)
-            result = fn() if fn is not None else None
+            result = guarded(fn, name, self.origins[name], "hlb_config_model")() if fn is not None else None
             if result is not None:
                 section, model = result
                 out[section] = model
@@ -131,7 +141,8 @@ def new_plugin_manager() -> pluggy.PluginManager:
 
 
 def build_manager(
-    active: Iterable[str] | None = None, extra: dict[str, object] | None = None, check_relations: bool = True
+    active: Iterable[str] | None = None, extra: dict[str, object] | None = None, check_relations: bool = True,
+    skip_broken: bool = False,
 ) -> TrickManager:
     """Register the core and the tricks in ``active`` (all known tricks when None).
 
@@ -157,29 +168,31 @@ def build_manager(
     tm = TrickManager(pm)
     pm.register(core_plugin, name=CORE_NAME)
     for name in want:
-        if name in extra:
-            _register(tm, extra[name], name, "given")
-        elif name in builtins:
-            _register(tm, importlib.import_module(builtins[name]), name, "built-in")
-        else:
-            ep = eps[name]
-            label = _dist_label(ep)
-            try:
-                module = ep.load()
-            except Exception as e:  # the third party's import error, whatever it is
-                raise UsageError(
-                    f"trick '{name}' from {label} failed to import: {e.__class__.__name__}: {e}",
-                    f"fix or uninstall that distribution, or run with --disable {name}",
-                ) from None
-            _register(tm, module, name, label)
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as e:
-        name = pm.get_name(e.plugin) or "?"
-        raise UsageError(
-            f"trick '{name}' ({tm.origins.get(name, '?')}) implements a hook hlb does not have: {_one_line(e)}",
-            f"update the trick for this hlb version, or run with --disable {name}",
-        ) from None
+        try:
+            _load_and_register(tm, name, extra, builtins, eps)
+        except HlbError as e:
+            if not skip_broken:
+                raise
+            tm.broken[name] = e.message
+            tm.origins.pop(name, None)
+            plugin = pm.get_plugin(name)
+            if plugin is not None:
+                pm.unregister(plugin)
+    while True:
+        try:
+            pm.check_pending()
+            break
+        except pluggy.PluginValidationError as e:
+            name = pm.get_name(e.plugin) or "?"
+            err = UsageError(
+                f"trick '{name}' ({tm.origins.get(name, '?')}) implements a hook hlb does not have: {_one_line(e)}",
+                f"update the trick for this hlb version, or run with --disable {name}",
+            )
+            if not skip_broken or name not in tm.origins:
+                raise err from None
+            tm.broken[name] = err.message
+            tm.origins.pop(name)
+            pm.unregister(e.plugin)
     if active is not None and check_relations:
         _check_relations(tm)
         _check_single_owner(tm)
@@ -194,6 +207,25 @@ def _one_line(e: Exception) -> str:
     return re.sub(r" in plugin <[^>]*>", "", "; ".join(lines))
 
 
+def _load_and_register(tm: TrickManager, name: str, extra: dict, builtins: dict, eps: dict) -> None:
+    if name in extra:
+        _register(tm, extra[name], name, "given")
+    elif name in builtins:
+        _register(tm, importlib.import_module(builtins[name]), name, "built-in")
+    else:
+        ep = eps[name]
+        label = _dist_label(ep)
+        try:
+            module = ep.load()
+        except (Exception, SystemExit) as e:  # the third party's import error, whatever it is
+            why = f"called sys.exit({e.code!r})" if isinstance(e, SystemExit) else f"{e.__class__.__name__}: {e}"
+            raise UsageError(
+                f"trick '{name}' from {label} failed to import: {why}",
+                f"fix or uninstall that distribution, or run with --disable {name}",
+            ) from None
+        _register(tm, module, name, label)
+
+
 def _register(tm: TrickManager, plugin: object | ModuleType, name: str, origin: str) -> None:
     try:
         tm.pm.register(plugin, name=name)
@@ -205,6 +237,7 @@ def _register(tm: TrickManager, plugin: object | ModuleType, name: str, origin: 
     except ValueError as e:
         raise UsageError(f"trick '{name}' ({origin}) could not register: {e}", f"run with --disable {name}") from None
     tm.origins[name] = origin
+    guard_impls(tm.pm, plugin, name, origin)
     info = tm.info(name)
     if info.name != name:
         raise UsageError(

@@ -45,10 +45,36 @@ def device_name(dev: torch.device) -> str:
 
 def _numeric_failure(e: BaseException) -> bool:
     """An exception a training step raises when a value overflowed or went non-finite (lr
-    1e300: "value cannot be converted to type float without overflow"): a divergence."""
-    if isinstance(e, (OverflowError, FloatingPointError)):
-        return True
-    return isinstance(e, RuntimeError) and re.search(r"\b(overflow|nan|inf|infinity|non-finite)\b", str(e).lower()) is not None
+    1e300: "value cannot be converted to type float without overflow"): a divergence. Only
+    torch's own: raised by an op or in torch's Python code. A trick's ``raise`` or its own
+    Python arithmetic (``int(math.inf)``) is the trick's bug, whatever its words."""
+    from hlbcli.blame import raised_in_torch, raised_natively
+
+    if not isinstance(e, (RuntimeError, OverflowError, FloatingPointError)):
+        return False
+    if re.search(r"\b(overflow|nan|inf|infinity|non-finite)\b", str(e).lower()) is None:
+        return False
+    return raised_in_torch(e) or (type(e) is RuntimeError and raised_natively(e))
+
+
+def run_error(session: Any, seed: int, e: BaseException) -> HlbError | None:
+    """The one-line error for what ended a run, when it can be named: the machine's memory,
+    a trick's code (found from the traceback), foreign code calling ``sys.exit``. None: hlb's
+    own bug (an internal error, reported as such)."""
+    from hlbcli.blame import culprit, memory_error, raised
+    from hlbcli.errors import out_of_memory
+
+    if isinstance(e, HlbError):
+        return e
+    words = memory_error(e)
+    if words is not None:
+        return out_of_memory(f"on {device_name(session.device)} while training seed {seed}", words)
+    name = culprit(e, session.tm.files())
+    if name is not None:
+        return raised(name, session.tm.origins[name], "the training run (a transform or step action)", e)
+    if isinstance(e, SystemExit):
+        return HlbError(f"code run by hlb called sys.exit({e.code!r}) during seed {seed}", "rerun with --debug to see where")
+    return None
 
 
 def earlier_runs(out: Path, config: dict, resume: bool, check: bool = True,
@@ -148,10 +174,13 @@ def train_seed(session: Any, seed: int, on_epoch: Callable[[dict], None] | None 
     keep = keep or (lambda rec: None)
     try:
         res = run_one(session, seed, epoch)
-    except Exception as e:
+    except (Exception, SystemExit) as e:
         if not _numeric_failure(e):
-            rec.update(status="failed", message=f"{e.__class__.__name__}: {e}")
+            err = run_error(session, seed, e)
+            rec.update(status="failed", message=err.line() if err else f"{e.__class__.__name__}: {e}")
             keep(rec)
+            if err is not None and err is not e:
+                raise err from e
             raise
         res = RunResult(seed, "diverged", float("nan"), None, {}, rows,
                         f"a training step failed in epoch {len(rows) + 1}: {e}")
@@ -257,10 +286,11 @@ def _train_batch(cfg: Any, tm, opts: TrainOptions, printer: Printer, out: Path |
         )
         printer.summary(summary)
         return summary, e.exit_code if e.signum != signal.SIGINT else EXIT_INTERRUPTED
-    except HlbError:
-        raise  # a write that failed (a full disk) would fail again
     except BaseException:
-        write_summary(partial=True)  # what finished is not lost
+        try:
+            write_summary(partial=True)  # what finished is not lost
+        except HlbError:
+            pass  # the write may be what failed (a full disk): the error that ended the batch goes up
         raise
     summary = write_summary(partial=len(runs) < opts.runs)  # --stop-on-failure may end early
     printer.summary(summary)

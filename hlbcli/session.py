@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from hlbcli.config import active_tricks, check_inactive_sections, layered_sources, validate
+from hlbcli.config import active_tricks, check_inactive_sections, check_overridden, layered_sources, validate
+from hlbcli.errors import UsageError
 from hlbcli.plugins import TrickManager, build_manager, check_names, known_tricks
 
 
@@ -21,6 +22,9 @@ def resolve(
     validated."""
     enable, disable = list(enable), list(disable)
     extra = extra or {}
+    both = [n for n in enable if n in disable]
+    if both:
+        raise UsageError(f"--enable {both[0]} and --disable {both[0]} contradict each other", "keep one of them")
     check_names([n for n in enable if n not in extra], "--enable")
     check_names([n for n in disable if n not in extra], "--disable")
     data, user = layered_sources(preset, config_file, list(sets))
@@ -48,6 +52,7 @@ def resolve_data(
     inactive = (set(known_tricks()) | set(extra)) - set(active)
     check_inactive_sections(user, inactive, disable)
     tm = build_manager(active, extra=extra)
+    check_overridden(user, {k: n for n in tm.trick_names() for k in getattr(tm.info(n), "overrides", ())})
     data["tricks"] = active
     cfg = validate(data, tm.settings_models(), inactive)
     return cfg, tm

@@ -16,7 +16,7 @@ from hlbcli.config import eval_batch_size
 from hlbcli.contract import Dataset, DataSpec, RunContext, StepAction, Transform
 from hlbcli.data import normalize
 from hlbcli.errors import TrickError, UsageError
-from hlbcli.hostmem import apply_host_memory, kept
+from hlbcli.hostmem import apply_host_memory
 from hlbcli.model import check_fits, half_weights
 from hlbcli.plugins import TrickManager
 
@@ -88,6 +88,9 @@ class Session:
     deterministic: bool
     load_seconds: float
     build_seconds: float
+    #: what holds for this process's C allocator (``train.host_memory`` resolved and applied
+    #: once, when the session starts): keep or system
+    host_memory: str = "system"
     warmup_seconds: float = 0.0
     warmed_up: bool = False
 
@@ -99,12 +102,7 @@ class Session:
     @property
     def eval_batch_size(self) -> int:
         """The resolved ``train.eval_batch_size`` (``auto``: by device and host memory)."""
-        return eval_batch_size(self.cfg.train.eval_batch_size, self.device)
-
-    @property
-    def host_memory(self) -> str:
-        """What holds for this process's C allocator (``train.host_memory``): keep or system."""
-        return "keep" if kept() else "system"
+        return eval_batch_size(self.cfg.train.eval_batch_size, self.device, self.host_memory == "keep")
 
     @property
     def train_size(self) -> int:
@@ -134,7 +132,7 @@ def prepare(
     dev = resolve_device(device)
     dtype, autocast_dtype = resolve_precision(cfg.train.precision, dev)
     set_deterministic(deterministic)
-    apply_host_memory(cfg.train.host_memory, dev.type)
+    host_memory = apply_host_memory(cfg.train.host_memory, dev.type)
     t0 = time.perf_counter()
     dataset = tm.hook.hlb_dataset_build(cfg=cfg, device=dev, data_dir=data_dir, download=download)
     load_s = time.perf_counter() - t0
@@ -151,7 +149,7 @@ def prepare(
     build_s = time.perf_counter() - t0
     return Session(
         cfg, tm, dev, dtype, autocast_dtype, dataset, model, forward_model, compile_on,
-        deterministic or dev.type == "cpu", load_s, build_s,
+        deterministic or dev.type == "cpu", load_s, build_s, host_memory,
     )
 
 
@@ -289,7 +287,6 @@ class RunPlan:
     base_lrs: list[float]
     lr_table: list[float]
     actions: list[StepAction]
-    train_images: torch.Tensor
     record: StepRecord = field(default_factory=StepRecord)
 
     def step_fn(self, forward: torch.nn.Module, batch_transforms: list[Transform]):
@@ -360,13 +357,13 @@ def plan_run(session: Session, seed: int, warmup: bool = False) -> RunPlan:
     ctx = RunContext(
         cfg=cfg, device=dev, dtype=session.dtype, dataset=ds, seed=seed, batch_size=t.batch_size,
         steps_per_epoch=steps_per_epoch, total_steps=total_steps, epochs=t.epochs, num_epochs=num_epochs,
-        model=model, generator=gen, autocast_dtype=session.autocast_dtype,
+        model=model, generator=gen, autocast_dtype=session.autocast_dtype, warmup=warmup,
+        eval_batch_size=session.eval_batch_size,
     )
-    ctx.state["warmup"] = warmup
     train_images = normalize(ds.train_images, ds.mean, ds.std, session.dtype)
     if t.channels_last:
         train_images = train_images.contiguous(memory_format=torch.channels_last)
-    ctx.state["train_images"] = train_images
+    ctx.train_images = train_images
     tm.hook.hlb_model_init(model=model, ctx=ctx)
     transforms = sorted(_flatten(tm.hook.hlb_batch_transforms(cfg=cfg, ctx=ctx)), key=lambda tr: tr.order)
     loss_fn = tm.hook.hlb_loss_build(cfg=cfg, ctx=ctx)
@@ -382,7 +379,7 @@ def plan_run(session: Session, seed: int, warmup: bool = False) -> RunPlan:
     lr_table = [float(v) for v in lr_table.tolist()]
     actions = _flatten(tm.hook.hlb_step_actions(model=model, optimizer=optimizers[0], optimizers=optimizers, cfg=cfg, ctx=ctx))
     tm.hook.hlb_train_start(ctx=ctx)
-    return RunPlan(ctx, transforms, loss_fn, optimizers, base_lrs, lr_table, actions, train_images)
+    return RunPlan(ctx, transforms, loss_fn, optimizers, base_lrs, lr_table, actions)
 
 
 def run_one(
@@ -399,7 +396,7 @@ def run_one(
     t0 = timer.now()
     plan = plan_run(session, seed, warmup)
     phases["init"] = timer.now() - t0
-    ctx, transforms, actions, train_images = plan.ctx, plan.transforms, plan.actions, plan.train_images
+    ctx, transforms, actions = plan.ctx, plan.transforms, plan.actions
     record = plan.record
     model, fwd, gen = session.model, session.forward_model, ctx.generator
     t = cfg.train
@@ -422,7 +419,7 @@ def run_one(
         if step_fn is None or key != phase_key or ctx.rebuild_step:
             step_fn = plan.step_fn(fwd, batch_tr)
             phase_key = key
-        images = train_images
+        images = ctx.train_images
         for tr in transforms:
             if tr.level == "epoch" and tr.active(epoch):
                 images = tr.fn(images, epoch, gen)

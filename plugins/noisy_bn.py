@@ -42,7 +42,10 @@ def make_noisy(model: torch.nn.Module, momentum: float, eps: float, freeze_scale
     return model
 
 
-hlb_trick_info, hlb_config_model = trick(NAME, "batchnorm with high momentum and tiny eps; frozen scale; optional fp32", NoisyBnSettings)
+hlb_trick_info, hlb_config_model = trick(
+    NAME, "batchnorm with high momentum and tiny eps; frozen scale; optional fp32", NoisyBnSettings,
+    overrides=("model.bn_momentum", "model.bn_eps"),
+)
 
 
 @hookimpl(wrapper=True)

@@ -68,7 +68,7 @@ def hlb_model_init(model, ctx):
     s = ctx.settings(NAME)
     stem = model.stem
     k = stem.kernel_size[0]
-    images = ctx.state["train_images"][: s.num_images].float()
+    images = ctx.train_images[: s.num_images].float()
     with torch.no_grad():
         stem.weight.copy_(whitening_filters(images, k, s.eps).to(stem.weight.device))
         if stem.bias is not None:

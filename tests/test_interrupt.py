@@ -126,7 +126,7 @@ def test_interrupt_while_loading_data_is_not_a_corrupt_file(cli, tmp_path, fake_
     def interrupted(*a, **k):
         raise Interrupted(signal.SIGINT)
 
-    monkeypatch.setattr(hlbcli.data.pickle, "load", interrupted)
+    monkeypatch.setattr(hlbcli.data._BatchUnpickler, "load", interrupted)
     code, out, err = cli("train", "--preset", "smoke", *TINY, "--set", 'data.dataset="cifar10"', "--data-dir", fake_cifar,
                          "--no-download", "--out", tmp_path / "out", "--quiet")
     assert code == 130, err

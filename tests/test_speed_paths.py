@@ -88,7 +88,7 @@ def test_eval_batch_size_auto_resolves_per_device_and_allocator():
     assert eval_batch_size("auto", "cpu", kept=False) == EVAL_BATCH_CPU_SYSTEM
     assert eval_batch_size("auto", "cpu", kept=True) == EVAL_BATCH
     assert eval_batch_size("auto", torch.device("cuda", 0), kept=False) == EVAL_BATCH
-    assert eval_batch_size(300, "cpu", kept=False) == eval_batch_size(300, "cuda") == 300
+    assert eval_batch_size(300, "cpu", kept=False) == eval_batch_size(300, "cuda", kept=True) == 300
 
 
 def test_evaluation_batch_size_changes_the_batches_not_the_result():
@@ -102,7 +102,7 @@ def test_evaluation_batch_size_changes_the_batches_not_the_result():
         seen: list[int] = []
         res = run_one(s, 0)
         handle = s.model.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))
-        ctx = RunContext(s.cfg, s.device, s.dtype, s.dataset, 0, 64, 4, 8, 2.0, 2)
+        ctx = RunContext(s.cfg, s.device, s.dtype, s.dataset, 0, 64, 4, 8, 2.0, 2, eval_batch_size=s.eval_batch_size)
         fwd = s.tm.hook.hlb_eval_forward(model=s.model, cfg=s.cfg, ctx=ctx)
         again = s.tm.hook.hlb_evaluate(model=s.model, images=s.dataset.test_images, labels=s.dataset.test_labels,
                                        forward=fwd, ctx=ctx)
