@@ -17,6 +17,9 @@ Failures: a task whose worker is lost (killed, out of memory, its node gone) is 
 for the seeds it had not finished, up to ``--retries`` times; the records it streamed before
 are kept. An error of the run itself (bad data folder, a trick missing on the worker, a bug)
 is reported by the task as a message, ends that arm, and is not retried: it would fail again.
+A head that stops answering (its GCS port, looked at every second and whenever a task is lost)
+ends the battery: the summary is written as it stands, and ``--resume`` trains the rest.
+Joining the cluster, and what a task may ask of it, are :mod:`hlbcli.ray_cluster`'s.
 """
 
 from __future__ import annotations
@@ -32,20 +35,14 @@ from typing import Any, Iterator
 
 from hlbcli import record
 from hlbcli.errors import EXIT_INTERRUPTED, HlbError, UsageError
+from hlbcli.ray_cluster import INSTALL_HINT, ClusterLost, Health, _import_ray, connect, fit, gcs_address, target
+
+__all__ = ["INSTALL_HINT", "DEFAULT_BLOCK", "blocks", "check_ray", "connect", "resources", "run_arms_ray", "seed_span",
+           "train_block"]
 
 #: seeds per task when ``--block`` is not given: enough to pay for a compile (~33 s on an
 #: H200 against ~2.5 s per run of ``94``), few enough that a lost worker costs little
 DEFAULT_BLOCK = 10
-
-INSTALL_HINT = "pip install 'hlbcli[ray]', here and on every node of the cluster"
-
-
-def _import_ray():
-    try:
-        import ray
-    except ImportError:
-        raise UsageError("--backend ray needs Ray, which is not installed", INSTALL_HINT) from None
-    return ray
 
 
 def check_ray(opts) -> None:
@@ -152,56 +149,10 @@ class _Task:
         return [s for s in self.seeds if s not in self.done]
 
 
-def _answers(address: str | None) -> None:
-    """A cluster address must answer on its port within 5 s: Ray itself retries an unreachable
-    one for minutes before it gives up."""
-    if not address or address == "auto":
-        return
-    host, _, port = address.split("://", 1)[-1].rpartition(":")
-    if not port.isdigit() or not host:
-        raise UsageError(f"--address {address}: not HOST:PORT", "write it as HOST:PORT (6379 by default) or ray://HOST:10001")
-    import socket
-
-    try:
-        socket.create_connection((host, int(port)), timeout=5).close()
-    except OSError as e:
-        raise UsageError(
-            f"--backend ray: nothing answers at {address} ({e.strerror or e.__class__.__name__})",
-            "start the cluster (ray start --head) and pass its HOST:PORT, or leave --address out to run on this machine",
-        ) from None
-
-
-def connect(opts) -> bool:
-    """Join the cluster at ``opts.address`` (or ``$RAY_ADDRESS``), or start a Ray instance on
-    this machine; True when this process started (and so must stop) it."""
-    ray = _import_ray()
-    if ray.is_initialized():
-        return False
-    import logging
-
-    _answers(opts.address or os.environ.get("RAY_ADDRESS"))
-
-    try:
-        ray.init(address=opts.address, include_dashboard=False, logging_level=logging.ERROR,
-                 log_to_driver=False, configure_logging=True, namespace="hlb")
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        where = opts.address or os.environ.get("RAY_ADDRESS") or "a new local instance"
-        raise UsageError(
-            f"--backend ray: cannot reach Ray at {where}: {str(e).splitlines()[0] if str(e) else e.__class__.__name__}",
-            "start the cluster (ray start --head) and pass --address HOST:PORT, or leave --address out to run on this machine",
-        ) from None
-    return True
-
-
 def resources(opts) -> dict[str, float]:
     """A task's resources: one GPU where the device asks for one and the cluster has GPUs,
-    ``--cpus-per-task`` cores in any case."""
-    ray = _import_ray()
-    gpus = ray.cluster_resources().get("GPU", 0)
-    if opts.device == "cuda" and gpus < 1:
-        raise UsageError("--device cuda: the Ray cluster has no GPU", "add GPU workers, or pass --device cpu")
-    want_gpu = opts.device == "cuda" or (opts.device == "auto" and gpus >= 1)
-    return {"num_cpus": opts.cpus_per_task, "num_gpus": 1 if want_gpu else 0}
+    ``--cpus-per-task`` cores in any case; a UsageError when no node could ever run it."""
+    return fit(opts, _import_ray().nodes())
 
 
 def run_arms_ray(opts, arms: list, out: Path, progress, connected: bool = False) -> tuple[dict, int]:
@@ -218,6 +169,7 @@ def run_arms_ray(opts, arms: list, out: Path, progress, connected: bool = False)
     started_here = False if connected else connect(opts)
     try:
         res = resources(opts)
+        health = Health(gcs_address(ray), target(opts) or "this machine")
         # on the CPU one worker process serves block after block and keeps its build; a GPU
         # task gets a fresh process (Ray's default there): a process whose CUDA context sits on
         # the GPU of its last task cannot move to the GPU Ray assigns to its next one
@@ -288,6 +240,7 @@ def run_arms_ray(opts, arms: list, out: Path, progress, connected: bool = False)
 
         def lost(t: _Task, e: BaseException) -> None:
             why = f"{e.__class__.__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}".rstrip(": ")
+            health.confirm()  # its worker, or the whole cluster?
             rest = t.rest()
             if not rest:  # lost after its last record: nothing to do again
                 finish(t)
@@ -351,7 +304,12 @@ def run_arms_ray(opts, arms: list, out: Path, progress, connected: bool = False)
                 while live:
                     if got:
                         raise Interrupted(got[0])
-                    ready, _ = ray.wait([t.gen for t in live], num_returns=1, timeout=0.5)
+                    health.check()
+                    try:
+                        ready, _ = ray.wait([t.gen for t in live], num_returns=1, timeout=0.5)
+                    except Exception:
+                        health.confirm()
+                        raise
                     if not ready:
                         continue  # the live display keeps its clock moving by itself
                     t = next(t for t in live if t.gen is ready[0])
@@ -377,6 +335,15 @@ def run_arms_ray(opts, arms: list, out: Path, progress, connected: bool = False)
                 kept = sum(a["n"] for a in summary["arms"])
                 say(f"interrupted: {kept} finished run(s) kept in {out} (rerun the same command with --resume to train the rest)")
                 return summary, EXIT_INTERRUPTED if e.signum == signal.SIGINT else e.exit_code
+            except ClusterLost as e:
+                for t in list(live):
+                    status[t.arm.name] = "stopped"
+                live.clear()  # nothing to cancel: the cluster that ran them is gone
+                summary = write(partial=True)
+                kept = sum(a["n"] for a in summary["arms"])
+                summary["error"] = (f"{e.message}; {kept} finished run(s) kept in {out} (start the cluster again and rerun "
+                                    "the same command with --resume to train the rest)")
+                return summary, e.exit_code
             except BaseException:
                 for t in list(live):
                     status[t.arm.name] = "stopped"
