@@ -22,10 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from hlbcli.config import load_preset
+from hlbcli.layers import load_preset
 from hlbcli.contract import sgd_hparams
-from hlbcli.session import resolve
-from hlbcli.train import plan_run, prepare
+from hlbcli.resolve import resolve
+from hlbcli.run import plan_run
+from hlbcli.session import open_session
 
 
 # --- overhead ----------------------------------------------------------------------------------
@@ -79,7 +80,7 @@ def overhead(
         if "ema" in tricks:
             sets.append(f"ema.every={every}")
         cfg, tm = resolve("smoke", sets=sets, disable=[t for t in load_preset("smoke")["tricks"] if t not in tricks])
-        session = prepare(cfg, tm, "cpu")
+        session = open_session(cfg, tm, "cpu")
         plan = plan_run(session, 0)
         model = session.model
         hlb_step = plan.step_fn(model, [])
@@ -178,7 +179,7 @@ def ops_per_step(preset: str = "94", precision: str = "fp16-weights", steps: int
         'train.compile="off"', f'train.precision="{precision}"', "whitening.num_images=64",
     ]
     cfg, tm = resolve(preset, sets=sets)
-    session = prepare(cfg, tm, "cpu")
+    session = open_session(cfg, tm, "cpu")
     plan = plan_run(session, 0)
     t = cfg.train
     hlb_step = plan.step_fn(session.model, [])

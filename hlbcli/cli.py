@@ -10,6 +10,9 @@ from typing import List, Optional
 
 import typer
 
+from hlbcli.cli_options import (ConfigOpt, DataDirOpt, DeviceOpt, DisableOpt, EnableOpt, NoDownloadOpt, PresetOpt,
+                                ResumeOpt, SetOpt)
+from hlbcli.cli_show import config_app, tricks_app
 from hlbcli.config import MAX_RUNS, MAX_SEED
 from hlbcli.errors import ConfigError, HlbError, UsageError
 
@@ -42,21 +45,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-tricks_app = typer.Typer(help="The registered tricks: built-in and installed.", no_args_is_help=True)
-config_app = typer.Typer(help="Resolve and show configs.", no_args_is_help=True)
 app.add_typer(tricks_app, name="tricks")
 app.add_typer(config_app, name="config")
-
-PresetOpt = typer.Option("94", "--preset", "-p", help="preset name (see `hlb config presets`) or a .toml path")
-ConfigOpt = typer.Option(None, "--config", "-c", help="TOML file layered over the preset")
-SetOpt = typer.Option(None, "--set", "-s", help="override one key: section.key=value (TOML value); repeatable")
-DisableOpt = typer.Option(None, "--disable", "-d", help="turn a trick off; repeatable")
-EnableOpt = typer.Option(None, "--enable", "-e", help="turn a trick on; repeatable")
-DeviceOpt = typer.Option("auto", "--device", help="auto, cpu or cuda")
-DataDirOpt = typer.Option(None, "--data-dir", help="dataset folder (default: $HLB_DATA_DIR, else a user cache)")
-NoDownloadOpt = typer.Option(False, "--no-download", help="fail instead of downloading a missing dataset")
-ResumeOpt = typer.Option(False, "--resume", help="--out holds an earlier batch of this config: keep its finished runs, train the rest")
-
 
 @app.command()
 def train(
@@ -77,8 +67,8 @@ def train(
     resume: bool = ResumeOpt,
 ) -> None:
     """Train a preset for one or more seeds."""
-    from hlbcli.runner import TrainOptions, train_runs
-    from hlbcli.session import resolve
+    from hlbcli.experiments.batch import TrainOptions, train_batch
+    from hlbcli.resolve import resolve
 
     _threads_from_env()
     _check_seeds(seed, runs)
@@ -90,7 +80,7 @@ def train(
         download=not no_download, out=out, quiet=quiet, deterministic=deterministic,
         stop_on_failure=stop_on_failure, resume=resume,
     )
-    _, code = train_runs(cfg, tm, opts)
+    _, code = train_batch(cfg, tm, opts)
     raise typer.Exit(code)
 
 
@@ -149,7 +139,9 @@ def ablate(
     """Baseline vs arms with tricks off (or on), N paired seeds each, with statistics."""
     from rich.console import Console
 
-    from hlbcli.ablate import BACKENDS, AblateOptions, child_command, prepare, print_table, run_ablation
+    from hlbcli.experiments.battery import backend_for, run_ablation
+    from hlbcli.experiments.plan import AblateOptions, plan_battery
+    from hlbcli.experiments.summary import print_table
 
     _check_seeds(seed, runs)
     _check_resume(resume, out)
@@ -159,31 +151,12 @@ def ablate(
         data_dir=str(data_dir) if data_dir else None, download=not no_download, out=out, plot=plot, quiet=quiet,
         resume=resume, backend=backend, address=address, block=block, cpus_per_task=cpus_per_task, retries=retries,
     )
-    if backend not in BACKENDS:
-        raise UsageError(f"--backend {backend}: unknown backend", f"choose one of: {', '.join(BACKENDS)}")
-    if backend == "local":
-        given = [n for n, v in (("--address", address), ("--block", block)) if v is not None]
-        given += [n for n, v, d in (("--cpus-per-task", cpus_per_task, 1), ("--retries", retries, 3)) if v != d]
-        if given:
-            raise UsageError(f"{given[0]} is an option of the Ray backend", "add --backend ray, or drop it")
+    backend_for(opts).check()  # an unknown backend, or options of another one
     console = Console(highlight=False, soft_wrap=True)
     say = (lambda text: None) if quiet else (lambda text: console.print(text, markup=False))
     if dry_run:
-        import shlex
-
-        arms = prepare(opts)
-        if backend == "ray":
-            from hlbcli.ray_backend import DEFAULT_BLOCK, blocks, check_ray, seed_span
-
-            check_ray(opts)
-            seeds = list(range(seed, seed + runs))
-            for arm in arms:
-                for b in blocks(seeds, block or DEFAULT_BLOCK):
-                    typer.echo(f"{arm.name}\tray task: {seed_span(b)}, tricks {', '.join(arm.config['tricks']) or 'none'}")
-            raise typer.Exit(0)
-        for arm in arms:
-            cmd = child_command(opts, arm, Path(str(out or "OUT")) / "arms" / arm.folder)
-            typer.echo(f"{arm.name}\t{shlex.join(['hlb', *cmd[3:]])}\ttricks: {', '.join(arm.config['tricks']) or 'none'}")
+        for line in backend_for(opts).describe(plan_battery(opts), Path(str(out or "OUT"))):
+            typer.echo(line)
         raise typer.Exit(0)
     summary, code = run_ablation(opts, console=console)
     print_table(summary, console)
@@ -207,9 +180,10 @@ def summary_cmd(
     from rich.console import Console
 
     from hlbcli import record
-    from hlbcli.ablate import PLAN_NAME, print_table, rebuild_summary
+    from hlbcli.experiments.batch import rebuild_train_summary
+    from hlbcli.experiments.summary import print_table, rebuild_summary
     from hlbcli.output import Printer
-    from hlbcli.runner import rebuild_train_summary
+    from hlbcli.readback import PLAN_NAME
 
     if not folder.is_dir():
         raise UsageError(f"{folder} is not a folder", "point at the --out folder of hlb ablate or hlb train")
@@ -236,125 +210,6 @@ def plot_cmd(
     typer.echo(str(plot_dir(folder, out)))
 
 
-@config_app.command("show")
-def config_show(
-    preset: str = PresetOpt,
-    config: Optional[Path] = ConfigOpt,
-    set_: Optional[List[str]] = SetOpt,
-    disable: Optional[List[str]] = DisableOpt,
-    enable: Optional[List[str]] = EnableOpt,
-) -> None:
-    """Print the resolved config as TOML."""
-    from hlbcli.config import dump_toml, to_dict
-    from hlbcli.session import resolve
-
-    cfg, _ = resolve(preset, str(config) if config else None, set_ or [], enable or [], disable or [])
-    typer.echo(dump_toml(to_dict(cfg)))
-
-
-@config_app.command("presets")
-def config_presets() -> None:
-    """List the presets shipped with hlb."""
-    from hlbcli.config import load_preset, preset_names
-
-    for name in preset_names():
-        desc = load_preset(name).get("description", "")
-        typer.echo(f"{name:10} {desc}")
-
-
-@tricks_app.command("list")
-def tricks_list(
-    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="mark the tricks this preset turns on"),
-    disable: Optional[List[str]] = typer.Option(None, "--disable", "-d", help="leave a trick out (one that fails to load, say); repeatable"),
-) -> None:
-    """Every registered trick: name, stages, summary, origin, and whether the preset uses it."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from hlbcli.config import load_preset
-    from hlbcli.plugins import build_manager, check_names, known_tricks
-
-    check_names(disable or [], "--disable")
-    tm = build_manager([n for n in known_tricks() if n not in (disable or [])], check_relations=False, skip_broken=True)
-    on = set(load_preset(preset).get("tricks", [])) if preset else None
-    table = Table(box=None, pad_edge=False, show_edge=False)
-    for col in ["name", "stages", "summary", "origin"] + ([f"in {preset}"] if preset else []):
-        table.add_column(col, overflow="fold")
-    for name in tm.trick_names():
-        info = tm.info(name)
-        row = [name, ",".join(tm.stages(name)), info.summary, tm.origins[name]]
-        if on is not None:
-            row.append("on" if name in on else "off")
-        table.add_row(*row)
-    for name, why in tm.broken.items():  # listed, marked, and the others still usable
-        table.add_row(name, "-", f"BROKEN: {why}", "-", *(["-"] if preset else []))
-    console = Console(highlight=False, width=200 if not sys.stdout.isatty() else None)
-    console.print(table)
-    if preset:
-        from hlbcli.plugins import build_manager as build
-
-        try:
-            owners = build(sorted(on or []), check_relations=True).owners()
-        except HlbError as e:  # two of the preset's tricks claim one first-result hook
-            console.print(f"\nfirst-result hooks in {preset}: {e.line()}", markup=False)
-        else:
-            console.print(f"\nfirst-result hooks in {preset} (the trick whose result is used; wrappers build on it):", markup=False)
-            for hook, owner in owners.items():
-                console.print(f"  {hook:22} {owner}", markup=False)
-
-
-@tricks_app.command("show")
-def tricks_show(name: str = typer.Argument(..., help="trick name")) -> None:
-    """A trick's settings: type, default and meaning of each field."""
-    from hlbcli.plugins import build_manager, check_names
-
-    check_names([name], "tricks show")
-    tm = build_manager([name], check_relations=False)
-    info = tm.info(name)
-    typer.echo(f"{name}: {info.summary}")
-    typer.echo(f"origin: {tm.origins[name]}; stages: {', '.join(tm.stages(name))}")
-    if info.requires:
-        typer.echo(f"requires: {', '.join(info.requires)}")
-    if info.conflicts:
-        typer.echo(f"conflicts with: {', '.join(info.conflicts)}")
-    models = tm.settings_models()
-    if not models:
-        typer.echo("no settings")
-    for section, model in models.items():
-        typer.echo(f"\n[{section}]")
-        for field, f in model.model_fields.items():
-            ann = _type_text(f.annotation)
-            bounds = ", ".join(_bound(m) for m in f.metadata if _bound(m))
-            ann += f" ({bounds})" if bounds else ""
-            typer.echo(f"  {field}: {ann} = {f.default!r}  {f.description or ''}".rstrip())
-
-
-def _type_text(ann: object) -> str:
-    """A settings field's type for people: ``list[int]``, ``one of 'a', 'b'``, ``float``."""
-    import typing
-
-    origin, args = typing.get_origin(ann), typing.get_args(ann)
-    if origin is typing.Literal:
-        return "one of " + ", ".join(repr(a) for a in args)
-    if origin is typing.Union or type(ann).__name__ == "UnionType":
-        return " or ".join(_type_text(a) for a in args)
-    if origin is not None:
-        name = getattr(origin, "__name__", str(origin))
-        return f"{name}[{', '.join(_type_text(a) for a in args)}]" if args else name
-    if ann is type(None):
-        return "None"
-    return getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
-
-
-def _bound(meta: object) -> str:
-    """``Field(ge=1)`` and friends as text (``>= 1``)."""
-    for attr, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
-        v = getattr(meta, attr, None)
-        if v is not None:
-            return f"{op} {v}"
-    return ""
-
-
 @app.command()
 def bench(
     preset: str = PresetOpt,
@@ -375,8 +230,8 @@ def bench(
     Compile and warm-up are excluded from the timed figure and reported beside it."""
     from hlbcli import record
     from hlbcli.bench import bench_report, format_report
-    from hlbcli.runner import TrainOptions, train_runs
-    from hlbcli.session import resolve
+    from hlbcli.experiments.batch import TrainOptions, train_batch
+    from hlbcli.resolve import resolve
 
     _check_seeds(seed, runs)
     _check_resume(resume, out)
@@ -385,7 +240,7 @@ def bench(
         runs=runs, seed=seed, device=device, data_dir=str(data_dir) if data_dir else None,
         download=not no_download, out=out, quiet=True, resume=resume,
     )
-    summary, code = train_runs(cfg, tm, opts)
+    summary, code = train_batch(cfg, tm, opts)
     rep = bench_report(summary)
     rep.update(preset=preset, command="hlb " + " ".join(sys.argv[1:]) if sys.argv else "")
     if out:
@@ -436,6 +291,12 @@ def _path_error(e: OSError, args: list[str]) -> HlbError | None:
     return path_error(e, "path", name)
 
 
+def _from_the_cli_library(e: SystemExit) -> bool:
+    """A ``sys.exit`` of typer's or click's own (a closed pipe on stdout): its code, silently."""
+    frames = traceback.extract_tb(e.__traceback__)
+    return bool(frames) and any(f"{os.sep}{lib}{os.sep}" in frames[-1].filename for lib in ("typer", "click"))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: errors become one line and an exit code; --debug shows tracebacks."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -470,7 +331,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         typer.echo("error: interrupted", err=True)
         code = 130
-    except (Exception, SystemExit) as e:  # SystemExit: foreign code (a trick, a data file) called sys.exit
+    except SystemExit as e:
+        if not _from_the_cli_library(e):  # foreign code (a trick, a data file) called sys.exit
+            if debug:
+                traceback.print_exc()
+            typer.echo(f"error: code run by hlb called sys.exit({e.code!r}) (rerun with --debug to see where)", err=True)
+        code = e.code if isinstance(e.code, int) and _from_the_cli_library(e) else 1
+    except Exception as e:  # SystemExit: foreign code (a trick, a data file) called sys.exit
         if debug:
             traceback.print_exc()
         from hlbcli.blame import memory_error
@@ -479,8 +346,6 @@ def main(argv: list[str] | None = None) -> int:
         words = memory_error(e)
         if words is not None:
             _print_error(out_of_memory("", words))
-        elif isinstance(e, SystemExit):
-            typer.echo(f"error: code run by hlb called sys.exit({e.code!r}) (rerun with --debug to see where)", err=True)
         else:
             typer.echo(f"error: internal error: {e.__class__.__name__}: {e} (rerun with --debug for the traceback and report it)", err=True)
         code = 1

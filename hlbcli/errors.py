@@ -67,3 +67,8 @@ def out_of_memory(where: str, words: str) -> HlbError:
         f"out of memory{' ' + where if where else ''}: {words}",
         "lower model.widths, train.batch_size or train.eval_batch_size, or run fewer --workers at once",
     )
+
+
+class RunsKept(HlbError):
+    """An error that ends a batch of runs after some finished (a Ray cluster lost midway): the
+    summary of what finished is written and the error line says how many were kept."""

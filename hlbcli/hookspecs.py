@@ -5,7 +5,7 @@ arguments a spec names. Hooks run at build time and at epoch boundaries, never i
 step: the trainer collects what they return and assembles a plain step function per phase
 before the loop.
 
-Words used below: a *session* is what :func:`hlbcli.train.prepare` builds once and reuses for
+Words used below: a *session* is what :func:`hlbcli.session.open_session` builds once and reuses for
 every seed (the data and the model: once per ``hlb train``/``hlb bench`` process, once per arm
 in a Ray worker); a *run* is one seed trained on a session. When the model is compiled, an
 untimed warm-up run comes before the timed ones and calls the per-run hooks too

@@ -1,58 +1,180 @@
-"""Resolve a config and its plugin manager from the command line's words."""
+"""A session: what is built once per process and reused by every seed's run: the device and
+precision, the C allocator's mode, the data on the device and the model (compiled where asked).
+The run levels: resolve a config (:mod:`hlbcli.resolve`) -> open a session (here) -> run a seed
+(:mod:`hlbcli.run`) -> the step (:mod:`hlbcli.step`)."""
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
 
-from hlbcli.config import active_tricks, check_inactive_sections, check_overridden, layered_sources, validate
+import torch
+
+from hlbcli.config import eval_batch_size
+from hlbcli.contract import Dataset, DataSpec
 from hlbcli.errors import UsageError
-from hlbcli.plugins import TrickManager, build_manager, check_names, known_tricks
+from hlbcli.hostmem import apply_host_memory
+from hlbcli.model import check_fits, half_weights
+from hlbcli.plugins import TrickManager
 
 
-def resolve(
-    preset: str,
-    config_file: str | None = None,
-    sets: Iterable[str] = (),
-    enable: Iterable[str] = (),
-    disable: Iterable[str] = (),
-    extra: dict[str, object] | None = None,
-) -> tuple[Any, TrickManager]:
-    """preset < --config FILE < --set; then the active tricks (preset list + --enable -
-    --disable) are registered, each contributing its settings section, and the whole is
-    validated."""
-    enable, disable = list(enable), list(disable)
-    extra = extra or {}
-    both = [n for n in enable if n in disable]
-    if both:
-        raise UsageError(f"--enable {both[0]} and --disable {both[0]} contradict each other", "keep one of them")
-    check_names([n for n in enable if n not in extra], "--enable")
-    check_names([n for n in disable if n not in extra], "--disable")
-    data, user = layered_sources(preset, config_file, list(sets))
-    return resolve_data(data, user, enable, disable, extra)
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for, but no CUDA GPU is visible", "use --device cpu or --device auto")
+    if device not in ("cpu", "cuda"):
+        raise UsageError(f"unknown device '{device}'", "use auto, cpu or cuda")
+    return torch.device(device)
 
 
-def resolve_data(
-    data: dict,
-    user: dict[str, str] | None = None,
-    enable: Iterable[str] = (),
-    disable: Iterable[str] = (),
-    extra: dict[str, object] | None = None,
-) -> tuple[Any, TrickManager]:
-    """:func:`resolve` from the merged settings themselves: also how a resolved config
-    (a run record's ``config``, what the Ray backend sends its workers) becomes a config and
-    a plugin manager again, in another process or on another machine. ``user`` maps each
-    top-level key the user wrote to where (for the message about inactive sections)."""
-    import copy
+HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
-    data, user = copy.deepcopy(data), dict(user or {})
-    enable, disable = list(enable), list(disable)
-    extra = extra or {}
-    active = active_tricks(data, enable, disable)
-    check_names([n for n in active if n not in extra], "the tricks list")
-    inactive = (set(known_tricks()) | set(extra)) - set(active)
-    check_inactive_sections(user, inactive, disable)
-    tm = build_manager(active, extra=extra)
-    check_overridden(user, {k: n for n in tm.trick_names() for k in getattr(tm.info(n), "overrides", ())})
-    data["tricks"] = active
-    cfg = validate(data, tm.settings_models(), inactive)
-    return cfg, tm
+
+def precision_name(precision: str, device: torch.device) -> str:
+    """``train.precision`` with ``auto`` resolved: fp16-weights on CUDA, fp32 elsewhere."""
+    if precision == "auto":
+        return "fp16-weights" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype, torch.dtype | None]:
+    """(dtype of the images and weights, autocast dtype or None) for ``train.precision``.
+    The explicit choices hold on any device (half precision on the CPU is slow, but it is
+    what tests and the ops benchmark use to follow the CUDA path)."""
+    precision = precision_name(precision, device)
+    if precision == "fp32":
+        return torch.float32, None
+    if precision.endswith("-weights"):
+        return HALF[precision.split("-")[0]], None
+    return torch.float32, HALF[precision]
+
+
+def device_name(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    import platform
+
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+@dataclass
+class Session:
+    """What is built once per process and reused across seeds."""
+
+    cfg: Any
+    tm: TrickManager
+    device: torch.device
+    dtype: torch.dtype
+    autocast_dtype: torch.dtype | None
+    dataset: Dataset
+    model: torch.nn.Module
+    forward_model: torch.nn.Module
+    compiled: bool
+    deterministic: bool
+    load_seconds: float
+    build_seconds: float
+    #: what holds for this process's C allocator (``train.host_memory`` resolved and applied
+    #: once, when the session starts): keep or system
+    host_memory: str = "system"
+    warmup_seconds: float = 0.0
+    warmed_up: bool = False
+
+    @property
+    def precision(self) -> str:
+        """The resolved ``train.precision`` (fp32, fp16, bf16, fp16-weights, bf16-weights)."""
+        return precision_name(self.cfg.train.precision, self.device)
+
+    @property
+    def eval_batch_size(self) -> int:
+        """The resolved ``train.eval_batch_size`` (``auto``: by device and host memory)."""
+        return eval_batch_size(self.cfg.train.eval_batch_size, self.device, self.host_memory == "keep")
+
+    @property
+    def train_size(self) -> int:
+        return len(self.dataset.train_labels)
+
+
+def set_deterministic(on: bool) -> None:
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False
+        torch.backends.cudnn.benchmark = torch.cuda.is_available()
+
+
+def open_session(
+    cfg: Any,
+    tm: TrickManager,
+    device: str = "auto",
+    data_dir: str | None = None,
+    download: bool = True,
+    deterministic: bool = False,
+) -> Session:
+    dev = resolve_device(device)
+    dtype, autocast_dtype = resolve_precision(cfg.train.precision, dev)
+    set_deterministic(deterministic)
+    host_memory = apply_host_memory(cfg.train.host_memory, dev.type)
+    t0 = time.perf_counter()
+    dataset = tm.hook.hlb_dataset_build(cfg=cfg, device=dev, data_dir=data_dir, download=download)
+    load_s = time.perf_counter() - t0
+    check_session(cfg, tm, dataset.spec())
+    t0 = time.perf_counter()
+    model = tm.hook.hlb_model_build(cfg=cfg, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
+    model = model.to(dev)
+    if dtype != torch.float32:
+        half_weights(model, dtype)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    compile_on = cfg.train.compile == "on" or (cfg.train.compile == "auto" and dev.type == "cuda")
+    forward_model = torch.compile(model, mode=cfg.train.compile_mode) if compile_on else model
+    build_s = time.perf_counter() - t0
+    return Session(
+        cfg, tm, dev, dtype, autocast_dtype, dataset, model, forward_model, compile_on,
+        deterministic or dev.type == "cpu", load_s, build_s, host_memory,
+    )
+
+
+def reset_weights(session: Session, seed: int) -> None:
+    """Give the built model the seed's fresh initial weights in place (the compiled graph
+    keeps pointing at the same tensors)."""
+    torch.manual_seed(seed)
+    cfg, ds = session.cfg, session.dataset
+    fresh = session.tm.hook.hlb_model_build(cfg=cfg, num_classes=ds.num_classes, in_channels=ds.in_channels)
+    with torch.no_grad():
+        session.model.load_state_dict(fresh.state_dict())
+    for p, q in zip(session.model.parameters(), fresh.parameters()):
+        p.requires_grad_(q.requires_grad)
+        p.grad = None
+
+
+def data_spec(cfg: Any) -> DataSpec:
+    """The dataset's shape from the config alone (no data loaded): for ``--dry-run``."""
+    d = cfg.data
+    if d.dataset == "synthetic":
+        return DataSpec("synthetic", d.synthetic_classes, 3, d.synthetic_size, d.synthetic_train, d.synthetic_test)
+    classes = 100 if d.dataset == "cifar100" else 10
+    return DataSpec(d.dataset, classes, 3, 32, 50000, 10000)
+
+
+def check_session(cfg: Any, tm: TrickManager, spec: DataSpec | None = None) -> None:
+    """Everything that can be checked before training: the batch against the training set,
+    the widths against the image size, and each trick's ``hlb_validate`` on the built model
+    (fp32, on the CPU). ``spec`` defaults to the config's (``--dry-run``)."""
+    spec = spec or data_spec(cfg)
+    if cfg.train.batch_size > spec.train_size:
+        raise UsageError(
+            f"train.batch_size {cfg.train.batch_size} is larger than the training set ({spec.train_size} images)",
+            f"use --set train.batch_size={min(1024, spec.train_size)} or fewer",
+        )
+    check_fits(list(cfg.model.widths), spec.image_size, cfg.model.stem_kernel)
+    model = tm.hook.hlb_model_build(cfg=cfg, num_classes=spec.num_classes, in_channels=spec.in_channels)
+    tm.hook.hlb_validate(cfg=cfg, data=spec, model=model)
+
+

@@ -84,7 +84,7 @@ def resolve_config(
     """The config and manager ``hlb train --preset PRESET`` would build, with the given
     plugins added as active tricks (their settings sections validated, ``sets`` applied).
     ``tiny`` prepends :data:`TINY_SETS`."""
-    from hlbcli.session import resolve
+    from hlbcli.resolve import resolve
 
     extra = _named(plugins, names)
     all_sets = [*(TINY_SETS if tiny else []), *sets]
@@ -95,32 +95,32 @@ def resolve_config(
 
 def train(cfg: Any, tm: TrickManager, runs: int = 1, seed: int = 0, device: str = "cpu") -> dict:
     """Train in this process, quietly; return the summary (``runs`` holds each run record)."""
-    from hlbcli.runner import TrainOptions, train_runs
+    from hlbcli.experiments.batch import TrainOptions, train_batch
 
-    summary, _ = train_runs(cfg, tm, TrainOptions(runs=runs, seed=seed, device=device, quiet=True, download=False))
+    summary, _ = train_batch(cfg, tm, TrainOptions(runs=runs, seed=seed, device=device, quiet=True, download=False))
     return summary
 
 
 def check(cfg: Any, tm: TrickManager) -> None:
     """What ``--dry-run`` checks: sizes, and every trick's ``hlb_validate`` on the built model
     with the data's shape from the config. Raises the trick's :class:`hlbcli.TrickError`."""
-    from hlbcli.train import check_run
+    from hlbcli.session import check_session
 
-    check_run(cfg, tm)
+    check_session(cfg, tm)
 
 
 def session(cfg: Any, tm: TrickManager, device: str = "cpu"):
     """Load the data and build the model once, as ``hlb train`` does before its runs."""
-    from hlbcli.train import prepare
+    from hlbcli.session import open_session
 
-    return prepare(cfg, tm, device, download=False)
+    return open_session(cfg, tm, device, download=False)
 
 
 def plan(session: Any, seed: int = 0):
     """Reset the weights to ``seed``'s and call every build-time hook, as a run starts: the
     returned plan holds ``optimizers``, ``transforms``, ``actions``, ``loss_fn``, ``lr_table``
     and ``ctx``. Nothing trains."""
-    from hlbcli.train import plan_run
+    from hlbcli.run import plan_run
 
     return plan_run(session, seed)
 
@@ -128,9 +128,9 @@ def plan(session: Any, seed: int = 0):
 def run(session: Any, seed: int = 0):
     """One run on a :func:`session`, in this process: a result with ``status``, ``accuracy``,
     ``epochs`` (per-epoch metrics) and ``phases``; the session's model holds the final weights."""
-    from hlbcli.train import run_one
+    from hlbcli.run import fit
 
-    return run_one(session, seed)
+    return fit(session, seed)
 
 
 class HookRecorder:

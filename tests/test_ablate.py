@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from conftest import set_args, tiny_sets
-from hlbcli import ablate, stats
-from hlbcli.ablate import AblateOptions, Arm, plan_arms
+from hlbcli import stats
+from hlbcli.experiments import battery, local_backend, plan as plans, summary as summaries
+from hlbcli.experiments.plan import AblateOptions, Arm, plan_arms
 from hlbcli.errors import UsageError
 
 SMOKE = ["whitening", "dirac", "noisy_bn", "bias_lr", "label_smoothing", "flip", "translate", "ema", "tta"]
@@ -55,23 +56,23 @@ def test_plan_arms_refuses_arms_that_measure_nothing(disable, enable, loo, match
 
 def test_worker_slots_split_cpu_cores_or_gpus(monkeypatch):
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
-    assert ablate.worker_slots("auto", 1) == [{}]
-    slots = ablate.worker_slots("cpu", 2)
+    assert local_backend.worker_slots("auto", 1) == [{}]
+    slots = local_backend.worker_slots("cpu", 2)
     want = str(max(1, (os.cpu_count() or 1) // 2))
     assert slots == [{"HLB_THREADS": want, "OMP_NUM_THREADS": want}] * 2
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)
     monkeypatch.setattr("torch.cuda.device_count", lambda: 2)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    assert ablate.worker_slots("auto", 4) == [{"CUDA_VISIBLE_DEVICES": "0"}, {"CUDA_VISIBLE_DEVICES": "1"}]
+    assert local_backend.worker_slots("auto", 4) == [{"CUDA_VISIBLE_DEVICES": "0"}, {"CUDA_VISIBLE_DEVICES": "1"}]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
-    assert ablate.worker_slots("cuda", 1) == [{"CUDA_VISIBLE_DEVICES": "3"}]
-    assert ablate.worker_slots("cpu", 1) == [{}]  # --device cpu never takes a GPU slot
+    assert local_backend.worker_slots("cuda", 1) == [{"CUDA_VISIBLE_DEVICES": "3"}]
+    assert local_backend.worker_slots("cpu", 1) == [{}]  # --device cpu never takes a GPU slot
 
 
 def test_child_command_passes_everything_through(tmp_path):
     opts = AblateOptions(preset="smoke", config="c.toml", sets=["a.b=1"], runs=4, seed=7, device="cpu",
                          data_dir="/d", download=False)
-    cmd = ablate.child_command(opts, Arm("-ema", disabled=["ema"]), tmp_path)
+    cmd = local_backend.child_command(opts, Arm("-ema", disabled=["ema"]), tmp_path)
     assert cmd[:4] == [sys.executable, "-m", "hlbcli.cli", "train"]
     s = " ".join(cmd[4:])
     # the arm's config is its resolved config file, frozen when the battery starts
@@ -99,7 +100,7 @@ def test_summary_statistics_and_markdown(tmp_path):
     _fake_arm(tmp_path, arms[0], base, [2.0, 2.0, 2.0])
     _fake_arm(tmp_path, arms[1], arm + [0.5], [1.0, 1.5, 2.0, 9.0], statuses=["completed"] * 3 + ["interrupted"])
     opts = AblateOptions(preset="smoke", runs=4)
-    s = ablate.summarize(opts, arms, tmp_path, {"baseline": "completed"}, partial=True)
+    s = summaries.summarize(opts, arms, tmp_path, {"baseline": "completed"}, partial=True)
     b, a = s["arms"]
     assert b["p_value"] is None and b["delta_accuracy"] is None and b["n"] == 3
     assert a["n"] == 3 and a["n_started"] == 4 and len(a["runs"]) == 4
@@ -108,7 +109,7 @@ def test_summary_statistics_and_markdown(tmp_path):
     assert a["ci95"] == pytest.approx(list(stats.ci95(arm)))
     assert a["mean_train_seconds"] == pytest.approx(1.5) and a["delta_train_seconds"] == pytest.approx(-0.5)
     assert a["status"] == "not started" and b["status"] == "completed"
-    md = ablate.markdown(s)
+    md = summaries.markdown(s)
     assert "| -ema | 3/4 | 0.8100 |" in md and "-0.1000" in md and " *" in md and "PARTIAL" in md
 
 
@@ -148,7 +149,7 @@ def test_settings_of_an_added_trick_reach_only_the_arms_with_it(cli):
     assert "cutmix" not in lines["baseline"] and "cutout" not in lines["baseline"]
     assert "cutmix" in lines["+cutmix"] and "cutout" not in lines["+cutmix"]
     assert "cutout" in lines["+cutout"] and "cutmix" not in lines["+cutout"]
-    arms = ablate.prepare(AblateOptions(preset="smoke", enable=["cutmix", "cutout"], sets=["cutmix.size=5"]))
+    arms = plans.plan_battery(AblateOptions(preset="smoke", enable=["cutmix", "cutout"], sets=["cutmix.size=5"]))
     assert [a.config.get("cutmix", {}).get("size") for a in arms] == [None, 5, None]
     code, _, err = cli("ablate", "--preset", "smoke", "--enable", "cutout", "--set", "cutmix.size=5", "--dry-run")
     assert code == 2 and "trick 'cutmix' is not active" in err  # a setting no arm uses
@@ -197,7 +198,7 @@ def test_plot_writes_a_png(cli, tmp_path):
     arms = [Arm("baseline"), Arm("-ema", disabled=["ema"])]
     _fake_arm(tmp_path, arms[0], [0.9, 0.91, 0.92], [1, 1, 1])
     _fake_arm(tmp_path, arms[1], [0.8, 0.85], [1, 1])
-    s = ablate.summarize(AblateOptions(preset="smoke"), arms, tmp_path, {}, partial=False)
+    s = summaries.summarize(AblateOptions(preset="smoke"), arms, tmp_path, {}, partial=False)
     (tmp_path / "summary.json").write_text(json.dumps(s))
     code, out, err = cli("plot", tmp_path)
     assert code == 0, err
@@ -300,14 +301,14 @@ def _fake_children(monkeypatch, fail_arm=None):
     def fake(opts, arm, arm_dir):
         return [sys.executable, "-c", FAKE_CHILD, str(arm_dir), str(opts.runs), "1" if arm.name == fail_arm else "0"]
 
-    monkeypatch.setattr(ablate, "child_command", fake)
+    monkeypatch.setattr(local_backend, "child_command", fake)
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
 
 
 def test_workers_run_arms_in_parallel_with_a_share_of_the_cores(monkeypatch, tmp_path):
     _fake_children(monkeypatch)
     opts = AblateOptions(preset="smoke", disable=["ema", "tta"], runs=3, workers=3, device="cpu", out=tmp_path)
-    summary, code = ablate.run_ablation(opts)
+    summary, code = battery.run_ablation(opts)
     assert code == 0
     assert [a["name"] for a in summary["arms"]] == ["baseline", "-ema", "-tta"]
     assert all(a["n"] == 3 and a["status"] == "completed" for a in summary["arms"])
@@ -360,7 +361,7 @@ def _console(terminal: bool):
 
 
 def test_progress_counts_runs_and_estimates_the_rest_in_plain_lines():
-    from hlbcli.progress import Progress
+    from hlbcli.experiments.progress import Progress
 
     buf, console = _console(False)
     t = [100.0]
@@ -383,8 +384,8 @@ def test_progress_counts_runs_and_estimates_the_rest_in_plain_lines():
 
 
 def test_progress_on_a_terminal_is_a_live_table():
-    from hlbcli.ablate import rich_table
-    from hlbcli.progress import Progress, clock
+    from hlbcli.experiments.summary import rich_table
+    from hlbcli.experiments.progress import Progress, clock
 
     buf, console = _console(True)
     summary = {"preset": "smoke", "arms": [
@@ -426,7 +427,7 @@ def test_ray_options_are_checked(cli, tmp_path, args, needle):
 
 
 def test_blocks_cut_seeds_in_order():
-    from hlbcli.ray_backend import blocks, seed_span
+    from hlbcli.experiments.ray_backend import blocks, seed_span
 
     assert blocks([0, 1, 2, 3, 4], 2) == [[0, 1], [2, 3], [4]]
     assert blocks([3, 7], 10) == [[3, 7]] and blocks([], 3) == []

@@ -3,8 +3,8 @@ import tomllib
 import pytest
 from pydantic import ValidationError
 
-from hlbcli.config import dump_toml, parse_value, preset_names
-from hlbcli.session import resolve
+from hlbcli.layers import dump_toml, parse_value, preset_names
+from hlbcli.resolve import resolve
 
 
 def test_config_show_applies_set(cli):

@@ -12,10 +12,11 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hlbcli.config import dump_toml, load_preset, to_dict
+from hlbcli.config import to_dict
+from hlbcli.layers import dump_toml, load_preset
 from hlbcli.errors import HlbError
 from hlbcli.plugins import known_tricks
-from hlbcli.session import resolve
+from hlbcli.resolve import resolve
 
 BASE = load_preset("smoke")
 TRICKS = known_tricks()

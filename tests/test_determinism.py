@@ -62,7 +62,7 @@ def test_same_seed_same_record(cli, hlb_proc, tmp_path, restore_torch_determinis
 
 
 def test_deterministic_flag_asks_torch_for_deterministic_kernels(restore_torch_determinism):
-    from hlbcli.train import set_deterministic
+    from hlbcli.session import set_deterministic
 
     set_deterministic(True)
     assert torch.are_deterministic_algorithms_enabled()

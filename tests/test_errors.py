@@ -18,7 +18,7 @@ from conftest import set_args, tiny_sets
 from hlbcli import hookimpl
 from hlbcli.contract import TrickInfo
 from hlbcli.errors import UsageError
-from hlbcli.session import resolve
+from hlbcli.resolve import resolve
 
 TINY = set_args(tiny_sets())
 

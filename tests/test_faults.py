@@ -298,7 +298,7 @@ def test_one_cache_per_dataset(tmp_path):
 import signal  # noqa: E402
 import time  # noqa: E402
 
-from hlbcli import ablate  # noqa: E402
+from hlbcli.experiments import local_backend, plan as plans, summary as summaries  # noqa: E402
 
 # a stand-in arm: writes one record and its pid, then waits to be stopped. On SIGINT it says
 # so and waits for the test's "release" file, so a second signal can land during the stop.
@@ -322,9 +322,9 @@ time.sleep(600)
 
 PARENT = r"""
 import sys
-from hlbcli import ablate
+from hlbcli.experiments import local_backend, plan as plans, summary as summaries
 from hlbcli.cli import main
-ablate.child_command = lambda opts, arm, arm_dir: [sys.executable, "-c", sys.argv[1], str(arm_dir)]
+local_backend.child_command = lambda opts, arm, arm_dir: [sys.executable, "-c", sys.argv[1], str(arm_dir)]
 sys.exit(main(["ablate", "--preset", "smoke", "--disable", "ema", "--runs", "3", "--device", "cpu",
                "--workers", "2", "--out", sys.argv[2]]))
 """
@@ -434,8 +434,8 @@ def test_an_error_in_the_parent_stops_the_arms(cli, tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_mkstemp(*a, prefix=prefix, **k)
 
-    monkeypatch.setattr(ablate, "child_command", child)
-    monkeypatch.setattr(ablate.subprocess, "Popen", popen)
+    monkeypatch.setattr(local_backend, "child_command", child)
+    monkeypatch.setattr(local_backend.subprocess, "Popen", popen)
     monkeypatch.setattr(record.tempfile, "mkstemp", mkstemp)
     code, out, err = cli("ablate", "--preset", "smoke", "--disable", "ema", "--device", "cpu", "--workers", "2",
                          "--out", tmp_path / "D")
@@ -451,13 +451,13 @@ def test_ablate_into_a_folder_in_use_or_of_another_plan(cli, tmp_path, monkeypat
     with record.claim(tmp_path / "D"):
         code, out, err = cli("ablate", "--preset", "smoke", "--disable", "ema", "--out", tmp_path / "D")
         assert_one_line_error(code, err, 2, "is in use by another hlb (pid")
-    opts = ablate.AblateOptions(preset="smoke", disable=["ema"], runs=2)
-    arms = ablate.prepare(opts)
-    ablate.prepare_out(tmp_path / "E", ablate.plan_of(opts, arms)).release()
+    opts = plans.AblateOptions(preset="smoke", disable=["ema"], runs=2)
+    arms = plans.plan_battery(opts)
+    plans.claim_out(tmp_path / "E", plans.plan_of(opts, arms)).release()
     (tmp_path / "E" / "arms" / "baseline").mkdir()
     code, out, err = cli("ablate", "--preset", "smoke", "--disable", "tta", "--out", tmp_path / "E", "--resume")
     assert_one_line_error(code, err, 2, "--resume", "another plan")
-    assert "--resume" in ablate.child_command(ablate.AblateOptions(preset="smoke", resume=True), arms[0], tmp_path)
+    assert "--resume" in local_backend.child_command(plans.AblateOptions(preset="smoke", resume=True), arms[0], tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -490,13 +490,13 @@ def test_ablate_cuda_where_there_is_none(cli):
 @pytest.fixture
 def plotted(tmp_path):
     pytest.importorskip("matplotlib")
-    arms = [ablate.Arm("baseline"), ablate.Arm("-ema", disabled=["ema"])]
+    arms = [plans.Arm("baseline"), plans.Arm("-ema", disabled=["ema"])]
     for arm, accs in zip(arms, ([0.9, 0.91], [0.8, 0.82])):
         d = tmp_path / "arms" / arm.folder
         d.mkdir(parents=True)
         for i, a in enumerate(accs):
             (d / f"run-{i:03d}-seed{i}.json").write_text(json.dumps({"seed": i, "status": "completed", "accuracy": a, "train_seconds": 1.0}))
-    s = ablate.summarize(ablate.AblateOptions(preset="smoke"), arms, tmp_path, {}, partial=False)
+    s = summaries.summarize(plans.AblateOptions(preset="smoke"), arms, tmp_path, {}, partial=False)
     (tmp_path / "summary.json").write_text(json.dumps(s))
     return tmp_path
 

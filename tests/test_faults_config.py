@@ -13,8 +13,8 @@ import pytest
 
 from conftest import set_args, tiny_sets
 from test_errors import _write_batch, assert_one_line_error
-from hlbcli import ablate
-from hlbcli.ablate import AblateOptions
+from hlbcli.experiments import battery, plan as plans
+from hlbcli.experiments.plan import AblateOptions
 
 TINY = set_args(tiny_sets("train.epochs=1"))
 
@@ -71,16 +71,16 @@ def test_arms_train_the_plan_as_resolved_when_the_battery_started(monkeypatch, t
     config.json, written when it starts from the plan resolved before any arm did."""
     cfg_file = tmp_path / "c.toml"
     cfg_file.write_text("[train]\nlr = 3.0\n")
-    real = ablate.prepare_out
+    real = plans.claim_out
 
     def edit_then_claim(*args, **kwargs):  # the plan is resolved; now the file changes
         cfg_file.write_text("[train]\nlr = 7.0\n")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ablate, "prepare_out", edit_then_claim)
+    monkeypatch.setattr(battery, "claim_out", edit_then_claim)
     opts = AblateOptions(preset="smoke", config=str(cfg_file), sets=tiny_sets("train.epochs=1"), disable=["ema"],
                          runs=1, device="cpu", out=tmp_path / "o", quiet=True)
-    summary, code = ablate.run_ablation(opts)
+    summary, code = battery.run_ablation(opts)
     assert code == 0, summary.get("error")
     for arm in ("baseline", "no-ema"):
         arm_dir = tmp_path / "o" / "arms" / arm

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from conftest import set_args, tiny_sets
-from hlbcli import ablate, readback, record
-from hlbcli.ablate import AblateOptions, Arm
+from hlbcli import readback, record
+from hlbcli.experiments import plan as plans, summary as summaries
+from hlbcli.experiments.plan import AblateOptions, Arm
 from test_errors import assert_one_line_error
 
 SMOKE = ["train", "--preset", "smoke", *set_args(tiny_sets())]
@@ -236,7 +237,7 @@ ARMS = [Arm("baseline"), Arm("-ema", disabled=["ema"])]
 
 
 def _ablation(d: Path, runs: int = 3, accs=((0.90, 0.91, 0.92), (0.80, 0.82, 0.81)), **plan_changes) -> Path:
-    plan = ablate.plan_of(AblateOptions(preset="smoke", runs=runs), ARMS)
+    plan = plans.plan_of(AblateOptions(preset="smoke", runs=runs), ARMS)
     plan.update(plan_changes)
     d.mkdir(parents=True, exist_ok=True)
     (d / "ablation.json").write_text(json.dumps(plan))
@@ -283,7 +284,7 @@ def test_ablation_summary_leaves_out_records_of_other_versions(cli, tmp_path):
 def test_live_ablation_summary_counts_a_copy_once(tmp_path):
     d = _ablation(tmp_path / "A", runs=2, accs=((0.9, 0.8), (0.7, 0.6)))
     shutil.copy(d / "arms/no-ema/run-000-seed0.json", d / "arms/no-ema/run-001-seed0.json")
-    s = ablate.summarize(AblateOptions(preset="smoke", runs=2), ARMS, d, {}, partial=False)
+    s = summaries.summarize(AblateOptions(preset="smoke", runs=2), ARMS, d, {}, partial=False)
     assert _arm(s, "-ema")["n"] == 2 and _arm(s, "-ema")["mean_accuracy"] == pytest.approx(0.65)
     assert [r["file"] for r in s["rejected"]] == [str(d / "arms/no-ema/run-001-seed0.json")]
 
@@ -340,7 +341,7 @@ ABLATE = ["ablate", "--preset", "smoke", "--disable", "ema", "--disable", "tta",
 
 def test_ablate_resume_of_another_order_says_what_differs(cli, tmp_path):
     opts = AblateOptions(preset="smoke", disable=["ema", "tta"], runs=2)
-    ablate.prepare_out(tmp_path / "E", ablate.plan_of(opts, ablate.prepare(opts))).release()
+    plans.claim_out(tmp_path / "E", plans.plan_of(opts, plans.plan_battery(opts))).release()
     (tmp_path / "E" / "arms" / "baseline").mkdir()
     code, out, err = cli("ablate", "--preset", "smoke", "--disable", "tta", "--disable", "ema", "--out", tmp_path / "E", "--resume")
     assert_one_line_error(code, err, 2, "another plan (arm order: ['baseline', '-ema', '-tta'] vs ['baseline', '-tta', '-ema'])",
@@ -352,7 +353,7 @@ def test_ablate_resume_of_another_order_says_what_differs(cli, tmp_path):
 def test_ablate_resume_refuses_a_bad_record_before_any_arm(cli, tmp_path):
     opts = AblateOptions(preset="smoke", disable=["ema", "tta"], runs=2)
     d = tmp_path / "E"
-    ablate.prepare_out(d, ablate.plan_of(opts, ablate.prepare(opts))).release()
+    plans.claim_out(d, plans.plan_of(opts, plans.plan_battery(opts))).release()
     (d / "arms" / "no-tta").mkdir()
     bad = d / "arms" / "no-tta" / "run-001-seed1.json"
     bad.write_text(json.dumps({**_good(1), "accuracy": 7.5}))
@@ -364,13 +365,13 @@ def test_ablate_resume_refuses_a_bad_record_before_any_arm(cli, tmp_path):
 
 def test_ablate_resume_without_its_plan_writes_it_again(tmp_path, capsys):
     opts = AblateOptions(preset="smoke", disable=["ema", "tta"], runs=2)
-    plan = ablate.plan_of(opts, ablate.prepare(opts))
+    plan = plans.plan_of(opts, plans.plan_battery(opts))
     d = _ablation(tmp_path / "A", runs=2, accs=((0.9, 0.8), (0.7,)))
     (d / "ablation.json").unlink()
     with pytest.raises(Exception, match="already holds an ablation"):
-        ablate.prepare_out(d, plan)  # without --resume: refused as before
+        plans.claim_out(d, plan)  # without --resume: refused as before
     (d / "arms/baseline/run-009-seed9.json").write_text(json.dumps(_good(9)))
-    ablate.prepare_out(d, plan, resume=True).release()
+    plans.claim_out(d, plan, resume=True).release()
     err = capsys.readouterr().err
     assert f"warning: {d} had no ablation.json; written again from this command" in err
     assert f"warning: left out of this batch: {d / 'arms/baseline/run-009-seed9.json'} (seed 9 is outside" in err

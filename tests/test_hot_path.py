@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import torch
 
-import hlbcli.train as train_mod
+import hlbcli.run as run_mod
 from conftest import tiny_sets
-from hlbcli.session import resolve
-from hlbcli.train import prepare, run_one
+from hlbcli.resolve import resolve
+from hlbcli.session import open_session
+from hlbcli.run import fit
 
 
 def guarded_build_step(state: dict):
     """A build_step that marks, in ``state["on"]``, when a step is running, and counts steps."""
-    orig_build = train_mod.build_step
+    orig_build = run_mod.build_step
 
     def build_step(*a, **k):
         step = orig_build(*a, **k)
@@ -32,7 +33,7 @@ def guarded_build_step(state: dict):
 
 def _count_hook_calls(batch_size: int, extra=()):
     cfg, tm = resolve("smoke", sets=tiny_sets(f"train.batch_size={batch_size}", *extra), enable=["cutmix", "weight_norm"])
-    s = prepare(cfg, tm, "cpu")
+    s = open_session(cfg, tm, "cpu")
     calls: list[str] = []
     in_step = {"on": False, "steps": 0}
 
@@ -43,13 +44,13 @@ def _count_hook_calls(batch_size: int, extra=()):
     def after(outcome, hook_name, hook_impls, kwargs):
         pass
 
-    orig_build = train_mod.build_step
+    orig_build = run_mod.build_step
     undo = tm.pm.add_hookcall_monitoring(before, after)
-    train_mod.build_step = guarded_build_step(in_step)
+    run_mod.build_step = guarded_build_step(in_step)
     try:
-        run_one(s, 0)
+        fit(s, 0)
     finally:
-        train_mod.build_step = orig_build
+        run_mod.build_step = orig_build
         undo()
     return calls, in_step["steps"]
 
@@ -64,7 +65,7 @@ def test_no_hook_call_inside_a_step_and_calls_do_not_grow_with_steps():
 def test_no_host_sync_inside_a_step(monkeypatch):
     """Reading a tensor on the host inside a step raises: item(), tolist(), bool(), float()."""
     cfg, tm = resolve("smoke", sets=tiny_sets(), enable=["cutmix", "weight_norm"])
-    s = prepare(cfg, tm, "cpu")
+    s = open_session(cfg, tm, "cpu")
     state = {"on": False, "steps": 0}
 
     def forbid(name):
@@ -80,6 +81,6 @@ def test_no_host_sync_inside_a_step(monkeypatch):
     for name in ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy"):
         forbid(name)
 
-    monkeypatch.setattr(train_mod, "build_step", guarded_build_step(state))
-    res = run_one(s, 0)
+    monkeypatch.setattr(run_mod, "build_step", guarded_build_step(state))
+    res = fit(s, 0)
     assert res.status == "completed" and state["steps"] > 0

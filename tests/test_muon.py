@@ -9,8 +9,9 @@ import torch
 
 from conftest import tiny_sets
 from hlbcli.model import group_convs
-from hlbcli.session import resolve
-from hlbcli.train import plan_run, prepare, run_one
+from hlbcli.resolve import resolve
+from hlbcli.run import fit, plan_run
+from hlbcli.session import open_session
 
 
 def test_orthogonalized_update_has_singular_values_near_one():
@@ -54,7 +55,7 @@ def test_muon_step_matches_its_formula():
 
 def _plan(*extra, enable=("muon",), disable=()):
     cfg, tm = resolve("smoke", sets=tiny_sets(*extra), enable=list(enable), disable=list(disable))
-    s = prepare(cfg, tm, "cpu")
+    s = open_session(cfg, tm, "cpu")
     return s, plan_run(s, 0)
 
 
@@ -82,10 +83,10 @@ def test_muon_uses_bf16_newton_schulz_on_cuda():
 
 def _one_step(enable=(), disable=()):
     cfg, tm = resolve("smoke", sets=tiny_sets("train.epochs=1"), enable=list(enable), disable=list(disable))
-    s = prepare(cfg, tm, "cpu")
+    s = open_session(cfg, tm, "cpu")
     plan = plan_run(s, 0)
     step = plan.step_fn(s.model, [])
-    x, y = plan.train_images[:64], s.dataset.train_labels[:64]
+    x, y = plan.ctx.train_images[:64], s.dataset.train_labels[:64]
     before = {n: p.detach().clone() for n, p in s.model.named_parameters()}
     step(x, y, 0)
     after = {n: p.detach().clone() for n, p in s.model.named_parameters()}
@@ -108,8 +109,8 @@ def test_parameters_outside_muon_get_identical_updates():
 @pytest.mark.parametrize("disable", [[], ["bias_lr"], ["ema"]])
 def test_muon_composes_with_bias_lr_and_ema(disable):
     cfg, tm = resolve("smoke", sets=tiny_sets(), enable=["muon"], disable=disable)
-    s = prepare(cfg, tm, "cpu")
-    res = run_one(s, 0)
+    s = open_session(cfg, tm, "cpu")
+    res = fit(s, 0)
     assert res.status == "completed" and math.isfinite(res.epochs[-1]["train_loss"])
     assert res.accuracy > 0.1  # above chance on the synthetic set
 

@@ -189,7 +189,7 @@ def test_ctrl_c_cancels_the_tasks_keeps_finished_runs_and_resume_completes(head,
     proc.send_signal(signal.SIGINT)
     text, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, text
-    assert re.search(r"interrupted: \d finished run\(s\) kept in .* --resume", text), text
+    assert re.search(r"interrupted by SIG\w+: \d finished run\(s\) kept in .* --resume", text), text
     s = json.loads((out / "summary.json").read_text())
     assert s["partial"] is True and 1 <= sum(a["n"] for a in s["arms"]) < 6
     kept = {p: p.read_bytes() for p in out.glob("arms/*/run-*.json")

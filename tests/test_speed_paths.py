@@ -11,13 +11,14 @@ import torch
 
 from conftest import tiny_sets
 from hlbcli.model import batchnorms, group_convs
-from hlbcli.session import resolve
-from hlbcli.train import prepare, run_one
+from hlbcli.resolve import resolve
+from hlbcli.session import open_session
+from hlbcli.run import fit
 
 
 def _session(*sets: str, **kw):
     cfg, tm = resolve("smoke", sets=tiny_sets(*sets), **kw)
-    return prepare(cfg, tm, "cpu")
+    return open_session(cfg, tm, "cpu")
 
 
 @pytest.mark.parametrize("precision,dtype", [("bf16-weights", torch.bfloat16), ("fp16-weights", torch.float16)])
@@ -29,7 +30,7 @@ def test_half_weights_keep_batchnorm_in_fp32(precision, dtype):
     for bn in batchnorms(model):
         assert bn.bias.dtype == torch.float32 and bn.running_mean.dtype == torch.float32
         assert bn.running_var.dtype == torch.float32
-    res = run_one(s, 0)
+    res = fit(s, 0)
     assert res.status == "completed" and math.isfinite(res.epochs[-1]["train_loss"])
     # still the same dtypes after a run (no casts slipped in), and the momentum is half too
     assert group_convs(model)[0].weight.dtype == dtype
@@ -44,7 +45,7 @@ def test_half_weights_train_as_well_as_fp32():
     accs = {}
     for precision in ("fp32", "bf16-weights"):
         cfg, tm = resolve("smoke", sets=[f'train.precision="{precision}"'])
-        accs[precision] = run_one(prepare(cfg, tm, "cpu"), 0).accuracy
+        accs[precision] = fit(open_session(cfg, tm, "cpu"), 0).accuracy
     assert accs["fp32"] > 0.7  # chance is 0.1
     assert abs(accs["bf16-weights"] - accs["fp32"]) < 0.05, accs
 
@@ -52,7 +53,7 @@ def test_half_weights_train_as_well_as_fp32():
 def test_autocast_precision_keeps_fp32_weights():
     s = _session('train.precision="bf16"', "train.epochs=1")
     assert group_convs(s.model)[0].weight.dtype == torch.float32
-    res = run_one(s, 0)
+    res = fit(s, 0)
     assert res.status == "completed"
 
 
@@ -63,7 +64,7 @@ def test_compiled_step_matches_eager():
     for mode in ("off", "on"):
         s = _session(f'train.compile="{mode}"', "train.epochs=1", "data.synthetic_train=128")
         assert s.compiled == (mode == "on")
-        res = run_one(s, 0)
+        res = fit(s, 0)
         runs[mode] = (res, [p.detach().clone() for p in s.model.parameters()])
     (eager, w_e), (comp, w_c) = runs["off"], runs["on"]
     assert comp.epochs[-1]["train_loss"] == pytest.approx(eager.epochs[-1]["train_loss"], rel=1e-3)
@@ -100,7 +101,7 @@ def test_evaluation_batch_size_changes_the_batches_not_the_result():
     for bs in ("auto", 128, 1000, 50):
         s = _session("data.synthetic_test=300", f"train.eval_batch_size={json.dumps(bs)}")
         seen: list[int] = []
-        res = run_one(s, 0)
+        res = fit(s, 0)
         handle = s.model.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))
         ctx = RunContext(s.cfg, s.device, s.dtype, s.dataset, 0, 64, 4, 8, 2.0, 2, eval_batch_size=s.eval_batch_size)
         fwd = s.tm.hook.hlb_eval_forward(model=s.model, cfg=s.cfg, ctx=ctx)

@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from conftest import tiny_sets
-from hlbcli.session import resolve
-from hlbcli.train import prepare, run_one
+from hlbcli.resolve import resolve
+from hlbcli.session import open_session
+from hlbcli.run import fit
 
 
 def smooth_images(n=64, c=3, h=16, w=16, seed=0):
@@ -43,8 +44,8 @@ def test_whitened_patches_have_identity_covariance():
 
 def test_whitening_hook_freezes_filters_and_bias_after_n_epochs():
     cfg, tm = resolve("smoke", sets=tiny_sets("whitening.bias_epochs=1", "train.epochs=2"))
-    s = prepare(cfg, tm, "cpu")
-    run_one(s, 0)
+    s = open_session(cfg, tm, "cpu")
+    fit(s, 0)
     stem = s.model.stem
     assert not stem.weight.requires_grad and not stem.bias.requires_grad
     from hlb_plugins.whitening import whitening_filters
@@ -80,7 +81,7 @@ def test_cutmix_target_mass_equals_pasted_area():
 
 def test_cutmix_is_active_only_in_last_epochs():
     cfg, tm = resolve("smoke", sets=tiny_sets("train.epochs=5", "cutmix.last_epochs=2"), enable=["cutmix"])
-    s = prepare(cfg, tm, "cpu")
+    s = open_session(cfg, tm, "cpu")
     from hlbcli.contract import RunContext
 
     ctx = RunContext(cfg, s.device, torch.float32, s.dataset, 0, 64, 4, 20, 5.0, 5)
@@ -119,7 +120,7 @@ def test_ema_matches_closed_form():
 
 def test_ema_actions_run_every_k_steps_and_net_ends_on_average():
     cfg, tm = resolve("smoke", sets=tiny_sets("ema.every=3"))
-    s = prepare(cfg, tm, "cpu")
+    s = open_session(cfg, tm, "cpu")
     calls = []
     import hlb_plugins.ema as ema
 
@@ -131,7 +132,7 @@ def test_ema_actions_run_every_k_steps_and_net_ends_on_average():
 
     ema.Lookahead.update = spy
     try:
-        res = run_one(s, 0)
+        res = fit(s, 0)
     finally:
         ema.Lookahead.update = orig
     total = res.epochs[-1]["steps"]
@@ -164,8 +165,8 @@ def test_label_smoothing_loss_equals_hand_computation():
 
 def _train_tiny(enable=(), disable=(), sets=()):
     cfg, tm = resolve("smoke", sets=tiny_sets("train.epochs=1", *sets), enable=list(enable), disable=list(disable))
-    s = prepare(cfg, tm, "cpu")
-    run_one(s, 0)
+    s = open_session(cfg, tm, "cpu")
+    fit(s, 0)
     return s
 
 
@@ -365,7 +366,7 @@ def test_disabling_a_trick_leaves_the_others_as_they_were(off):
     # the data tricks that stay on produce the same augmented data from the same seed
     from hlbcli.contract import RunContext
 
-    s = prepare(base_cfg, base_tm, "cpu")
+    s = open_session(base_cfg, base_tm, "cpu")
     images = torch.rand(len(s.dataset.train_labels), 3, 32, 32)
 
     def augmented(tm_, cfg_):

@@ -29,7 +29,7 @@ import time
 from contextlib import contextmanager
 from typing import Any
 
-from hlbcli.errors import EXIT_INTERRUPTED, HlbError, UsageError
+from hlbcli.errors import EXIT_INTERRUPTED, HlbError, RunsKept, UsageError
 
 INSTALL_HINT = "pip install 'hlbcli[ray]', here and on every node of the cluster"
 START_HINT = "start the cluster (ray start --head) and pass its HOST:PORT, or leave --address out to run on this machine"
@@ -308,7 +308,7 @@ def fit(opts, nodes: list[dict]) -> dict[str, float]:
     return {"num_cpus": opts.cpus_per_task, "num_gpus": 1 if want_gpu else 0}
 
 
-class ClusterLost(HlbError):
+class ClusterLost(RunsKept):
     """The cluster's head stopped answering in the middle of a battery."""
 
 
@@ -354,7 +354,8 @@ class Health:
         return False
 
     def lost(self, why: str) -> ClusterLost:
-        return ClusterLost(f"the Ray cluster at {self.where} was lost: {why}", None, exit_code=1)
+        return ClusterLost(f"the Ray cluster at {self.where} was lost: {why}",
+                           "start the cluster again and rerun the same command with --resume to train the rest", exit_code=1)
 
     def check(self, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now

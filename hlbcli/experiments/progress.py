@@ -91,7 +91,7 @@ class Progress:
         """An arm has all its runs (or has stopped): its row of the table, as plain text."""
         if self.live is not None:
             return
-        from hlbcli.ablate import COLUMNS, table_rows
+        from hlbcli.experiments.summary import COLUMNS, table_rows
 
         cells = table_rows({"arms": [row]})[0]
         self.say(f"arm {cells[0]} done: " + ", ".join(f"{c} {v}" for c, v in zip(COLUMNS[1:], cells[1:]) if v != "-"))

@@ -1,23 +1,22 @@
-"""``hlb train``: N seeds in one process, a table as epochs finish, records on disk."""
+"""``hlb train`` (and ``hlb bench``): N seeds in one process on one session, a table as
+epochs finish, a record per run and the summary on disk."""
 
 from __future__ import annotations
 
-import re
-import signal
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
-
-import torch
+from typing import Any
 
 from hlbcli import readback, record
 from hlbcli.config import to_dict
-from hlbcli.readback import FINISHED  # statuses of a run that is over: --resume keeps these, trains the rest
-from hlbcli.readback import first_difference as _first_difference
-from hlbcli.errors import EXIT_INTERRUPTED, HlbError, UsageError
+from hlbcli.errors import UsageError
 from hlbcli.output import Printer
-from hlbcli.signals import Interrupted, interruptible
-from hlbcli.train import RunResult, prepare, run_one, warm_up
+from hlbcli.readback import FINISHED
+from hlbcli.readback import first_difference
+from hlbcli.run import run_seed, warm_up
+from hlbcli.session import device_name, open_session
+from hlbcli.experiments.tail import run_to_summary
+from hlbcli.signals import interruptible
 
 
 @dataclass
@@ -33,48 +32,6 @@ class TrainOptions:
     stop_on_failure: bool = False
     resume: bool = False
     label: str = ""
-
-
-def device_name(dev: torch.device) -> str:
-    if dev.type == "cuda":
-        return torch.cuda.get_device_name(dev)
-    import platform
-
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def _numeric_failure(e: BaseException) -> bool:
-    """An exception a training step raises when a value overflowed or went non-finite (lr
-    1e300: "value cannot be converted to type float without overflow"): a divergence. Only
-    torch's own: raised by an op or in torch's Python code. A trick's ``raise`` or its own
-    Python arithmetic (``int(math.inf)``) is the trick's bug, whatever its words."""
-    from hlbcli.blame import raised_in_torch, raised_natively
-
-    if not isinstance(e, (RuntimeError, OverflowError, FloatingPointError)):
-        return False
-    if re.search(r"\b(overflow|nan|inf|infinity|non-finite)\b", str(e).lower()) is None:
-        return False
-    return raised_in_torch(e) or (type(e) is RuntimeError and raised_natively(e))
-
-
-def run_error(session: Any, seed: int, e: BaseException) -> HlbError | None:
-    """The one-line error for what ended a run, when it can be named: the machine's memory,
-    a trick's code (found from the traceback), foreign code calling ``sys.exit``. None: hlb's
-    own bug (an internal error, reported as such)."""
-    from hlbcli.blame import culprit, memory_error, raised
-    from hlbcli.errors import out_of_memory
-
-    if isinstance(e, HlbError):
-        return e
-    words = memory_error(e)
-    if words is not None:
-        return out_of_memory(f"on {device_name(session.device)} while training seed {seed}", words)
-    name = culprit(e, session.tm.files())
-    if name is not None:
-        return raised(name, session.tm.origins[name], "the training run (a transform or step action)", e)
-    if isinstance(e, SystemExit):
-        return HlbError(f"code run by hlb called sys.exit({e.code!r}) during seed {seed}", "rerun with --debug to see where")
-    return None
 
 
 def earlier_runs(out: Path, config: dict, resume: bool, check: bool = True,
@@ -95,7 +52,7 @@ def earlier_runs(out: Path, config: dict, resume: bool, check: bool = True,
     for p, rec in found.runs.values():
         if check and rec.get("config") != config:
             raise UsageError(
-                f"--resume: {p} was trained with another config ({_first_difference(rec.get('config'), config)})",
+                f"--resume: {p} was trained with another config ({first_difference(rec.get('config'), config)})",
                 "rerun with the same preset, --config, --set, --enable and --disable, or choose a new folder",
             )
     return found.runs
@@ -147,55 +104,7 @@ def rebuild_train_summary(out: Path) -> dict:
     return summary
 
 
-def train_seed(session: Any, seed: int, on_epoch: Callable[[dict], None] | None = None,
-               keep: Callable[[dict], None] | None = None) -> dict:
-    """Train one seed of a prepared session and return its run record: ``completed``, or
-    ``diverged`` when a step overflowed. Any other error, and an interruption, first hand the
-    record (``failed`` with the message, or ``interrupted``) to ``keep``, then go up: what a
-    run was is never lost. ``hlb train`` and the Ray backend's tasks write the same records."""
-    tm = session.tm
-    tricks = list(tm.trick_names())
-    rows: list[dict] = []
-
-    def epoch(row: dict) -> None:
-        rows.append(row)
-        if on_epoch:
-            on_epoch(row)
-
-    rec = {
-        "seed": seed, "status": "interrupted", "accuracy": None, "train_seconds": None,
-        "tricks": tricks, "trick_sources": {n: tm.origins[n] for n in tricks}, "config": to_dict(session.cfg),
-        "device": device_name(session.device), "versions": record.versions(),
-        "deterministic": session.deterministic, "compiled": session.compiled,
-        "precision": session.precision, "compile_mode": session.cfg.train.compile_mode if session.compiled else None,
-        "eval_batch_size": session.eval_batch_size, "host_memory": session.host_memory,
-        "epochs": rows,
-    }
-    keep = keep or (lambda rec: None)
-    try:
-        res = run_one(session, seed, epoch)
-    except (Exception, SystemExit) as e:
-        if not _numeric_failure(e):
-            err = run_error(session, seed, e)
-            rec.update(status="failed", message=err.line() if err else f"{e.__class__.__name__}: {e}")
-            keep(rec)
-            if err is not None and err is not e:
-                raise err from e
-            raise
-        res = RunResult(seed, "diverged", float("nan"), None, {}, rows,
-                        f"a training step failed in epoch {len(rows) + 1}: {e}")
-    except Interrupted:
-        rec["message"] = "interrupted during this run"
-        keep(rec)
-        raise
-    rec.update(
-        status=res.status, accuracy=res.accuracy if res.status == "completed" else None,
-        train_seconds=res.train_seconds, phases=res.phases, message=res.message, final=res.final,
-    )
-    return rec
-
-
-def train_runs(cfg: Any, tm, opts: TrainOptions, printer: Printer | None = None) -> tuple[dict, int]:
+def train_batch(cfg: Any, tm, opts: TrainOptions, printer: Printer | None = None) -> tuple[dict, int]:
     """Train ``opts.runs`` seeds; write records as each finishes. Returns (summary, exit code).
     ``opts.out`` is claimed for the whole batch (one hlb at a time per folder)."""
     printer = printer or Printer(quiet=opts.quiet)
@@ -203,14 +112,14 @@ def train_runs(cfg: Any, tm, opts: TrainOptions, printer: Printer | None = None)
     try:
         seeds = range(opts.seed, opts.seed + opts.runs)
         earlier = earlier_runs(hold.folder, to_dict(cfg), opts.resume, seeds=seeds) if hold else {}
-        return _train_batch(cfg, tm, opts, printer, hold.folder if hold else None, earlier)
+        return _train_claimed(cfg, tm, opts, printer, hold.folder if hold else None, earlier)
     finally:
         if hold:
             hold.release()
 
 
-def _train_batch(cfg: Any, tm, opts: TrainOptions, printer: Printer, out: Path | None,
-                 earlier: dict[int, tuple[Path, dict]]) -> tuple[dict, int]:
+def _train_claimed(cfg: Any, tm, opts: TrainOptions, printer: Printer, out: Path | None,
+                   earlier: dict[int, tuple[Path, dict]]) -> tuple[dict, int]:
     runs: list[dict] = []
     exit_code = 0
     tricks = list(tm.trick_names())
@@ -231,9 +140,10 @@ def _train_batch(cfg: Any, tm, opts: TrainOptions, printer: Printer, out: Path |
             record.write_json(out / "summary.json", summary)
         return summary
 
-    try:
+    def train(got: list[int]) -> None:
+        nonlocal session, exit_code
         with interruptible():
-            session = prepare(cfg, tm, opts.device, opts.data_dir, opts.download, opts.deterministic)
+            session = open_session(cfg, tm, opts.device, opts.data_dir, opts.download, opts.deterministic)
             printer.info(
                 f"{len(session.dataset.train_labels)} training images ({session.dataset.name}) on "
                 f"{device_name(session.device)}; tricks: {', '.join(tricks) or 'none'}; load {session.load_seconds:.2f}s"
@@ -259,7 +169,7 @@ def _train_batch(cfg: Any, tm, opts: TrainOptions, printer: Printer, out: Path |
                     if path:
                         record.write_json(path, rec)
 
-                rec = train_seed(session, seed, printer.epoch_row, keep)
+                rec = run_seed(session, seed, printer.epoch_row, keep)
                 runs.append(rec)
                 if path:
                     record.write_json(path, rec)
@@ -271,27 +181,18 @@ def _train_batch(cfg: Any, tm, opts: TrainOptions, printer: Printer, out: Path |
                     if opts.stop_on_failure:
                         break
                 write_summary(partial=i + 1 < opts.runs)
-    except Interrupted as e:
-        summary = write_summary(partial=True)
+
+    def finish() -> tuple[dict, int]:
+        return write_summary(partial=len(runs) < opts.runs), exit_code  # --stop-on-failure may end early
+
+    def rest(summary: dict) -> str:
         done = sum(1 for r in runs if r.get("status") != "interrupted")
-        if done >= opts.runs:
-            rest = ""
-        elif out:
-            rest = f"(rerun the same command with --resume to train the other {opts.runs - done} seed(s) into {out})"
-        else:
-            rest = f"(the rest: --seed {opts.seed + done} --runs {opts.runs - done})"
-        printer.error(
-            f"interrupted by {signal.Signals(e.signum).name}: {summary['n']} finished run(s) kept"
-            + (f" in {out}" if out else "") + (f" {rest}" if rest else "")
-        )
-        printer.summary(summary)
-        return summary, e.exit_code if e.signum != signal.SIGINT else EXIT_INTERRUPTED
-    except BaseException:
-        try:
-            write_summary(partial=True)  # what finished is not lost
-        except HlbError:
-            pass  # the write may be what failed (a full disk): the error that ended the batch goes up
-        raise
-    summary = write_summary(partial=len(runs) < opts.runs)  # --stop-on-failure may end early
+        if out:
+            return f"rerun the same command with --resume to train the other {opts.runs - done} seed(s) into {out}"
+        return f"the rest: --seed {opts.seed + done} --runs {opts.runs - done}"
+
+    summary, code = run_to_summary(train, write_summary, finish, out=out, hint=rest)
+    if summary.get("error"):
+        printer.error(summary["error"])
     printer.summary(summary)
-    return summary, exit_code
+    return summary, code

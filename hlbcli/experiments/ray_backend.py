@@ -19,25 +19,24 @@ are kept. An error of the run itself (bad data folder, a trick missing on the wo
 is reported by the task as a message, ends that arm, and is not retried: it would fail again.
 A head that stops answering (its GCS port, looked at every second and whenever a task is lost)
 ends the battery: the summary is written as it stands, and ``--resume`` trains the rest.
-Joining the cluster, and what a task may ask of it, are :mod:`hlbcli.ray_cluster`'s.
+Joining the cluster, and what a task may ask of it, are :mod:`hlbcli.experiments.ray_cluster`'s.
 """
 
 from __future__ import annotations
 
 import os
 import platform
-import signal
 import time
 import traceback
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterator
 
 from hlbcli import record
-from hlbcli.errors import EXIT_INTERRUPTED, HlbError, UsageError
-from hlbcli.ray_cluster import INSTALL_HINT, ClusterLost, Health, _import_ray, connect, fit, gcs_address, target
+from hlbcli.errors import HlbError, UsageError
+from hlbcli.experiments.ray_cluster import INSTALL_HINT, Health, _import_ray, connect, fit, gcs_address, target
+from hlbcli.signals import Interrupted
 
-__all__ = ["INSTALL_HINT", "DEFAULT_BLOCK", "blocks", "check_ray", "connect", "resources", "run_arms_ray", "seed_span",
+__all__ = ["INSTALL_HINT", "DEFAULT_BLOCK", "RayBackend", "blocks", "check_ray", "connect", "resources", "seed_span",
            "train_block"]
 
 #: seeds per task when ``--block`` is not given: enough to pay for a compile (~33 s on an
@@ -76,8 +75,9 @@ def _session(task: dict):
     process and arm, then reused by the next block of that arm."""
     import json
 
-    from hlbcli.session import resolve_data
-    from hlbcli.train import prepare, warm_up
+    from hlbcli.resolve import resolve_data
+    from hlbcli.run import warm_up
+    from hlbcli.session import open_session
 
     key = json.dumps([task["config"], task["device"], task["data_dir"], task["download"]], sort_keys=True)
     if _LAST.get("key") != key:
@@ -90,7 +90,7 @@ def _session(task: dict):
                 f"trick '{diff}' is {mine.get(diff, 'missing')} on this worker but {task['trick_sources'].get(diff, 'missing')} on the driver",
                 "install the same hlbcli and tricks on every node",
             )
-        session = prepare(cfg, tm, task["device"], task["data_dir"], task["download"])
+        session = open_session(cfg, tm, task["device"], task["data_dir"], task["download"])
         warm_up(session, task["seeds"][0])
         _LAST.update(key=key, session=session)
     return _LAST["session"]
@@ -115,12 +115,12 @@ def train_block(task: dict) -> Iterator[dict]:
 
             torch.set_num_threads(task["threads"])
         session = _session(task)
-        from hlbcli.runner import train_seed
+        from hlbcli.run import run_seed
 
         for seed in task["seeds"]:
             failed: list[dict] = []
             try:
-                rec = train_seed(session, seed, keep=failed.append)
+                rec = run_seed(session, seed, keep=failed.append)
             except Exception:
                 if failed:
                     yield {"kind": "run", "record": failed[0]}
@@ -155,21 +155,62 @@ def resources(opts) -> dict[str, float]:
     return fit(opts, _import_ray().nodes())
 
 
-def run_arms_ray(opts, arms: list, out: Path, progress, connected: bool = False) -> tuple[dict, int]:
-    """Train the arms as Ray tasks. ``connected``: the caller has joined the cluster already
-    (and will leave it)."""
-    from hlbcli.ablate import finished_seeds, run_path, summarize, write_summary
-    from hlbcli.runner import FINISHED, earlier_runs
-    from hlbcli.signals import Interrupted, held_signals
+class RayBackend:
+    """The Ray backend (:class:`hlbcli.experiments.battery.Backend`): (arm, block of seeds)
+    tasks on a cluster, their records streamed back to this process (the driver)."""
 
-    ray = _import_ray()
-    say = progress.say
-    import hlbcli
+    def __init__(self, opts):
+        self.opts = opts
+        self.live: list[_Task] = []
+        self.battery = None
+        self.health = None
 
-    started_here = False if connected else connect(opts)
-    try:
-        res = resources(opts)
-        health = Health(gcs_address(ray), target(opts) or "this machine")
+    def check(self) -> None:
+        check_ray(self.opts)
+
+    def describe(self, arms: list, out) -> list[str]:
+        """``--dry-run``: each arm's tasks and tricks."""
+        seeds = list(range(self.opts.seed, self.opts.seed + self.opts.runs))
+        return [f"{arm.name}\tray task: {seed_span(b)}, tricks {', '.join(arm.config['tricks']) or 'none'}"
+                for arm in arms for b in blocks(seeds, self.opts.block or DEFAULT_BLOCK)]
+
+    def connect(self):
+        ray = _import_ray()
+        joined = connect(self.opts)  # an unreachable cluster, or one that is not Ray: before --out
+        try:
+            self.res = resources(self.opts)  # a task no node can run
+        except BaseException:
+            if joined:
+                ray.shutdown()
+            raise
+        return ray.shutdown if joined else None
+
+    def _cancel(self, tasks: list[_Task]) -> None:
+        ray = _import_ray()
+        for t in tasks:
+            try:
+                ray.cancel(t.gen, force=True)
+            except Exception:
+                pass
+            self.live.remove(t)
+
+    def stop(self, status: str) -> None:
+        for t in self.live:
+            self.battery.status[t.arm.name] = status
+        if self.health is not None and self.health.down_since is not None:
+            self.live.clear()  # nothing to cancel: the head that ran them does not answer
+        self._cancel(list(self.live))
+
+    def train(self, battery, got: list[int]) -> None:
+        import hlbcli
+        from hlbcli.experiments.batch import earlier_runs
+        from hlbcli.experiments.summary import run_path
+        from hlbcli.readback import FINISHED
+
+        ray = _import_ray()
+        self.battery = b = battery
+        opts, out, res, live = self.opts, battery.out, self.res, self.live
+        self.health = health = Health(gcs_address(ray), target(opts) or "this machine")
         # on the CPU one worker process serves block after block and keeps its build; a GPU
         # task gets a fresh process (Ray's default there): a process whose CUDA context sits on
         # the GPU of its last task cannot move to the GPU Ray assigns to its next one
@@ -178,49 +219,38 @@ def run_arms_ray(opts, arms: list, out: Path, progress, connected: bool = False)
         )
         size = opts.block or DEFAULT_BLOCK
         tasks: list[_Task] = []
-        status: dict[str, str] = {}
-        for arm in arms:
-            arm_dir = out / "arms" / arm.folder
-            arm_dir.mkdir(parents=True, exist_ok=True)
+        for arm in b.arms:
+            b.arm_dir(arm).mkdir(parents=True, exist_ok=True)
             if opts.resume:
-                earlier_runs(arm_dir, arm.config, resume=True)  # a record of another config is refused
-            have = finished_seeds(arm, opts, out)
+                earlier_runs(b.arm_dir(arm), arm.config, resume=True)  # a record of another config is refused
+            have = b.finished(arm)
             todo = [s for s in range(opts.seed, opts.seed + opts.runs) if s not in have]
-            tasks += [_Task(arm, b) for b in blocks(todo, size)]
-            status[arm.name] = "waiting" if todo else "completed"
+            tasks += [_Task(arm, blk) for blk in blocks(todo, size)]
+            b.status[arm.name] = "waiting" if todo else "completed"
         cluster = ray.cluster_resources()
-        say(
-            f"{len(arms)} arms x {opts.runs} seeds (seeds {opts.seed}..{opts.seed + opts.runs - 1}) as {len(tasks)} Ray "
+        b.say(
+            f"{len(b.arms)} arms x {opts.runs} seeds (seeds {opts.seed}..{opts.seed + opts.runs - 1}) as {len(tasks)} Ray "
             f"task(s) of up to {size} seeds, {res['num_gpus']} GPU and {res['num_cpus']} CPU each, on a cluster of "
             f"{cluster.get('GPU', 0):g} GPU and {cluster.get('CPU', 0):g} CPU; results in {out}"
         )
-        t0 = time.monotonic()
-        failed: dict[str, str] = {}
-        errors: list[str] = []  # the first one ends up in the summary's "error"
-        live: list[_Task] = []
 
         def log(arm, text: str) -> None:
-            with open(out / "arms" / arm.folder / "train.log", "a", encoding="utf-8") as f:
+            with open(b.arm_dir(arm) / "train.log", "a", encoding="utf-8") as f:
                 f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
-
-        def write(partial: bool) -> dict:
-            summary = write_summary(opts, arms, out, status, partial, time.monotonic() - t0)
-            progress.update(summary)
-            return summary
 
         def arm_over(arm) -> None:
             """No task of the arm left: its status, its own summary.json, its row."""
-            runs = [r for r in finished_seeds(arm, opts, out).values()]
-            if arm.name not in failed:
+            runs = list(b.finished(arm).values())
+            if arm.name not in b.failed:
                 bad = [r for r in runs if r.get("status") != "completed"]
-                status[arm.name] = f"failed ({len(bad)} run(s) {bad[0]['status']})" if bad else "completed"
                 if bad:
-                    failed[arm.name] = status[arm.name]
-            record.write_json(out / "arms" / arm.folder / "summary.json", record.summarize(
+                    b.fail(arm, f"failed ({len(bad)} run(s) {bad[0]['status']})")
+                else:
+                    b.status[arm.name] = "completed"
+            record.write_json(b.arm_dir(arm) / "summary.json", record.summarize(
                 sorted(runs, key=lambda r: r["seed"]), preset_tricks=list(arm.config["tricks"]),
                 partial=len(runs) < opts.runs, runs_requested=opts.runs, backend="ray"))
-            summary = write(partial=True)
-            progress.arm_finished(next(a for a in summary["arms"] if a["name"] == arm.name))
+            b.arm_done(arm)
 
         def submit(t: _Task) -> None:
             payload = {
@@ -230,8 +260,8 @@ def run_arms_ray(opts, arms: list, out: Path, progress, connected: bool = False)
             }
             t.gen = remote.remote(payload)
             live.append(t)
-            if status.get(t.arm.name) == "waiting":
-                status[t.arm.name] = "running"
+            if b.status.get(t.arm.name) == "waiting":
+                b.status[t.arm.name] = "running"
 
         def finish(t: _Task) -> None:
             live.remove(t)
@@ -249,15 +279,15 @@ def run_arms_ray(opts, arms: list, out: Path, progress, connected: bool = False)
                 t.attempt += 1
                 log(t.arm, f"{seed_span(t.seeds)}: lost its worker {t.where} ({why}); {seed_span(rest)} again "
                            f"(retry {t.attempt} of {opts.retries})")
-                say(f"arm {t.arm.name}: a task lost its worker ({why}); {seed_span(rest)} start again "
-                    f"(retry {t.attempt} of {opts.retries})")
+                b.say(f"arm {t.arm.name}: a task lost its worker ({why}); {seed_span(rest)} start again "
+                      f"(retry {t.attempt} of {opts.retries})")
                 live.remove(t)
                 submit(t)
                 return
-            failed[t.arm.name] = status[t.arm.name] = f"failed (worker lost {t.attempt + 1} times)"
+            b.fail(t.arm, f"failed (worker lost {t.attempt + 1} times)")
             log(t.arm, f"{seed_span(t.seeds)}: lost its worker {t.where} ({why}); no retries left")
-            say(f"arm {t.arm.name}: {seed_span(rest)} lost their worker {t.attempt + 1} times ({why}); no retries left")
-            cancel([o for o in live if o.arm is t.arm and o is not t])
+            b.say(f"arm {t.arm.name}: {seed_span(rest)} lost their worker {t.attempt + 1} times ({why}); no retries left")
+            self._cancel([o for o in live if o.arm is t.arm and o is not t])
             finish(t)
 
         def handle(t: _Task, msg: dict) -> None:
@@ -267,97 +297,51 @@ def run_arms_ray(opts, arms: list, out: Path, progress, connected: bool = False)
                 log(t.arm, f"{seed_span(t.rest())}: started on {t.where}")
             elif kind == "run":
                 rec = msg["record"]
-                record.write_json(run_path(out / "arms" / t.arm.folder, opts.seed, rec["seed"]), rec)
+                record.write_json(run_path(b.arm_dir(t.arm), opts.seed, rec["seed"]), rec)
                 if rec.get("status") in FINISHED:
                     t.done.append(rec["seed"])
-                    progress.run_finished(t.arm.name, rec)
-                    progress.update(summarize(opts, arms, out, status, True))
+                    b.run_done(t.arm, rec)
                 acc = rec.get("accuracy")
                 log(t.arm, f"seed {rec['seed']}: {rec.get('status')}" + (f" {100 * acc:.2f}%" if isinstance(acc, float) else "")
                     + (f" ({rec['message']})" if rec.get("message") else ""))
             elif kind == "error":
                 text = msg["message"] + (f" ({msg['hint']})" if msg.get("hint") else "")
                 log(t.arm, f"{seed_span(t.rest())}: error on {t.where}: {text}" + (f"\n{msg['traceback']}" if msg.get("traceback") else ""))
-                say(f"arm {t.arm.name}: error: {text}")
-                failed[t.arm.name] = status[t.arm.name] = "failed (error)"
-                errors.append(f"arm {t.arm.name}: {text}")
-                cancel([o for o in live if o.arm is t.arm and o is not t])
-
-        def cancel(ts: list[_Task]) -> None:
-            for o in ts:
-                try:
-                    ray.cancel(o.gen, force=True)
-                except Exception:
-                    pass
-                live.remove(o)
+                b.say(f"arm {t.arm.name}: error: {text}")
+                b.fail(t.arm, "failed (error)", f"arm {t.arm.name}: {text}")
+                self._cancel([o for o in live if o.arm is t.arm and o is not t])
 
         # a stop signal is noted, not raised where it lands: raised inside Ray's own calls it
         # leaves them broken (a SystemError); the loop looks at least every half second
-        with held_signals() as got:
+        for t in tasks:
+            submit(t)
+        for arm in b.arms:
+            if b.status[arm.name] == "completed":
+                arm_over(arm)  # all kept from an earlier try (--resume)
+        b.write(partial=True)
+        while live:
+            if got:
+                raise Interrupted(got[0])
+            health.check()
             try:
-                for t in tasks:
-                    submit(t)
-                for arm in arms:
-                    if status[arm.name] == "completed":
-                        arm_over(arm)  # all kept from an earlier try (--resume)
-                write(partial=True)
-                while live:
-                    if got:
-                        raise Interrupted(got[0])
-                    health.check()
-                    try:
-                        ready, _ = ray.wait([t.gen for t in live], num_returns=1, timeout=0.5)
-                    except Exception:
-                        health.confirm()
-                        raise
-                    if not ready:
-                        continue  # the live display keeps its clock moving by itself
-                    t = next(t for t in live if t.gen is ready[0])
-                    try:
-                        ref = next(t.gen)
-                    except StopIteration:
-                        finish(t)
-                        continue
-                    except ray.exceptions.RayError as e:
-                        lost(t, e)
-                        continue
-                    try:
-                        msg = ray.get(ref)
-                    except ray.exceptions.RayError as e:
-                        lost(t, e)
-                        continue
-                    handle(t, msg)
-            except Interrupted as e:
-                for t in list(live):
-                    status[t.arm.name] = "interrupted"
-                cancel(list(live))
-                summary = write(partial=True)
-                kept = sum(a["n"] for a in summary["arms"])
-                say(f"interrupted: {kept} finished run(s) kept in {out} (rerun the same command with --resume to train the rest)")
-                return summary, EXIT_INTERRUPTED if e.signum == signal.SIGINT else e.exit_code
-            except ClusterLost as e:
-                for t in list(live):
-                    status[t.arm.name] = "stopped"
-                live.clear()  # nothing to cancel: the cluster that ran them is gone
-                summary = write(partial=True)
-                kept = sum(a["n"] for a in summary["arms"])
-                summary["error"] = (f"{e.message}; {kept} finished run(s) kept in {out} (start the cluster again and rerun "
-                                    "the same command with --resume to train the rest)")
-                return summary, e.exit_code
-            except BaseException:
-                for t in list(live):
-                    status[t.arm.name] = "stopped"
-                cancel(list(live))
-                try:
-                    write(partial=True)
-                except HlbError:
-                    pass
+                ready, _ = ray.wait([t.gen for t in live], num_returns=1, timeout=0.5)
+            except Exception:
+                health.confirm()
                 raise
-            summary = write(partial=bool(failed))
-        if failed:
-            summary["error"] = errors[0] if errors else f"arm(s) {', '.join(failed)} failed; see train.log in {out / 'arms'}/<arm>"
-            return summary, 1
-        return summary, 0
-    finally:
-        if started_here:
-            ray.shutdown()
+            if not ready:
+                continue  # the live display keeps its clock moving by itself
+            t = next(t for t in live if t.gen is ready[0])
+            try:
+                ref = next(t.gen)
+            except StopIteration:
+                finish(t)
+                continue
+            except ray.exceptions.RayError as e:
+                lost(t, e)
+                continue
+            try:
+                msg = ray.get(ref)
+            except ray.exceptions.RayError as e:
+                lost(t, e)
+                continue
+            handle(t, msg)

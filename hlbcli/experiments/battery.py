@@ -1,0 +1,150 @@
+"""A battery (``hlb ablate``) run by a backend, and the tail every batch of runs shares.
+
+:class:`Backend` is the interface: the local backend (a process per arm on this machine,
+:mod:`hlbcli.experiments.local_backend`) and the Ray backend ((arm, block of seeds) tasks on a
+cluster, :mod:`hlbcli.experiments.ray_backend`) implement it. :class:`Battery` is what they share:
+the plan, the arms' statuses, the progress display and the summary on disk. :func:`run_to_summary`
+(in :mod:`hlbcli.experiments.tail`) is the one interrupt-and-summary tail of ``hlb train --runs`` and of both backends: whatever ends
+a batch, the runs that finished are kept, the summary is written, and a stop signal that comes
+while it is written waits for it (:mod:`hlbcli.experiments.tail`).
+
+Layout of ``--out DIR``::
+
+    DIR/ablation.json          the plan (what --resume and hlb summary read back)
+    DIR/summary.json           arms, their statistics and every run record
+    DIR/summary.md             the table in Markdown
+    DIR/arms/<arm>/run-*.json  each run's record, written as it finishes
+    DIR/arms/<arm>/train.log   what the arm's process or tasks said
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+from hlbcli.errors import UsageError
+from hlbcli.experiments.plan import AblateOptions, Arm, claim_out, default_out, finished_seeds, plan_battery, plan_of
+from hlbcli.experiments.summary import rich_table, summarize, write_summary
+from hlbcli.experiments.tail import run_to_summary
+
+
+@dataclass
+class Battery:
+    """What a backend trains and reports into: the plan, each arm's status, the arms that
+    failed (and why), the progress display, the summary on disk."""
+
+    opts: AblateOptions
+    arms: list[Arm]
+    out: Path
+    progress: object
+    status: dict[str, str] = field(default_factory=dict)
+    #: arm name -> the error that ended it (None: see its train.log)
+    failed: dict[str, str | None] = field(default_factory=dict)
+    t0: float = field(default_factory=time.monotonic)
+
+    def say(self, text: str) -> None:
+        self.progress.say(text)
+
+    def arm_dir(self, arm: Arm) -> Path:
+        return self.out / "arms" / arm.folder
+
+    def finished(self, arm: Arm) -> dict[int, dict]:
+        """The arm's finished (completed or diverged) records of the plan's seeds, by seed."""
+        return finished_seeds(arm, self.opts, self.out)
+
+    def write(self, partial: bool) -> dict:
+        summary = write_summary(self.opts, self.arms, self.out, self.status, partial, time.monotonic() - self.t0)
+        self.progress.update(summary)
+        return summary
+
+    def run_done(self, arm: Arm, rec: dict) -> None:
+        """A run finished: the progress line and the live table."""
+        self.progress.run_finished(arm.name, rec)
+        self.progress.update(summarize(self.opts, self.arms, self.out, dict(self.status), True))
+
+    def arm_done(self, arm: Arm) -> None:
+        """An arm has all its runs (or has stopped): the summary, and its row."""
+        summary = self.write(partial=True)
+        self.progress.arm_finished(next(a for a in summary["arms"] if a["name"] == arm.name))
+
+    def fail(self, arm: Arm, status: str, why: str | None = None) -> None:
+        self.status[arm.name] = status
+        self.failed.setdefault(arm.name, why)
+
+    def end(self) -> tuple[dict, int]:
+        """Every arm over: the final summary, exit 1 with the first error if an arm failed."""
+        summary = self.write(partial=bool(self.failed))
+        if self.failed:
+            why = next((w for w in self.failed.values() if w), None)
+            summary["error"] = why or f"arm(s) {', '.join(self.failed)} failed; see train.log in {self.out / 'arms'}/<arm>"
+            return summary, 1
+        return summary, 0
+
+
+class Backend(Protocol):
+    """Where a battery's arms train. One object per battery; the calls come in this order."""
+
+    def check(self) -> None:
+        """Its options, before anything else is checked (a one-line error)."""
+
+    def describe(self, arms: list[Arm], out: Path) -> list[str]:
+        """``--dry-run``: a line per unit of work (an arm's command, a task), nothing started."""
+
+    def connect(self) -> Callable[[], None] | None:
+        """Reach the machines it trains on, before ``--out`` is claimed; returns what leaves
+        them again at the end (None: nothing to leave)."""
+
+    def train(self, battery: Battery, got: list[int]) -> None:
+        """Train every arm's missing seeds, recording each run where the summary reads it
+        (``battery.arm_dir(arm)``), and ``battery.fail`` the arms that fail. Raise
+        :class:`Interrupted` once ``got`` (the stop signals noted) is not empty."""
+
+    def stop(self, status: str) -> None:
+        """Stop what still trains (children, tasks), marking their arms with ``status``."""
+
+
+def backend_for(opts: AblateOptions) -> Backend:
+    if opts.backend == "local":
+        from hlbcli.experiments.local_backend import LocalBackend
+
+        return LocalBackend(opts)
+    if opts.backend == "ray":
+        from hlbcli.experiments.ray_backend import RayBackend
+
+        return RayBackend(opts)
+    raise UsageError(f"--backend {opts.backend}: unknown backend", f"choose one of: {', '.join(BACKENDS)}")
+
+
+BACKENDS = ("local", "ray")
+
+
+def run_ablation(opts: AblateOptions, say=None, console=None) -> tuple[dict, int]:
+    """Check, train every arm on the chosen backend, write and return the summary (and the
+    exit code). Whatever ends this process, what trains for it ends too. ``console`` (rich)
+    shows the progress; ``say`` gets the lines worth a log."""
+    from hlbcli.experiments.progress import Progress
+
+    backend = backend_for(opts)
+    backend.check()
+    arms = plan_battery(opts, fetch=opts.backend == "local")
+    leave = backend.connect()  # an unreachable cluster, or one without what a task needs: before --out
+    try:
+        hold = claim_out(opts.out or default_out(opts.preset), plan_of(opts, arms), opts.resume)
+        try:
+            out = hold.folder
+            kept = sum(len(finished_seeds(a, opts, out)) for a in arms) if opts.resume else 0
+            progress = Progress(len(arms) * opts.runs, kept, console, opts.quiet,
+                                render=lambda summary: rich_table(summary, live=True))
+            if say is not None:
+                progress.say = say
+            battery = Battery(opts, arms, out, progress)
+            with progress:
+                return run_to_summary(lambda got: backend.train(battery, got), battery.write, battery.end,
+                                      stop=backend.stop, out=out)
+        finally:
+            hold.release()
+    finally:
+        if leave is not None:
+            leave()

@@ -1,0 +1,264 @@
+"""The plan of a battery (``hlb ablate``): its options, its arms (the baseline, then one arm per
+trick switched off or on), each arm's config resolved and checked before anything trains, the
+output folder claimed and the plan written to ``DIR/ablation.json`` (what ``--resume`` and
+``hlb summary`` read back)."""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from hlbcli import readback, record
+from hlbcli.errors import HlbError, UsageError
+from hlbcli.readback import PLAN_NAME
+
+BASELINE = "baseline"
+
+
+#: each arm's resolved config, written before it trains: what the arm trains (local backend)
+ARM_CONFIG = "config.json"
+
+
+@dataclass
+class Arm:
+    """One arm: the preset's tricks minus ``disabled`` plus ``enabled``."""
+
+    name: str
+    disabled: list[str] = field(default_factory=list)
+    enabled: list[str] = field(default_factory=list)
+    #: tricks other arms enable and this one does not: passed as ``--disable`` too (a no-op on
+    #: the trick list) so that ``--set``/``--config`` settings for them are accepted here
+    silenced: list[str] = field(default_factory=list)
+    #: the arm's resolved config (what its run records carry), set by :func:`validate_arms`
+    config: dict | None = field(default=None, repr=False)
+    #: where each of its tricks comes from (``hlb tricks list``'s origin), set with ``config``
+    sources: dict | None = field(default=None, repr=False)
+
+    @property
+    def folder(self) -> str:
+        if self.name == BASELINE:
+            return BASELINE
+        parts = [f"no-{d}" for d in self.disabled] + [f"with-{e}" for e in self.enabled]
+        return re.sub(r"[^A-Za-z0-9_.+-]", "_", "_".join(parts))
+
+
+@dataclass
+class AblateOptions:
+    preset: str
+    config: str | None = None
+    sets: list[str] = field(default_factory=list)
+    disable: list[str] = field(default_factory=list)
+    enable: list[str] = field(default_factory=list)
+    leave_one_out: bool = False
+    runs: int = 3
+    seed: int = 0
+    workers: int = 1
+    device: str = "auto"
+    data_dir: str | None = None
+    download: bool = True
+    out: Path | None = None
+    plot: bool = False
+    quiet: bool = False
+    resume: bool = False
+    #: where arms train: "local" (a process per arm on this machine) or "ray" (a Ray cluster)
+    backend: str = "local"
+    #: the Ray cluster to join ("auto", "ray://host:10001", "host:6379"); None: $RAY_ADDRESS,
+    #: else a Ray instance of this machine started for this run
+    address: str | None = None
+    #: seeds per Ray task (built and compiled once, then trained in turn); None: all of an arm's
+    #: seeds in blocks of at most DEFAULT_BLOCK
+    block: int | None = None
+    #: CPU cores per Ray task (its torch threads on the CPU)
+    cpus_per_task: int = 1
+    #: how many times a Ray task lost with its worker (a killed process, a dead node) is
+    #: started again for the seeds it had not finished
+    retries: int = 3
+
+
+def plan_arms(active: list[str], disable: Iterable[str], enable: Iterable[str], leave_one_out: bool) -> list[Arm]:
+    """The baseline, then one arm per ``--disable``, per ``--enable`` and (with
+    ``leave_one_out``) per active trick not already named."""
+    arms = [Arm(BASELINE)]
+    seen: set[str] = set()
+    for name in disable:
+        if name not in active:
+            raise UsageError(
+                f"--disable {name}: the preset does not turn '{name}' on, so there is nothing to take away",
+                f"active tricks: {', '.join(active) or 'none'}; use --enable {name} to measure adding it",
+            )
+        if name not in seen:
+            seen.add(name)
+            arms.append(Arm(f"-{name}", disabled=[name]))
+    for name in enable:
+        if name in active:
+            raise UsageError(
+                f"--enable {name}: the preset already turns '{name}' on",
+                f"use --disable {name} to measure taking it away",
+            )
+        if f"+{name}" not in {a.name for a in arms}:
+            arms.append(Arm(f"+{name}", enabled=[name]))
+    if leave_one_out:
+        for name in active:
+            if name not in seen:
+                seen.add(name)
+                arms.append(Arm(f"-{name}", disabled=[name]))
+    if len(arms) == 1:
+        raise UsageError(
+            "nothing to compare: no arm besides the baseline",
+            "name tricks with --disable NAME or --enable NAME, or pass --leave-one-out",
+        )
+    added = [e for a in arms for e in a.enabled]
+    for a in arms:
+        a.silenced = [e for e in added if e not in a.enabled]
+    return arms
+
+
+def validate_arms(opts: AblateOptions, arms: list[Arm], spec=None) -> list[str]:
+    """Resolve every arm's config in this process, so that a bad ``--set``, an unknown name or
+    a trick another one needs fails now, not after hours of training. ``spec``: the shape of
+    the data on disk, where it was read (else the config's). Returns the baseline's active
+    tricks."""
+    from hlbcli.config import to_dict
+    from hlbcli.resolve import resolve
+    from hlbcli.session import check_session
+
+    active = []
+    for arm in arms:
+        try:
+            cfg, tm = resolve(opts.preset, opts.config, opts.sets, arm.enabled, arm.disabled + arm.silenced)
+            own_data = tm.owners().get("hlb_dataset_build", "core") != "core"  # a trick brings its data
+            # sizes, and each trick's hlb_validate against the data's shape and the model
+            check_session(cfg, tm, None if own_data else spec)
+            arm.config = to_dict(cfg)
+            arm.sources = {n: tm.origins[n] for n in tm.trick_names()}
+        except HlbError as e:
+            if arm.name == BASELINE:
+                raise
+            raise UsageError(f"arm '{arm.name}' cannot be built: {e.message}", e.hint) from None
+        if arm.name == BASELINE:
+            active = list(cfg.tricks)
+    return active
+
+
+def check_environment(opts: AblateOptions, dataset: str, fetch: bool):
+    """The device and the data, once, before any arm starts (each arm would fail alike).
+    With ``fetch``, a missing dataset is downloaded here, once, not by every arm at once.
+    Returns the shape of the data on disk (read, checked and cached here, once) where it is
+    there, else None."""
+    from hlbcli.session import resolve_device
+
+    resolve_device(opts.device)
+    if dataset in ("cifar10", "cifar100"):
+        from hlbcli.data import load_cifar, locate_cifar
+
+        files = locate_cifar(dataset, opts.data_dir, opts.download, fetch=fetch)
+        if all(f.is_file() for f in files):
+            return load_cifar(dataset, opts.data_dir, opts.download).spec()
+    return None
+
+
+def plan_battery(opts: AblateOptions, fetch: bool = False) -> list[Arm]:
+    """Check everything that can be checked before training: names, ``--set`` values, every
+    arm's config and sizes, the device, the data (downloaded here with ``fetch``), the
+    plotting extra. Returns the arms, the baseline first."""
+    from hlbcli.plugins import check_names
+
+    if opts.runs < 1:
+        raise UsageError(f"--runs {opts.runs}: need at least one seed per arm", "use --runs 3 or more for a p-value")
+    check_names(opts.disable, "--disable")
+    check_names(opts.enable, "--enable")
+    if opts.plot:
+        from hlbcli.plot import require_matplotlib
+
+        require_matplotlib()
+    from hlbcli.layers import active_tricks, layered
+
+    # the baseline's tricks from the layered data alone: its settings are validated below,
+    # once it is known which tricks other arms add
+    data = layered(opts.preset, opts.config, list(opts.sets))
+    active = active_tricks(data, [], [])
+    check_names(active, "the preset's tricks")
+    arms = plan_arms(active, opts.disable, opts.enable, opts.leave_one_out)
+    validate_arms(opts, arms)
+    section = data.get("data") if isinstance(data.get("data"), dict) else {}
+    if opts.backend == "local":
+        # on Ray, each worker has its own device and data: its tasks check them there
+        spec = check_environment(opts, section.get("dataset", "cifar10"), fetch)  # the settings are validated by now
+        if spec is not None:  # the data on disk may be smaller than the config says (a batch larger than it)
+            validate_arms(opts, arms, spec)
+    return arms
+
+
+def default_out(preset: str) -> Path:
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(preset).stem if preset.endswith(".toml") else preset)
+    return Path(f"hlb-ablate-{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def plan_of(opts: AblateOptions, arms: list[Arm]) -> dict:
+    """What ``--resume`` must find unchanged, and what ``hlb summary`` needs to rebuild the
+    summary: written to ``DIR/ablation.json`` before any arm starts."""
+    return {
+        "kind": "ablation-plan",
+        "preset": opts.preset,
+        "config": opts.config,
+        "sets": list(opts.sets),
+        "seed": opts.seed,
+        "runs": opts.runs,
+        "arms": [{"name": a.name, "disabled": a.disabled, "enabled": a.enabled, "silenced": a.silenced} for a in arms],
+    }
+
+
+def claim_out(out: Path, plan: dict, resume: bool = False) -> record.Claim:
+    """Claim ``out`` for this process; refuse one that holds an ablation unless ``resume``
+    and its plan is this one. Writes the plan."""
+    hold = record.claim(out)
+    try:
+        arms_dir = hold.folder / "arms"
+        if arms_dir.exists() and any(arms_dir.iterdir()):
+            if not resume:
+                raise UsageError(
+                    f"--out {hold.folder} already holds an ablation",
+                    "pass --resume to keep its finished runs and train the rest, or choose a new folder",
+                )
+            if (hold.folder / PLAN_NAME).exists() or not readback.arms_hold_records(hold.folder):
+                old = readback.read_plan(hold.folder)
+                if {k: v for k, v in old.items() if k != "runs"} != {k: v for k, v in plan.items() if k != "runs"}:
+                    raise UsageError(
+                        f"--resume: {hold.folder} holds an ablation of another plan ({readback.plan_difference(old, plan)})",
+                        "rerun the command that started it with --resume, the same --disable/--enable in the same order, or choose a new folder",
+                    )
+            else:  # deleted: this command's plan, and each arm's --resume checks its records' config
+                print(f"warning: {hold.folder} had no {PLAN_NAME}; written again from this command", file=sys.stderr, flush=True)
+            opts, arms = options_of(plan, hold.folder)
+            readback.refuse_rejected([arm_records(a, opts, hold.folder, strict=True) for a in arms])
+        arms_dir.mkdir(exist_ok=True)
+        record.write_json(hold.folder / PLAN_NAME, plan)
+    except BaseException:
+        hold.release()
+        raise
+    return hold
+
+
+def options_of(plan: dict, out: Path) -> tuple[AblateOptions, list[Arm]]:
+    """The options and arms of a plan (one checked by :func:`readback.read_plan`, or ours)."""
+    opts = AblateOptions(preset=plan["preset"], config=plan.get("config"), sets=list(plan.get("sets", [])),
+                         runs=plan["runs"], seed=plan["seed"], out=out)
+    arms = [Arm(a["name"], list(a.get("disabled", [])), list(a.get("enabled", [])), list(a.get("silenced", [])))
+            for a in plan["arms"]]
+    return opts, arms
+
+
+def arm_records(arm: Arm, opts: AblateOptions, out: Path, strict: bool = False) -> readback.Records:
+    """The arm's run records of this ablation's seeds, one per seed (:mod:`hlbcli.readback`)."""
+    return readback.read_records(out / "arms" / arm.folder, range(opts.seed, opts.seed + opts.runs), strict=strict)
+
+
+
+def finished_seeds(arm: Arm, opts: AblateOptions, out: Path) -> dict[int, dict]:
+    """The arm's records already over (completed or diverged) for this ablation's seeds."""
+    return {s: r for s, (_, r) in arm_records(arm, opts, out).runs.items() if r["status"] in readback.FINISHED}
+

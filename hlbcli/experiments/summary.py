@@ -1,0 +1,211 @@
+"""The summary of a battery: each arm's statistics from its run records (Welch's test against
+the baseline and the paired t-test seed by seed), ``summary.json``, ``summary.md`` and the table,
+the same for every backend; ``hlb summary DIR`` rebuilds it from the plan and the records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hlbcli import readback, record, stats
+from hlbcli.errors import UsageError
+from hlbcli.experiments.plan import BASELINE, AblateOptions, Arm, arm_records, options_of
+
+SIGNIFICANCE = 0.05
+
+
+def run_path(arm_dir: Path, first_seed: int, seed: int) -> Path:
+    """Where the record of ``seed`` goes: ``hlb train --seed FIRST`` names its i-th run so."""
+    return arm_dir / f"run-{seed - first_seed:03d}-seed{seed}.json"
+
+
+def arm_stats(arm: Arm, runs: list[dict], base: dict | None) -> dict:
+    done = [r for r in runs if r.get("status") == "completed" and r.get("accuracy") is not None]
+    accs = [r["accuracy"] for r in done]
+    times = [r["train_seconds"] for r in done if r.get("train_seconds") is not None]
+    mean, std = stats.mean_std(accs)
+    lo, hi = stats.ci95(accs)
+    tmean, _ = stats.mean_std(times)
+    row: dict[str, Any] = {
+        "name": arm.name,
+        "disabled": list(arm.disabled),
+        "enabled": list(arm.enabled),
+        "n": len(done),
+        "n_started": len(runs),
+        "seeds": [r.get("seed") for r in done],
+        "mean_accuracy": mean,
+        "std_accuracy": std,
+        "ci95": [lo, hi],
+        "delta_accuracy": None,
+        "p_value": None,
+        "mean_train_seconds": tmean,
+        "delta_train_seconds": None,
+    }
+    by_seed = {r["seed"]: r["accuracy"] for r in done if isinstance(r.get("seed"), int)}
+    row["p_paired"], row["n_paired"], row["delta_paired"] = None, 0, None
+    if base is not None:
+        base_accs = base["_accs"]
+        row["delta_accuracy"] = mean - base["mean_accuracy"] if accs and base_accs else None
+        row["p_value"] = stats.welch(base_accs, accs)[1]
+        _, row["p_paired"], row["n_paired"] = stats.paired(base["_by_seed"], by_seed)
+        common = sorted(set(base["_by_seed"]) & set(by_seed))
+        if common:
+            row["delta_paired"] = stats.mean_std([by_seed[k] - base["_by_seed"][k] for k in common])[0]
+        if times and base["_times"]:
+            row["delta_train_seconds"] = tmean - base["mean_train_seconds"]
+    row["_accs"], row["_times"], row["_by_seed"] = accs, times, by_seed
+    return row
+
+
+def summarize(opts: AblateOptions, arms: list[Arm], out: Path, status: dict[str, str], partial: bool,
+              strict: bool = False) -> dict:
+    """The summary from the arms' records; those left out are named in its ``rejected``.
+    ``strict`` (``hlb summary``): also the records' versions and config are checked."""
+    rows, left = [], []
+    base_row = None
+    for arm in arms:
+        found = arm_records(arm, opts, out, strict)
+        runs, left = found.sorted_runs(), left + found.left_out()
+        row = arm_stats(arm, runs, base_row)
+        if base_row is None:
+            base_row = row
+        row["status"] = status.get(arm.name, "not started")
+        row["dir"] = f"arms/{arm.folder}"
+        row["runs"] = runs
+        rows.append(row)
+    for row in rows:
+        row.pop("_accs"), row.pop("_times"), row.pop("_by_seed")
+    return {
+        "kind": "ablation",
+        "out": str(out),
+        "preset": opts.preset,
+        "config": opts.config,
+        "sets": list(opts.sets),
+        "runs_per_arm": opts.runs,
+        "seeds": list(range(opts.seed, opts.seed + opts.runs)),
+        "baseline": BASELINE,
+        "significance": SIGNIFICANCE,
+        "partial": partial,
+        "arms": rows,
+        "rejected": [{"file": str(p), "why": why} for p, why in left],
+    }
+
+
+def write_summary(opts: AblateOptions, arms: list[Arm], out: Path, status: dict[str, str], partial: bool,
+                  wall_seconds: float | None = None, strict: bool = False) -> dict:
+    summary = summarize(opts, arms, out, status, partial, strict)
+    if wall_seconds is not None:
+        summary["wall_seconds"] = wall_seconds
+    record.write_json(out / "summary.json", summary)
+    record.write_text(out / "summary.md", markdown(summary))
+    return summary
+
+
+def rebuild_summary(folder: Path) -> dict:
+    """``hlb summary DIR`` for an ablation: the summary again from its plan and the arms' run
+    records (after a crash, a SIGKILL, or by hand). Records that fail the checks are left out
+    and named in its ``rejected``; none valid among some: exit 2."""
+    opts, arms = options_of(readback.read_plan(folder), Path(folder))
+    status, left, valid = {}, [], 0
+    for arm in arms:
+        found = arm_records(arm, opts, Path(folder), strict=True)
+        done = sum(1 for _, r in found.runs.values() if r["status"] in readback.FINISHED)
+        status[arm.name] = "completed" if done == opts.runs else ("incomplete" if found.runs else "not started")
+        left, valid = left + found.left_out(), valid + len(found.runs)
+    if left and not valid:
+        raise UsageError(f"no valid run records in {folder}: {len(left)} left out, the first {left[0][0]}: {left[0][1]}",
+                         "move them away and rerun the ablation command with --resume to train them again, or use the hlbcli and torch that wrote them")
+    partial = any(v != "completed" for v in status.values())
+    return write_summary(opts, arms, Path(folder), status, partial, strict=True)
+
+
+COLUMNS = ["arm", "n", "accuracy", "std", "ci95", "Δ acc", "p Welch", "p paired", "time s", "Δ time s"]
+
+
+def _f(v: Any, spec: str, signed: bool = False) -> str:
+    if v is None or (isinstance(v, float) and v != v):
+        return "-"
+    return format(v, ("+" if signed else "") + spec)
+
+
+def _p(p: float | None, alpha: float) -> str:
+    return _f(p, ".3g") + (" *" if p is not None and p == p and p < alpha else "")
+
+
+def table_rows(summary: dict) -> list[list[str]]:
+    rows = []
+    for a in summary["arms"]:
+        lo, hi = a["ci95"]
+        alpha = summary.get("significance", SIGNIFICANCE)
+        rows.append([
+            a["name"],
+            f"{a['n']}" + (f"/{a['n_started']}" if a.get("n_started", a["n"]) != a["n"] else ""),
+            _f(a["mean_accuracy"], ".4f"),
+            _f(a["std_accuracy"], ".4f"),
+            f"[{_f(lo, '.4f')}, {_f(hi, '.4f')}]" if a["n"] else "-",
+            _f(a["delta_accuracy"], ".4f", signed=True),
+            _p(a.get("p_value"), alpha),
+            _p(a.get("p_paired"), alpha),
+            _f(a["mean_train_seconds"], ".2f"),
+            _f(a["delta_train_seconds"], ".2f", signed=True),
+        ])
+    return rows
+
+
+def footnote(summary: dict) -> str:
+    alpha = summary.get("significance", SIGNIFICANCE)
+    note = (
+        f"Δ: arm minus baseline; p Welch: Welch's t-test against the baseline; p paired: the paired "
+        f"t-test of the per-seed differences (seeds both arms finished); * where p < {alpha:g}; "
+        f"seeds {summary['seeds'][0]}..{summary['seeds'][-1]} in every arm"
+    ) if summary["seeds"] else "no seeds"
+    if summary.get("partial"):
+        note += "; PARTIAL: interrupted or failed before every run finished"
+    return note
+
+
+def markdown(summary: dict) -> str:
+    rows = table_rows(summary)
+    lines = [
+        f"# Ablation of preset `{summary['preset']}`",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "| " + " | ".join(["---"] + ["---:"] * (len(COLUMNS) - 1)) + " |",
+    ]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+    lines += ["", footnote(summary), ""]
+    return "\n".join(lines)
+
+
+def rich_table(summary: dict, live: bool = False):
+    """The table as a rich ``Table``; ``live`` marks the arms still training (the progress
+    display)."""
+    from rich.table import Table
+
+    t = Table(title=f"ablation of {summary['preset']}", title_justify="left")
+    for i, c in enumerate(COLUMNS):
+        t.add_column(c, justify="left" if i == 0 else "right", no_wrap=True)
+    for a, r in zip(summary["arms"], table_rows(summary)):
+        if live and a.get("status") not in ("completed",):
+            r = [f"{r[0]} ({a.get('status', 'waiting')})", *r[1:]]
+        t.add_row(*r)
+    return t
+
+
+def print_table(summary: dict, console=None) -> None:
+    from rich.console import Console
+
+    console = console or Console(highlight=False, soft_wrap=True)
+    rows = table_rows(summary)
+    if console.is_terminal:
+        console.print(rich_table(summary))
+    else:
+        widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(COLUMNS)]
+        fmt = lambda cells: "  ".join(  # noqa: E731
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        ).rstrip()
+        console.print(fmt(COLUMNS), markup=False)
+        for r in rows:
+            console.print(fmt(r), markup=False)
+    console.print(footnote(summary), markup=False)
+

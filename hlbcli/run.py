@@ -1,0 +1,325 @@
+"""A seed's run on an open session: reset the weights, call the per-run hooks once (the
+:class:`RunPlan`), train the epochs with a fused step per phase, evaluate; :func:`run_seed` turns
+it into the run's record, whatever ends it."""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from hlbcli import record
+from hlbcli.config import to_dict
+from hlbcli.contract import RunContext, StepAction, Transform
+from hlbcli.data import normalize
+from hlbcli.errors import HlbError, TrickError, UsageError
+from hlbcli.session import Session, device_name, reset_weights
+from hlbcli.signals import Interrupted
+from hlbcli.step import StepRecord, build_step
+
+
+class Timer:
+    """Wall time of the timed phases, synchronising the device when it reads the clock."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+
+@dataclass
+class RunResult:
+    seed: int
+    status: str
+    accuracy: float
+    train_seconds: float
+    phases: dict
+    epochs: list[dict]
+    message: str = ""
+    final: dict = field(default_factory=dict)
+
+
+@dataclass
+class RunPlan:
+    """A run assembled from the hooks, ready for the loop: built once per seed."""
+
+    ctx: RunContext
+    transforms: list[Transform]
+    loss_fn: Callable
+    optimizers: list[torch.optim.Optimizer]
+    base_lrs: list[float]
+    lr_table: list[float]
+    actions: list[StepAction]
+    record: StepRecord = field(default_factory=StepRecord)
+
+    def step_fn(self, forward: torch.nn.Module, batch_transforms: list[Transform]):
+        return build_step(
+            forward, self.loss_fn, self.optimizers, self.base_lrs, self.lr_table, batch_transforms,
+            self.actions, self.ctx.dataset.num_classes, self.ctx, self.record,
+        )
+
+
+def check_optimizers(model: torch.nn.Module, optimizers: list) -> None:
+    """What ``hlb_optimizer_build`` returned: optimizers, each parameter in at most one."""
+    seen: set[int] = set()
+    for opt in optimizers:
+        if not isinstance(opt, torch.optim.Optimizer):
+            raise TrickError(
+                f"hlb_optimizer_build returned {type(opt).__name__}, not a torch.optim.Optimizer",
+                "return an optimizer or a list of them",
+            )
+        for g in opt.param_groups:
+            for p in g["params"]:
+                if id(p) in seen:
+                    raise TrickError(
+                        "a parameter is in two optimizer groups",
+                        "take the parameters a trick optimises itself out of the other groups (hlb_param_groups wrapper)",
+                    )
+                seen.add(id(p))
+
+
+def _flatten(results: list) -> list:
+    out = []
+    for r in results:
+        if r is None:
+            continue
+        out.extend(r if isinstance(r, (list, tuple)) else [r])
+    return out
+
+
+def plan_run(session: Session, seed: int, warmup: bool = False) -> RunPlan:
+    """Reset the weights to the seed's, then call the build-time hooks once: data-aware init,
+    transforms, loss, parameter groups, optimizer, lr table, step actions, train start."""
+    cfg, tm, dev, ds = session.cfg, session.tm, session.device, session.dataset
+    if dev.type == "cuda":
+        torch.cuda.manual_seed_all(seed)
+    reset_weights(session, seed)
+    torch.manual_seed(seed)
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    model = session.model
+    model.train()
+    t = cfg.train
+    steps_per_epoch = session.train_size // t.batch_size
+    total_steps = max(1, math.ceil(t.epochs * steps_per_epoch))
+    num_epochs = math.ceil(total_steps / steps_per_epoch)
+    ctx = RunContext(
+        cfg=cfg, device=dev, dtype=session.dtype, dataset=ds, seed=seed, batch_size=t.batch_size,
+        steps_per_epoch=steps_per_epoch, total_steps=total_steps, epochs=t.epochs, num_epochs=num_epochs,
+        model=model, generator=gen, autocast_dtype=session.autocast_dtype, warmup=warmup,
+        eval_batch_size=session.eval_batch_size,
+    )
+    train_images = normalize(ds.train_images, ds.mean, ds.std, session.dtype)
+    if t.channels_last:
+        train_images = train_images.contiguous(memory_format=torch.channels_last)
+    ctx.train_images = train_images
+    tm.hook.hlb_model_init(model=model, ctx=ctx)
+    transforms = sorted(_flatten(tm.hook.hlb_batch_transforms(cfg=cfg, ctx=ctx)), key=lambda tr: tr.order)
+    loss_fn = tm.hook.hlb_loss_build(cfg=cfg, ctx=ctx)
+    groups = tm.hook.hlb_param_groups(model=model, cfg=cfg, ctx=ctx)
+    built = tm.hook.hlb_optimizer_build(param_groups=groups, cfg=cfg, ctx=ctx)
+    optimizers = list(built) if isinstance(built, (list, tuple)) else [built]
+    check_optimizers(model, optimizers)
+    ctx.optimizer, ctx.optimizers = optimizers[0], optimizers
+    base_lrs = [g["lr"] for opt in optimizers for g in opt.param_groups]
+    lr_table = tm.hook.hlb_lr_schedule(total_steps=total_steps, cfg=cfg, ctx=ctx)
+    if len(lr_table) < total_steps + 1:
+        raise UsageError(f"the lr schedule has {len(lr_table)} values for {total_steps} steps", "fix the schedule hook")
+    lr_table = [float(v) for v in lr_table.tolist()]
+    actions = _flatten(tm.hook.hlb_step_actions(model=model, optimizer=optimizers[0], optimizers=optimizers, cfg=cfg, ctx=ctx))
+    tm.hook.hlb_train_start(ctx=ctx)
+    return RunPlan(ctx, transforms, loss_fn, optimizers, base_lrs, lr_table, actions)
+
+
+def fit(
+    session: Session,
+    seed: int,
+    on_epoch: Callable[[dict], None] | None = None,
+    warmup: bool = False,
+) -> RunResult:
+    """Train one seed on the open session and evaluate it: the loop (:func:`run_seed` makes the
+    run's record of it). ``warmup`` runs two steps per epoch on the same plan (it compiles every
+    phase's graphs) and skips the per-epoch evaluation's output."""
+    cfg, tm, dev, ds = session.cfg, session.tm, session.device, session.dataset
+    timer = Timer(dev)
+    phases = {"init": 0.0, "train": 0.0, "eval": 0.0}
+    t0 = timer.now()
+    plan = plan_run(session, seed, warmup)
+    phases["init"] = timer.now() - t0
+    ctx, transforms, actions = plan.ctx, plan.transforms, plan.actions
+    steps = plan.record
+    model, fwd, gen = session.model, session.forward_model, ctx.generator
+    t = cfg.train
+    n = session.train_size
+    steps_per_epoch, total_steps, num_epochs = ctx.steps_per_epoch, ctx.total_steps, ctx.num_epochs
+    labels = ds.train_labels
+    epochs: list[dict] = []
+    step_fn = None
+    phase_key = None
+    step = 0
+    elapsed = phases["init"]
+    status, message = "completed", ""
+
+    for epoch in range(num_epochs):
+        t0 = timer.now()
+        ctx.rebuild_step = False
+        tm.hook.hlb_epoch_start(epoch=epoch, ctx=ctx)
+        batch_tr = [tr for tr in transforms if tr.level == "batch" and tr.active(epoch)]
+        key = tuple(tr.name for tr in batch_tr)
+        if step_fn is None or key != phase_key or ctx.rebuild_step:
+            step_fn = plan.step_fn(fwd, batch_tr)
+            phase_key = key
+        images = ctx.train_images
+        for tr in transforms:
+            if tr.level == "epoch" and tr.active(epoch):
+                images = tr.fn(images, epoch, gen)
+        if t.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        perm = torch.randperm(n, device=dev, generator=gen)
+        n_steps = min(steps_per_epoch, total_steps - step)
+        if warmup:
+            n_steps = min(n_steps, 2)
+        steps.clear()
+        bs = t.batch_size
+        for i in range(n_steps):
+            idx = perm[i * bs : (i + 1) * bs]
+            step_fn(images[idx], labels[idx], step)
+            step += 1
+        train_loss, train_acc = steps.read(bs)
+        dt = timer.now() - t0
+        phases["train"] += dt
+        elapsed += dt
+        row = {"epoch": epoch + 1, "steps": step, "train_loss": train_loss, "train_acc": train_acc, "val_acc": None, "elapsed": elapsed}
+        if not math.isfinite(train_loss):
+            status, message = "diverged", f"training loss became {train_loss} in epoch {epoch + 1}"
+            epochs.append(row)
+            if on_epoch and not warmup:
+                on_epoch(row)
+            break
+        if t.eval_every_epoch and epoch < num_epochs - 1:
+            res = tm.hook.hlb_evaluate(model=model, images=ds.test_images, labels=ds.test_labels, forward=fwd, ctx=ctx)
+            row["val_acc"] = res["accuracy"]
+        tm.hook.hlb_epoch_end(epoch=epoch, metrics=row, ctx=ctx)
+        epochs.append(row)
+        if on_epoch and epoch < num_epochs - 1 and not warmup:
+            on_epoch(row)
+
+    accuracy = float("nan")
+    final: dict = {}
+    if status == "completed":
+        t0 = timer.now()
+        for a in actions:
+            if a.where == "at_end":
+                a.fn(step)
+        tm.hook.hlb_train_end(ctx=ctx)
+        forward = tm.hook.hlb_eval_forward(model=fwd, cfg=cfg, ctx=ctx)
+        final = tm.hook.hlb_evaluate(model=model, images=ds.test_images, labels=ds.test_labels, forward=forward, ctx=ctx)
+        dt = timer.now() - t0
+        phases["eval"] = dt
+        accuracy = final["accuracy"]
+        elapsed += dt
+        epochs[-1]["val_acc"] = accuracy
+        epochs[-1]["elapsed"] = elapsed
+        if on_epoch and not warmup:
+            on_epoch(epochs[-1])
+    return RunResult(seed, status, accuracy, sum(phases.values()), phases, epochs, message, final)
+
+
+def warm_up(session: Session, seed: int = 0) -> float:
+    """Compile every phase's graphs once (two steps per epoch), untimed, before the runs."""
+    if session.warmed_up or not session.compiled:
+        return 0.0
+    t0 = time.perf_counter()
+    fit(session, seed, warmup=True)
+    session.warmup_seconds = time.perf_counter() - t0
+    session.warmed_up = True
+    return session.warmup_seconds
+
+
+def _numeric_failure(e: BaseException) -> bool:
+    """An exception a training step raises when a value overflowed or went non-finite (lr
+    1e300: "value cannot be converted to type float without overflow"): a divergence. Only
+    torch's own: raised by an op or in torch's Python code. A trick's ``raise`` or its own
+    Python arithmetic (``int(math.inf)``) is the trick's bug, whatever its words."""
+    from hlbcli.blame import raised_in_torch, raised_natively
+
+    if not isinstance(e, (RuntimeError, OverflowError, FloatingPointError)):
+        return False
+    if re.search(r"\b(overflow|nan|inf|infinity|non-finite)\b", str(e).lower()) is None:
+        return False
+    return raised_in_torch(e) or (type(e) is RuntimeError and raised_natively(e))
+
+
+def run_error(session: Any, seed: int, e: BaseException) -> HlbError | None:
+    """The one-line error for what ended a run, when it can be named: the machine's memory,
+    a trick's code (found from the traceback), foreign code calling ``sys.exit``. None: hlb's
+    own bug (an internal error, reported as such)."""
+    from hlbcli.blame import culprit, memory_error, raised
+    from hlbcli.errors import out_of_memory
+
+    if isinstance(e, HlbError):
+        return e
+    words = memory_error(e)
+    if words is not None:
+        return out_of_memory(f"on {device_name(session.device)} while training seed {seed}", words)
+    name = culprit(e, session.tm.files())
+    if name is not None:
+        return raised(name, session.tm.origins[name], "the training run (a transform or step action)", e)
+    if isinstance(e, SystemExit):
+        return HlbError(f"code run by hlb called sys.exit({e.code!r}) during seed {seed}", "rerun with --debug to see where")
+    return None
+
+
+def run_seed(session: Any, seed: int, on_epoch: Callable[[dict], None] | None = None,
+               keep: Callable[[dict], None] | None = None) -> dict:
+    """Train one seed of an open session and return its run record: ``completed``, or
+    ``diverged`` when a step overflowed. Any other error, and an interruption, first hand the
+    record (``failed`` with the message, or ``interrupted``) to ``keep``, then go up: what a
+    run was is never lost. ``hlb train`` and the Ray backend's tasks write the same records."""
+    tm = session.tm
+    tricks = list(tm.trick_names())
+    rows: list[dict] = []
+
+    def epoch(row: dict) -> None:
+        rows.append(row)
+        if on_epoch:
+            on_epoch(row)
+
+    rec = {
+        "seed": seed, "status": "interrupted", "accuracy": None, "train_seconds": None,
+        "tricks": tricks, "trick_sources": {n: tm.origins[n] for n in tricks}, "config": to_dict(session.cfg),
+        "device": device_name(session.device), "versions": record.versions(),
+        "deterministic": session.deterministic, "compiled": session.compiled,
+        "precision": session.precision, "compile_mode": session.cfg.train.compile_mode if session.compiled else None,
+        "eval_batch_size": session.eval_batch_size, "host_memory": session.host_memory,
+        "epochs": rows,
+    }
+    keep = keep or (lambda rec: None)
+    try:
+        res = fit(session, seed, epoch)
+    except (Exception, SystemExit) as e:
+        if not _numeric_failure(e):
+            err = run_error(session, seed, e)
+            rec.update(status="failed", message=err.line() if err else f"{e.__class__.__name__}: {e}")
+            keep(rec)
+            if err is not None and err is not e:
+                raise err from e
+            raise
+        res = RunResult(seed, "diverged", float("nan"), None, {}, rows,
+                        f"a training step failed in epoch {len(rows) + 1}: {e}")
+    except Interrupted:
+        rec["message"] = "interrupted during this run"
+        keep(rec)
+        raise
+    rec.update(
+        status=res.status, accuracy=res.accuracy if res.status == "completed" else None,
+        train_seconds=res.train_seconds, phases=res.phases, message=res.message, final=res.final,
+    )
+    return rec
+

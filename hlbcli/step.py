@@ -1,0 +1,102 @@
+"""The step: one phase's transforms and actions fused into a plain function, built once per
+phase before the loop. Per step: no hook call, no host sync, no Python per image."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from hlbcli.contract import RunContext, StepAction, Transform
+
+
+def build_step(
+    forward: torch.nn.Module,
+    loss_fn: Callable,
+    optimizers: list[torch.optim.Optimizer],
+    base_lrs: list[float],
+    lr_table: list[float],
+    batch_transforms: list[Transform],
+    actions: list[StepAction],
+    num_classes: int,
+    ctx: RunContext,
+    record: "StepRecord",
+) -> Callable[[torch.Tensor, torch.Tensor, int], None]:
+    """Fuse one phase's transforms and actions into a plain step function.
+
+    Per step it dispatches what a hand-written step would: the forward, one loss, the
+    backward, the optimizer's kernels and the actions due; nothing for bookkeeping (the loss
+    tensors are kept on a list and summed once per epoch). Class-index targets go to the loss
+    unless a batch transform is active, which gets one-hot targets and hands back soft ones."""
+    before = tuple(a for a in actions if a.where == "before_forward")
+    after_bwd = tuple(a for a in actions if a.where == "after_backward")
+    after = tuple(a for a in actions if a.where == "after_step")
+    transforms = tuple(t.fn for t in batch_transforms)
+    soft = bool(transforms)
+    groups = [g for opt in optimizers for g in opt.param_groups]
+    zero_grads = tuple(opt.zero_grad for opt in optimizers)
+    opt_steps = tuple(opt.step for opt in optimizers)
+    autocast = ctx.autocast
+    use_autocast = ctx.autocast_dtype is not None
+    losses, last = record.losses, record.last
+
+    def step(x: torch.Tensor, y: torch.Tensor, i: int) -> None:
+        for a in before:
+            if a.active(i):
+                a.fn(i)
+        targets = y
+        if soft:
+            targets = F.one_hot(y, num_classes).float()
+            for fn in transforms:
+                x, targets = fn(x, targets)
+        if use_autocast:
+            with autocast():
+                logits = forward(x)
+        else:
+            logits = forward(x)
+        loss = loss_fn(logits.float() if soft else logits, targets).sum()
+        for zero_grad in zero_grads:
+            zero_grad(set_to_none=True)
+        loss.backward()
+        for a in after_bwd:
+            if a.active(i):
+                a.fn(i)
+        scale = lr_table[i]
+        for g, base in zip(groups, base_lrs):
+            g["lr"] = base * scale
+        for opt_step in opt_steps:
+            opt_step()
+        done = i + 1
+        for a in after:
+            if a.active(done):
+                a.fn(done)
+        losses.append(loss)
+        last[:] = (logits, y)
+
+    return step
+
+
+@dataclass
+class StepRecord:
+    """What the steps leave for the epoch's metrics: each step's summed loss (a device tensor,
+    never read inside a step), and the last batch's logits and labels."""
+
+    losses: list = field(default_factory=list)
+    last: list = field(default_factory=list)
+
+    def clear(self) -> None:
+        self.losses.clear()
+        self.last.clear()
+
+    def read(self, batch_size: int) -> tuple[float, float]:
+        """(mean train loss per example over the epoch, accuracy on its last batch): one sync."""
+        if not self.losses:
+            return float("nan"), float("nan")
+        logits, y = self.last
+        total = torch.stack([v.float() for v in self.losses]).sum()
+        acc = (logits.argmax(1) == y).float().mean()
+        loss_sum, acc_v = torch.stack([total, acc]).tolist()
+        return loss_sum / (len(self.losses) * batch_size), acc_v
+
