@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 
 class Interrupted(BaseException):
-    """Ctrl-C or SIGTERM: the runner writes what it has and exits 128 + signal.
+    """Ctrl-C or SIGTERM: the batch writes what it has and exits 128 + signal.
 
     A ``BaseException``, like ``KeyboardInterrupt``: the signal handler raises it wherever the
     process happens to be, and an ``except Exception`` there (the dataset reader turning any
