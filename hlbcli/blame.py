@@ -148,12 +148,16 @@ def guarded(fn: Callable, trick: str, origin: str, hook: str) -> Callable:
             if _passes(e):
                 raise
             raise raised(trick, origin, hook, e) from e
-        wrong = check_result(hook, result)
-        if wrong:
-            raise _bug(trick, origin, hook, wrong)
-        return result
+        return _checked(result, trick, origin, hook)
 
     return call
+
+
+def _checked(result: Any, trick: str, origin: str, hook: str) -> Any:
+    wrong = check_result(hook, result)
+    if wrong:
+        raise _bug(trick, origin, hook, wrong)
+    return result
 
 
 def _guard_wrapper(fn: Callable, trick: str, origin: str, hook: str, files: tuple[str, ...]) -> Callable:
@@ -168,10 +172,7 @@ def _guard_wrapper(fn: Callable, trick: str, origin: str, hook: str, files: tupl
             if _passes(e) or not _raised_in(e, files):
                 raise
             raise raised(trick, origin, hook, e) from e
-        wrong = check_result(hook, result)
-        if wrong:
-            raise _bug(trick, origin, hook, wrong)
-        return result
+        return _checked(result, trick, origin, hook)
 
     return guarded
 

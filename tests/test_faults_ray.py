@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from conftest import set_args, tiny_sets
+from ray_head import free_port, start_head
 
 ray = pytest.importorskip("ray", reason="the Ray backend's tests need the 'ray' extra: pip install 'hlbcli[ray]'")
 
@@ -32,14 +33,7 @@ from hlbcli.experiments.ray_cluster import ClusterLost, Health, fit, http2_answe
 FAST = tiny_sets("data.synthetic_train=128", "data.synthetic_test=64", "train.epochs=1")
 # about a second a run on one core: the head can be killed between two
 SLOW = tiny_sets("data.synthetic_train=2048", "data.synthetic_test=256", "train.epochs=2")
-RAY_EXE = Path(sys.executable).with_name("ray")
 ABLATE = ["ablate", "--preset", "smoke", "--disable", "ema", "--device", "cpu", "--backend", "ray"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 _HOME: list[str] = []
@@ -75,33 +69,14 @@ def _one_error_line(err: str, start: str) -> None:
 def _ray_head(token: str | None):
     """A Ray head on 127.0.0.1 (2 CPUs, no GPU, token auth when ``token``), as tests/test_ray.py
     starts one: yields (address, env for a client, the head's process)."""
-    if not RAY_EXE.exists():
-        pytest.skip("no ray command beside this interpreter")
-    port = _free_port()
     tmp = tempfile.mkdtemp(prefix="hlbrf", dir="/tmp")  # short: Ray's socket paths have a length limit
     env = _env(**(dict(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token) if token else {}))
-    proc = subprocess.Popen(
-        [str(RAY_EXE), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-         "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={tmp}",
-         "--object-store-memory=100000000"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**env, "HLB_TEST_RAY_HEAD": tmp},
-        start_new_session=True,
-    )
-    address = f"127.0.0.1:{port}"
+    proc = None
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"ray start failed: {proc.stdout.read()[-2000:]}")
-            r = subprocess.run([str(RAY_EXE), "status", f"--address={address}"], capture_output=True, text=True, env=env)
-            if r.returncode == 0:
-                break
-            time.sleep(1)
-        else:
-            pytest.fail("the Ray head did not come up in 120 s")
+        proc, address = start_head(tmp, env, head_env={**env, "HLB_TEST_RAY_HEAD": tmp})
         yield address, env, proc
     finally:
-        if proc.poll() is None:
+        if proc is not None and proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)  # quicker than ray stop's 30 s, and nothing to keep
             proc.wait()
         _kill_left(tmp)  # its workers too: they carry its mark in their environment
@@ -147,7 +122,7 @@ def token_head():
 
 
 def test_a_plain_http_server_is_not_a_ray_cluster_in_seconds(tmp_path):
-    port = _free_port()
+    port = free_port()
     srv = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"], cwd=tmp_path,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -167,7 +142,7 @@ def test_a_plain_http_server_is_not_a_ray_cluster_in_seconds(tmp_path):
         srv.wait()
     assert r.returncode == 2, r.stdout + r.stderr
     _one_error_line(r.stderr, f"error: --backend ray: 127.0.0.1:{port} is not a Ray cluster: it answers HTTP/1")
-    assert took < 20 and not (tmp_path / "d").exists()
+    assert took < 60 and not (tmp_path / "d").exists()
 
 
 def test_a_server_that_says_nothing_is_not_ray(cli, tmp_path):
@@ -177,7 +152,7 @@ def test_a_server_that_says_nothing_is_not_ray(cli, tmp_path):
         t0 = time.monotonic()
         code, _, err = cli(*ABLATE, "--address", f"127.0.0.1:{srv.getsockname()[1]}", "--out", tmp_path / "d")
     assert code == 2 and "is not a Ray cluster: it said nothing in 3 s to an HTTP/2 client" in err, err
-    assert len(err.strip().splitlines()) == 1 and time.monotonic() - t0 < 15 and not (tmp_path / "d").exists()
+    assert len(err.strip().splitlines()) == 1 and time.monotonic() - t0 < 45 and not (tmp_path / "d").exists()
 
 
 def _serve_once(answer: bytes) -> int:
@@ -271,7 +246,7 @@ def test_joining_without_the_token_names_the_token(token_head, tmp_path):
     r = _hlb(*ABLATE, "--address", address, "--out", tmp_path / "d", env=_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="0" * 32))
     assert r.returncode == 2, r.stdout + r.stderr
     _one_error_line(r.stderr, f"error: --backend ray: the Ray cluster at {address} refused this auth token (RAY_AUTH_TOKEN)")
-    assert time.monotonic() - t0 < 40 and not (tmp_path / "d").exists()
+    assert time.monotonic() - t0 < 90 and not (tmp_path / "d").exists()
 
 
 def test_more_cpus_per_task_than_any_node_has_fails_at_once(token_head, tmp_path):
@@ -281,7 +256,7 @@ def test_more_cpus_per_task_than_any_node_has_fails_at_once(token_head, tmp_path
     assert r.returncode == 2, r.stdout + r.stderr
     _one_error_line(r.stderr, "error: --cpus-per-task 8: no node of the Ray cluster has 8 CPUs for a task "
                               "(the cluster has 1 node(s): 2 CPU and 0 GPU)")
-    assert time.monotonic() - t0 < 40 and not (tmp_path / "d").exists()
+    assert time.monotonic() - t0 < 90 and not (tmp_path / "d").exists()
 
 
 # --- no --address: a new instance on this machine, whatever /tmp/ray says -------------------------
@@ -302,7 +277,7 @@ def ray_tmp():
 def test_without_address_a_stale_cluster_file_is_not_followed(ray_tmp, tmp_path):
     stale = Path(ray_tmp) / "ray"
     stale.mkdir()
-    (stale / "ray_current_cluster").write_text(f"127.0.0.1:{_free_port()}")  # a cluster long gone
+    (stale / "ray_current_cluster").write_text(f"127.0.0.1:{free_port()}")  # a cluster long gone
     t0 = time.monotonic()
     r = _hlb(*ABLATE, "--runs", "1", *set_args(FAST), "--out", tmp_path / "d", env=_env(RAY_TMPDIR=ray_tmp), timeout=240)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -330,10 +305,10 @@ def test_a_stop_signal_while_ray_starts_is_obeyed_at_once(ray_tmp, tmp_path, sig
     t0 = time.monotonic()
     proc.send_signal(sig)
     try:
-        _, err = proc.communicate(timeout=15)
+        _, err = proc.communicate(timeout=45)
     finally:
         proc.kill()
-    assert time.monotonic() - t0 < 10
+    assert time.monotonic() - t0 < 30
     assert proc.returncode == (130 if sig == signal.SIGINT else 128 + sig), err
     _one_error_line(err, f"error: interrupted ({signal.Signals(sig).name}) while starting Ray on this machine")
     assert _none_left(ray_tmp), "Ray's processes outlived hlb"
@@ -344,7 +319,7 @@ def test_ray_init_has_a_time_limit(ray_tmp, tmp_path):
     r = _hlb(*ABLATE, "--out", tmp_path / "d", env=_env(RAY_TMPDIR=ray_tmp, HLB_RAY_CONNECT_TIMEOUT="0.5"), timeout=60)
     assert r.returncode == 2, r.stdout + r.stderr
     _one_error_line(r.stderr, "error: --backend ray: a new Ray instance on this machine did not come up in 0.5 s")
-    assert time.monotonic() - t0 < 30 and not (tmp_path / "d").exists()
+    assert time.monotonic() - t0 < 90 and not (tmp_path / "d").exists()
     assert _none_left(ray_tmp), "Ray's processes outlived hlb"
 
 
@@ -374,6 +349,6 @@ def test_a_head_killed_mid_battery_ends_with_one_error_line_and_keeps_the_runs(t
     last = err.strip().splitlines()[-1]
     assert last.startswith(f"error: the Ray cluster at {address} was lost: its head") and "--resume" in last, err
     assert sum(1 for ln in err.splitlines() if ln.startswith("error:")) == 1, err
-    assert took < 40, took
+    assert took < 90, took  # it hung for minutes before: bounds are loose, the machine may be busy
     s = json.loads((out / "summary.json").read_text())
     assert s["partial"] is True and sum(a["n"] for a in s["arms"]) >= 1

@@ -97,7 +97,7 @@ def test_trick_info_returning_none_and_tricks_list_survives_it(cli, monkeypatch)
     install_trick(monkeypatch, "buggy", info=None)
     import hlb_plugins
 
-    mod = sys.modules[f"hlb_test_trick_buggy"]
+    mod = sys.modules["hlb_test_trick_buggy"]
     from hlbcli import hookimpl
 
     mod.hlb_trick_info = hookimpl(lambda: None)

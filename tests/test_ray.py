@@ -12,7 +12,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import set_args, tiny_sets
+from ray_head import start_head
 
 ray = pytest.importorskip("ray", reason="the Ray backend's tests need the 'ray' extra: pip install 'hlbcli[ray]'")
 
@@ -30,44 +30,17 @@ FAST = tiny_sets("data.synthetic_train=128", "data.synthetic_test=64", "train.ep
 SLOW = tiny_sets("data.synthetic_train=2048", "data.synthetic_test=256", "train.epochs=2")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def head():
     """A Ray head on 127.0.0.1 with 2 CPUs and no GPU: its address."""
-    exe = Path(sys.executable).with_name("ray")
-    if not exe.exists():
-        pytest.skip("no ray command beside this interpreter")
-    port = _free_port()
-    tmp = tempfile.mkdtemp(prefix="hlbray", dir="/tmp")  # short: Ray's socket paths have a length limit
+    tmp = tempfile.mkdtemp(prefix="hlbray", dir="/tmp")
     # Ray 2.x clusters started with `ray start` want a token from every client: this one's is
     # random and given through the environment to the head and to hlb (never ~/.ray)
     auth = dict(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16), RAY_USAGE_STATS_ENABLED="0")
     saved = {k: os.environ.get(k) for k in auth}
     os.environ.update(auth)
     env = dict(os.environ, HLB_THREADS="1", OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(
-        [str(exe), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-         "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={tmp}",
-         "--object-store-memory=100000000"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
-    )
-    address = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"ray start failed: {proc.stdout.read()[-2000:]}")
-        r = subprocess.run([str(exe), "status", f"--address={address}"], capture_output=True, text=True, env=env)
-        if r.returncode == 0:
-            break
-        time.sleep(1)
-    else:
-        proc.kill()
-        pytest.fail("the Ray head did not come up in 120 s")
+    proc, address = start_head(tmp, env)
     try:
         yield address
     finally:
