@@ -65,6 +65,7 @@ def train(
     deterministic: bool = typer.Option(False, "--deterministic", help="ask CUDA for deterministic kernels"),
     stop_on_failure: bool = typer.Option(False, "--stop-on-failure", help="stop the batch at the first diverged run"),
     resume: bool = ResumeOpt,
+    label: str = typer.Option("", "--label", hidden=True, help="the ablation arm these runs belong to (ctx.arm): set by hlb ablate"),
 ) -> None:
     """Train a preset for one or more seeds."""
     from hlbcli.experiments.batch import TrainOptions, train_batch
@@ -78,7 +79,7 @@ def train(
     opts = TrainOptions(
         runs=runs, seed=seed, device=device, data_dir=str(data_dir) if data_dir else None,
         download=not no_download, out=out, quiet=quiet, deterministic=deterministic,
-        stop_on_failure=stop_on_failure, resume=resume,
+        stop_on_failure=stop_on_failure, resume=resume, label=label,
     )
     _, code = train_batch(cfg, tm, opts)
     raise typer.Exit(code)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import weakref
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Literal
 
 import torch
@@ -60,7 +61,11 @@ class Dataset:
     test_images: torch.Tensor
     test_labels: torch.Tensor
     num_classes: int
+    #: per channel, in fractions of 255: the training images' mean of ``images / 255`` (e.g.
+    #: CIFAR-10's red channel 0.4914); the net sees ``(images / 255 - mean) / std``
+    #: (:func:`hlbcli.evaluation.normalize`)
     mean: tuple[float, ...]
+    #: per channel, in fractions of 255: the standard deviation of ``images / 255``
     std: tuple[float, ...]
 
     def to(self, device: torch.device | str) -> "Dataset":
@@ -112,7 +117,8 @@ class Transform:
     """A data augmentation returned by ``hlb_batch_transforms``.
 
     ``level="epoch"``: ``fn(images, epoch, generator) -> images`` runs once per epoch on the
-    whole normalised training set (N, C, H, W), outside the step (flip, translate). It returns
+    whole normalised training set (N, C, H, W), outside the step (flip, translate);
+    ``generator`` is the run's :attr:`RunContext.generator` (on the run's device). It returns
     a new tensor (or one it keeps between epochs) and never changes its input in place: the
     built-in flip and translate keep sets between epochs, keyed on their input.
     ``level="batch"``: ``fn(images, targets) -> (images, targets)`` runs inside the fused step
@@ -182,6 +188,13 @@ class RunContext:
     #: the first optimizer (the core's SGD unless a trick replaced it); ``optimizers`` has all
     optimizer: torch.optim.Optimizer | None = None
     optimizers: list = field(default_factory=list)
+    #: the run's generator, for code that draws random numbers outside the step (epoch
+    #: transforms get it as their ``generator`` argument; build-time hooks may use it): a
+    #: ``torch.Generator`` on ``device`` (draw with ``device=ctx.device, generator=...``),
+    #: seeded with ``seed`` when the run starts, so a seed draws the same numbers every time on
+    #: one device. Each epoch draws its epoch transforms' numbers first, in ``order``, then the
+    #: epoch's shuffle. Batch transforms inside the step use torch's global generators, seeded
+    #: with ``seed`` too (``torch.manual_seed``)
     generator: torch.Generator | None = None
     #: the training images normalised, in ``dtype`` and the run's memory format (channels_last
     #: with ``train.channels_last``): what data-aware init reads (whitening) and what the epoch
@@ -202,6 +215,13 @@ class RunContext:
     rebuild_step: bool = False
     #: the autocast dtype (``train.precision`` fp16/bf16), None when the run uses no autocast
     autocast_dtype: torch.dtype | None = None
+    #: the ablation arm this run belongs to (``baseline``, ``-NAME``, ``+NAME``: ``hlb ablate``,
+    #: either backend), None in a plain ``hlb train``
+    arm: str | None = None
+    #: the folder this run's record is written to (``hlb train --out DIR``: DIR; an ablation
+    #: arm of the local backend: ``DIR/arms/<arm folder>``), None when there is none (no
+    #: ``--out``; a Ray task, whose records the driver writes on its own machine)
+    out: Path | None = None
 
     def autocast(self):
         """The autocast context of this run (a no-op without autocast)."""

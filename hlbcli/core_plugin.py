@@ -7,11 +7,11 @@ these results.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from hlbcli import hookimpl
 from hlbcli.contract import CrossEntropy, RunContext, kilostep_scale, sgd_hparams
 from hlbcli.data import load_cifar, synthetic
+from hlbcli.evaluation import evaluate
 from hlbcli.model import build_net
 
 
@@ -73,26 +73,8 @@ def hlb_eval_forward(model):
 
 @hookimpl(trylast=True)
 def hlb_evaluate(model, images, labels, forward, ctx: RunContext):
-    from hlbcli.data import normalize
-
-    ds = ctx.dataset
-    bs = ctx.eval_batch_size
-    was_training = model.training
-    model.eval()
-    correct = torch.zeros((), device=images.device)
-    loss = torch.zeros((), device=images.device)
-    with torch.no_grad(), ctx.autocast():
-        for i in range(0, len(images), bs):
-            x = normalize(images[i : i + bs], ds.mean, ds.std, ctx.dtype)
-            if ctx.cfg.train.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            y = labels[i : i + bs]
-            logits = forward(x).float()
-            correct += (logits.argmax(1) == y).sum()
-            loss += F.cross_entropy(logits, y, reduction="sum")
-    model.train(was_training)
-    n = max(len(images), 1)
-    return {"accuracy": correct.item() / n, "loss": loss.item() / n}
+    # the pieces are the trick API's (hlbcli.evaluation): one copy, the numbers tricks reuse
+    return evaluate(model, images, labels, forward, ctx)
 
 
 __all__ = ["kilostep_scale", "sgd_hparams", "piecewise_linear"]

@@ -17,6 +17,7 @@ import torch
 
 from hlbcli.contract import Dataset
 from hlbcli.errors import HlbError, UsageError
+from hlbcli.evaluation import normalize  # noqa: F401 (re-exported: the one copy is the trick API's)
 from hlbcli.paths import broken_link, expand_user, path_error
 from hlbcli.signals import Interrupted, held_signals
 
@@ -387,10 +388,3 @@ def synthetic(
     return Dataset(
         "synthetic", img[:n_train], labels[:n_train], img[n_train:], labels[n_train:], num_classes, mean, std
     )
-
-
-def normalize(images: torch.Tensor, mean, std, dtype: torch.dtype) -> torch.Tensor:
-    """uint8 (N, C, H, W) -> float, normalised per channel, in ``dtype``."""
-    m = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
-    return ((images.float() / 255 - m) / s).to(dtype)

@@ -46,6 +46,7 @@ HOOK_STAGES = {
     "hlb_epoch_start": "run",
     "hlb_epoch_end": "run",
     "hlb_train_end": "run",
+    "hlb_run_end": "run",
     "hlb_eval_forward": "eval",
     "hlb_evaluate": "eval",
 }
@@ -99,7 +100,8 @@ def hlb_batch_transforms(cfg: Any, ctx: RunContext) -> list[Transform]:
     """Return data augmentations (:class:`~hlbcli.contract.Transform`). Called once per run,
     after ``hlb_model_init``, before the loop; all results are concatenated (a transform or a
     list of them per implementation) and sorted by ``order``. Epoch-level ones
-    run on the whole training set at each epoch start; batch-level ones are fused into the
+    run on the whole training set at each epoch start, with ``ctx.generator`` (the run's
+    generator on its device, seeded with the seed); batch-level ones are fused into the
     step for the epochs where they are active."""
 
 
@@ -217,35 +219,63 @@ def hlb_epoch_start(epoch: int, ctx: RunContext) -> None:
 
 @hookspec
 def hlb_epoch_end(epoch: int, metrics: dict, ctx: RunContext) -> None:
-    """Called after every epoch's steps and its per-epoch evaluation (if any), with
-    ``epoch`` counting from 0. Not called for an epoch whose training loss is not finite (the
-    run is then ``diverged`` and stops).
+    """Called after every epoch's steps and its evaluation, with ``epoch`` counting from 0
+    (as ``hlb_epoch_start`` and ``Transform.start_epoch`` count). Every epoch but the last:
+    after its steps and its per-epoch evaluation (if any). The last epoch of a run that
+    completed: after the final evaluation (so after ``hlb_train_end``), its ``val_acc`` the
+    run's accuracy. Not called for an epoch whose training loss is not finite (the run is then
+    ``diverged`` and stops), nor for the last epoch of a run whose end failed.
 
     ``metrics`` is the epoch's row of the run record, host numbers already synced:
-    ``epoch`` (counted from 1: ``epoch + 1``), ``steps`` (training steps done so far in the
-    run), ``train_loss`` (mean loss per example over the epoch), ``train_acc`` (accuracy on
-    the epoch's last batch), ``val_acc`` (the per-epoch ``hlb_evaluate``'s accuracy; None for
-    the last epoch and when ``train.eval_every_epoch`` is off; the final evaluation fills in
-    the last row after this hook) and ``elapsed`` (timed seconds so far: the run's init and
-    training epochs; per-epoch evaluation is not timed)."""
+    ``epoch`` (counted from 1: ``epoch + 1``, the number the table shows), ``steps`` (training
+    steps done so far in the run), ``train_loss`` (mean loss per example over the epoch),
+    ``train_acc`` (accuracy on the epoch's last batch), ``val_acc`` (the per-epoch
+    ``hlb_evaluate``'s accuracy, None when ``train.eval_every_epoch`` is off; for the last
+    epoch the final evaluation's accuracy, TTA included) and ``elapsed`` (timed seconds so far:
+    the run's init and training epochs, and for the last epoch the final evaluation; per-epoch
+    evaluation is not timed)."""
 
 
 @hookspec
 def hlb_train_end(ctx: RunContext) -> None:
-    """Called once per run that completed: after the last epoch's ``hlb_epoch_end`` and the
-    ``at_end`` step actions, before ``hlb_eval_forward`` and the final evaluation, inside the
-    timed ``eval`` phase. Not called for a run that diverged, failed or was interrupted."""
+    """Called once per run that completed: after the last epoch's steps and the ``at_end``
+    step actions, before ``hlb_eval_forward``, the final evaluation and the last epoch's
+    ``hlb_epoch_end``, inside the timed ``eval`` phase. The place to put the weights that are
+    evaluated in the net. Not called for a run that diverged, failed or was interrupted."""
+
+
+@hookspec
+def hlb_run_end(ctx: RunContext, status: str, metrics: dict | None, phases: dict) -> None:
+    """Called once at the end of every run, whatever its outcome; the last hook of a run. All
+    implementations run.
+
+    ``status`` is the run record's: ``completed`` (after the final evaluation and the last
+    ``hlb_epoch_end``), ``diverged`` (the loss became NaN or infinite, or a step overflowed),
+    ``failed`` (an error ended the run; it goes on up after this hook) or ``interrupted``
+    (Ctrl-C or a signal). ``metrics`` is the final evaluation's result (``accuracy``, ``loss``
+    and whatever ``hlb_evaluate`` returned, as the record's ``final``) for a completed run,
+    else None. ``phases`` holds the timed seconds so far: ``init``, ``train``, ``eval``.
+
+    Called after the run's record is made: in ``hlb train`` (and ``hlb ablate``'s arms, either
+    backend) a failed or interrupted run's record is already kept when it runs. An exception
+    raised here is the trick's bug (exit 2), and the record stays as the run ended; while a
+    failed or interrupted run's own error goes up, an exception here is left out. Also called
+    for the untimed warm-up run (``ctx.warmup`` True)."""
 
 
 # --- evaluation ------------------------------------------------------------------------------
 
 
 @hookspec(firstresult=True)
-def hlb_eval_forward(model: torch.nn.Module, cfg: Any, ctx: RunContext) -> Callable[[torch.Tensor], torch.Tensor]:
+def hlb_eval_forward(model: torch.nn.Module, cfg: Any, ctx: RunContext, final: bool) -> Callable[[torch.Tensor], torch.Tensor]:
     """Return ``forward(images) -> logits`` used for the final evaluation (normalised float
-    images in, logits out). ``model`` is the forward the run trained with (the compiled model
-    when compiling is on). Called once per run that completed, after ``hlb_train_end``; first
-    result wins (TTA returns an averaging forward; the core returns ``model``)."""
+    images in, as :func:`hlbcli.evaluation.net_input` makes them; logits out). ``model`` is
+    the forward the run trained with (the compiled model when compiling is on). Called once
+    per run that completed, after ``hlb_train_end``, with ``final`` True (the per-epoch
+    evaluation calls the training forward directly, not this hook); first result wins (TTA
+    returns an averaging forward; the core returns ``model``). On entry the model is in
+    training mode with autograd on; the evaluation calls the forward in eval mode under
+    ``torch.no_grad()``."""
 
 
 @hookspec(firstresult=True)
@@ -255,17 +285,26 @@ def hlb_evaluate(
     labels: torch.Tensor,
     forward: Callable[[torch.Tensor], torch.Tensor],
     ctx: RunContext,
+    final: bool,
 ) -> dict:
     """Evaluate ``forward`` on uint8 ``images`` (the test set); return at least
     ``{"accuracy": float, "loss": float}``. ``model`` is the uncompiled module (for wrappers
     that swap weights); ``forward`` is what to call. First result wins; wrappers may swap
     weights in and out around it.
 
-    Called in two places:
+    On entry ``model`` is in training mode and autograd is on: an implementation switches to
+    eval mode and ``torch.no_grad()`` itself and restores the mode. The core's is
+    :func:`hlbcli.evaluation.evaluate`: batches of ``ctx.eval_batch_size`` normalised with the
+    dataset's mean and std, eval mode, no grad, ``ctx.autocast()``; ``loss`` the mean
+    cross-entropy over the images. Its pieces are the trick API's (:mod:`hlbcli.evaluation`).
 
-    - per epoch, only when ``train.eval_every_epoch`` is on, after every epoch but the last,
-      with ``forward`` the training forward (the compiled model when compiling is on; no TTA).
-      Untimed; its accuracy becomes the epoch's ``val_acc``, before ``hlb_epoch_end``.
-    - once at the end of a run that completed, after ``hlb_train_end``, with ``forward`` from
-      ``hlb_eval_forward`` (TTA where active). Timed as the ``eval`` phase; the result is the
-      run record's ``final`` and its accuracy the run's."""
+    Called in two places, told apart by ``final``:
+
+    - per epoch (``final`` False), only when ``train.eval_every_epoch`` is on, after every
+      epoch but the last, with ``forward`` the training forward (the compiled model when
+      compiling is on; no TTA). Untimed; its accuracy becomes the epoch's ``val_acc``, before
+      ``hlb_epoch_end``.
+    - once at the end of a run that completed (``final`` True), after ``hlb_train_end``, with
+      ``forward`` from ``hlb_eval_forward`` (TTA where active). Timed as the ``eval`` phase;
+      the result is the run record's ``final``, its accuracy the run's and the last epoch's
+      ``val_acc``, and ``hlb_run_end``'s ``metrics``."""

@@ -8,6 +8,7 @@ import math
 import re
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -94,27 +95,37 @@ def _flatten(results: list) -> list:
     return out
 
 
-def plan_run(session: Session, seed: int, warmup: bool = False) -> RunPlan:
+def new_context(session: Session, seed: int, warmup: bool = False, arm: str | None = None,
+                out: Path | None = None) -> RunContext:
+    """The run's :class:`RunContext`, before any hook: sizes, the model, and the run's
+    generator on the session's device, seeded with ``seed`` (drawing nothing else)."""
+    cfg, dev = session.cfg, session.device
+    t = cfg.train
+    steps_per_epoch = session.train_size // t.batch_size
+    total_steps = max(1, math.ceil(t.epochs * steps_per_epoch))
+    return RunContext(
+        cfg=cfg, device=dev, dtype=session.dtype, dataset=session.dataset, seed=seed, batch_size=t.batch_size,
+        steps_per_epoch=steps_per_epoch, total_steps=total_steps, epochs=t.epochs,
+        num_epochs=math.ceil(total_steps / steps_per_epoch), model=session.model,
+        generator=torch.Generator(device=dev).manual_seed(seed), autocast_dtype=session.autocast_dtype,
+        warmup=warmup, eval_batch_size=session.eval_batch_size, arm=arm, out=out,
+    )
+
+
+def plan_run(session: Session, seed: int, warmup: bool = False, ctx: RunContext | None = None) -> RunPlan:
     """Reset the weights to the seed's, then call the build-time hooks once: data-aware init,
-    transforms, loss, parameter groups, optimizer, lr table, step actions, train start."""
+    transforms, loss, parameter groups, optimizer, lr table, step actions, train start.
+    ``ctx``: the run's context when the caller made it (:func:`new_context`)."""
     cfg, tm, dev, ds = session.cfg, session.tm, session.device, session.dataset
+    ctx = ctx if ctx is not None else new_context(session, seed, warmup)
     if dev.type == "cuda":
         torch.cuda.manual_seed_all(seed)
     reset_weights(session, seed)
     torch.manual_seed(seed)
-    gen = torch.Generator(device=dev).manual_seed(seed)
     model = session.model
     model.train()
     t = cfg.train
-    steps_per_epoch = session.train_size // t.batch_size
-    total_steps = max(1, math.ceil(t.epochs * steps_per_epoch))
-    num_epochs = math.ceil(total_steps / steps_per_epoch)
-    ctx = RunContext(
-        cfg=cfg, device=dev, dtype=session.dtype, dataset=ds, seed=seed, batch_size=t.batch_size,
-        steps_per_epoch=steps_per_epoch, total_steps=total_steps, epochs=t.epochs, num_epochs=num_epochs,
-        model=model, generator=gen, autocast_dtype=session.autocast_dtype, warmup=warmup,
-        eval_batch_size=session.eval_batch_size,
-    )
+    total_steps = ctx.total_steps
     train_images = normalize(ds.train_images, ds.mean, ds.std, session.dtype)
     if t.channels_last:
         train_images = train_images.contiguous(memory_format=torch.channels_last)
@@ -142,15 +153,20 @@ def fit(
     seed: int,
     on_epoch: Callable[[dict], None] | None = None,
     warmup: bool = False,
+    ctx: RunContext | None = None,
+    phases: dict | None = None,
 ) -> RunResult:
     """Train one seed on the open session and evaluate it: the loop (:func:`run_seed` makes the
     run's record of it). ``warmup`` runs two steps per epoch on the same plan (it compiles every
-    phase's graphs) and skips the per-epoch evaluation's output."""
+    phase's graphs) and skips the per-epoch evaluation's output. ``ctx``: the run's context
+    when the caller made it; ``phases``: a dict the timed seconds are kept in as they pass (so a
+    caller sees them when the run ends in an error)."""
     cfg, tm, dev, ds = session.cfg, session.tm, session.device, session.dataset
     timer = Timer(dev)
-    phases = {"init": 0.0, "train": 0.0, "eval": 0.0}
+    phases = phases if phases is not None else {}
+    phases.update(init=0.0, train=0.0, eval=0.0)
     t0 = timer.now()
-    plan = plan_run(session, seed, warmup)
+    plan = plan_run(session, seed, warmup, ctx)
     phases["init"] = timer.now() - t0
     ctx, transforms, actions = plan.ctx, plan.transforms, plan.actions
     steps = plan.record
@@ -202,12 +218,15 @@ def fit(
             if on_epoch and not warmup:
                 on_epoch(row)
             break
-        if t.eval_every_epoch and epoch < num_epochs - 1:
-            res = tm.hook.hlb_evaluate(model=model, images=ds.test_images, labels=ds.test_labels, forward=fwd, ctx=ctx)
+        epochs.append(row)
+        if epoch == num_epochs - 1:
+            break  # the last epoch ends after the final evaluation, below
+        if t.eval_every_epoch:
+            res = tm.hook.hlb_evaluate(model=model, images=ds.test_images, labels=ds.test_labels, forward=fwd,
+                                       ctx=ctx, final=False)
             row["val_acc"] = res["accuracy"]
         tm.hook.hlb_epoch_end(epoch=epoch, metrics=row, ctx=ctx)
-        epochs.append(row)
-        if on_epoch and epoch < num_epochs - 1 and not warmup:
+        if on_epoch and not warmup:
             on_epoch(row)
 
     accuracy = float("nan")
@@ -218,25 +237,36 @@ def fit(
             if a.where == "at_end":
                 a.fn(step)
         tm.hook.hlb_train_end(ctx=ctx)
-        forward = tm.hook.hlb_eval_forward(model=fwd, cfg=cfg, ctx=ctx)
-        final = tm.hook.hlb_evaluate(model=model, images=ds.test_images, labels=ds.test_labels, forward=forward, ctx=ctx)
+        forward = tm.hook.hlb_eval_forward(model=fwd, cfg=cfg, ctx=ctx, final=True)
+        final = tm.hook.hlb_evaluate(model=model, images=ds.test_images, labels=ds.test_labels, forward=forward,
+                                     ctx=ctx, final=True)
         dt = timer.now() - t0
         phases["eval"] = dt
         accuracy = final["accuracy"]
         elapsed += dt
         epochs[-1]["val_acc"] = accuracy
         epochs[-1]["elapsed"] = elapsed
+        tm.hook.hlb_epoch_end(epoch=len(epochs) - 1, metrics=epochs[-1], ctx=ctx)
         if on_epoch and not warmup:
             on_epoch(epochs[-1])
     return RunResult(seed, status, accuracy, sum(phases.values()), phases, epochs, message, final)
 
 
-def warm_up(session: Session, seed: int = 0) -> float:
+def warm_up(session: Session, seed: int = 0, arm: str | None = None, out: Path | None = None) -> float:
     """Compile every phase's graphs once (two steps per epoch), untimed, before the runs."""
     if session.warmed_up or not session.compiled:
         return 0.0
     t0 = time.perf_counter()
-    fit(session, seed, warmup=True)
+    ctx, phases = new_context(session, seed, True, arm, out), {}
+    try:
+        res = fit(session, seed, warmup=True, ctx=ctx, phases=phases)
+    except Interrupted as e:
+        run_end(session, ctx, "interrupted", None, phases, e)
+        raise
+    except (Exception, SystemExit) as e:
+        run_end(session, ctx, "diverged" if _numeric_failure(e) else "failed", None, phases, e)
+        raise
+    run_end(session, ctx, res.status, res.final or None, phases)
     session.warmup_seconds = time.perf_counter() - t0
     session.warmed_up = True
     return session.warmup_seconds
@@ -276,12 +306,28 @@ def run_error(session: Any, seed: int, e: BaseException) -> HlbError | None:
     return None
 
 
+def run_end(session: Any, ctx: RunContext, status: str, metrics: dict | None, phases: dict,
+            cause: BaseException | None = None) -> None:
+    """``hlb_run_end``. While ``cause`` (the run's own error) goes up, an error of the hook is
+    left out (noted on ``cause``): the run's error is what ended it."""
+    try:
+        session.tm.hook.hlb_run_end(ctx=ctx, status=status, metrics=metrics, phases=dict(phases))
+    except (Exception, SystemExit) as e:
+        if cause is None:
+            raise
+        cause.add_note(f"hlb_run_end then failed too: {e.__class__.__name__}: {e}")
+
+
 def run_seed(session: Any, seed: int, on_epoch: Callable[[dict], None] | None = None,
-               keep: Callable[[dict], None] | None = None) -> dict:
+             keep: Callable[[dict], None] | None = None, arm: str | None = None, out: Path | None = None) -> dict:
     """Train one seed of an open session and return its run record: ``completed``, or
     ``diverged`` when a step overflowed. Any other error, and an interruption, first hand the
     record (``failed`` with the message, or ``interrupted``) to ``keep``, then go up: what a
-    run was is never lost. ``hlb train`` and the Ray backend's tasks write the same records."""
+    run was is never lost. ``hlb train`` and the Ray backend's tasks write the same records.
+
+    ``hlb_run_end`` comes last, whatever the outcome, once the record is made; when it raises
+    after a completed or diverged run, the record goes to ``keep`` before its error goes up.
+    ``arm`` and ``out`` become ``ctx.arm`` and ``ctx.out``."""
     tm = session.tm
     tricks = list(tm.trick_names())
     rows: list[dict] = []
@@ -301,25 +347,34 @@ def run_seed(session: Any, seed: int, on_epoch: Callable[[dict], None] | None = 
         "epochs": rows,
     }
     keep = keep or (lambda rec: None)
+    ctx, phases = new_context(session, seed, arm=arm, out=out), {}
     try:
-        res = fit(session, seed, epoch)
+        res = fit(session, seed, epoch, ctx=ctx, phases=phases)
     except (Exception, SystemExit) as e:
         if not _numeric_failure(e):
             err = run_error(session, seed, e)
             rec.update(status="failed", message=err.line() if err else f"{e.__class__.__name__}: {e}")
             keep(rec)
-            if err is not None and err is not e:
-                raise err from e
+            up = err if err is not None else e
+            run_end(session, ctx, "failed", None, phases, up)
+            if up is not e:
+                raise up from e
             raise
         res = RunResult(seed, "diverged", float("nan"), None, {}, rows,
                         f"a training step failed in epoch {len(rows) + 1}: {e}")
-    except Interrupted:
+    except Interrupted as e:
         rec["message"] = "interrupted during this run"
         keep(rec)
+        run_end(session, ctx, "interrupted", None, phases, e)
         raise
     rec.update(
         status=res.status, accuracy=res.accuracy if res.status == "completed" else None,
         train_seconds=res.train_seconds, phases=res.phases, message=res.message, final=res.final,
     )
+    try:
+        run_end(session, ctx, res.status, res.final if res.status == "completed" else None, phases)
+    except BaseException:
+        keep(rec)  # the run's record first: the hook's error goes up after it
+        raise
     return rec
 

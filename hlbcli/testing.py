@@ -14,6 +14,7 @@
     s = testing.session(cfg, tm)                   # data loaded, model built
     plan = testing.plan(s, seed=0)                 # the build-time hooks: plan.optimizers, ...
     result = testing.run(s, seed=0)                # one run; s.model holds the final weights
+    rec = testing.run_record(s, seed=0)            # one run as hlb train records it, hlb_run_end included
 
 Nothing here touches the installed third-party tricks unless asked: a manager built by
 :func:`manager` holds the core and the plugins given, with every other trick blocked.
@@ -26,10 +27,11 @@ from types import ModuleType
 from typing import Any, Iterable
 
 from hlbcli.data import synthetic
+from hlbcli.errors import ConfigError, UsageError
 from hlbcli.plugins import TrickManager, build_manager
 
-__all__ = ["HookRecorder", "TINY_SETS", "check", "manager", "plan", "plugin_name", "resolve_config", "run", "session",
-           "synthetic", "train"]
+__all__ = ["ConfigError", "HookRecorder", "TINY_SETS", "UsageError", "check", "manager", "plan", "plugin_name",
+           "resolve_config", "run", "run_record", "session", "synthetic", "train"]
 
 #: ``--set`` overrides that make any preset tiny: synthetic data, small widths, two epochs.
 TINY_SETS = [
@@ -83,7 +85,13 @@ def resolve_config(
 ) -> tuple[Any, TrickManager]:
     """The config and manager ``hlb train --preset PRESET`` would build, with the given
     plugins added as active tricks (their settings sections validated, ``sets`` applied).
-    ``tiny`` prepends :data:`TINY_SETS`."""
+    ``tiny`` prepends :data:`TINY_SETS`.
+
+    Raises :class:`ConfigError` (``testing.ConfigError``; its ``rows`` are ``(where, what)``
+    pairs, e.g. ``("my_trick.strength", "Input should be less than 1")``) when a setting does
+    not validate, and :class:`UsageError` (``testing.UsageError``, which ``ConfigError`` and
+    ``hlbcli.TrickError`` subclass) for anything else the user could get wrong: an unknown
+    preset or trick, a ``sets`` item that is not ``key=value``."""
     from hlbcli.resolve import resolve
 
     extra = _named(plugins, names)
@@ -127,10 +135,22 @@ def plan(session: Any, seed: int = 0):
 
 def run(session: Any, seed: int = 0):
     """One run on a :func:`session`, in this process: a result with ``status``, ``accuracy``,
-    ``epochs`` (per-epoch metrics) and ``phases``; the session's model holds the final weights."""
+    ``epochs`` (per-epoch metrics) and ``phases``; the session's model holds the final weights.
+    The loop alone: ``hlb_run_end`` is not called (:func:`run_record` calls it), and an error
+    goes up as it is."""
     from hlbcli.run import fit
 
     return fit(session, seed)
+
+
+def run_record(session: Any, seed: int = 0, arm: str | None = None, out: Any = None) -> dict:
+    """One run on a :func:`session` as ``hlb train`` makes it: its record (a dict with
+    ``status``, ``accuracy``, ``epochs``, ``final``, ``phases``, ``message``), ``hlb_run_end``
+    called last whatever the outcome. A failed run's error goes up (a trick's bug as a
+    ``TrickBug``); ``arm`` and ``out`` become ``ctx.arm`` and ``ctx.out``."""
+    from hlbcli.run import run_seed
+
+    return run_seed(session, seed, arm=arm, out=out)
 
 
 class HookRecorder:

@@ -1,5 +1,8 @@
-"""Test-time augmentation: average the logits over the mirror image (level 1), and also over
-copies translated by one pixel each way (level 2)."""
+"""Test-time augmentation, in the final evaluation only (``hlb_eval_forward``; the per-epoch
+evaluation sees the plain net): the logits averaged over views of each test batch. Level 1: the
+image and its mirror, 1/2 each. Level 2 (the default): the image and its mirror 1/4 each, and
+both shifted by ``shift`` pixels (default 1, reflect padding) up-left and down-right, 1/8 each:
+six forwards per batch (:func:`tta_views`)."""
 
 from __future__ import annotations
 
@@ -15,8 +18,10 @@ NAME = "tta"
 
 
 class TtaSettings(Settings):
-    level: int = Field(2, ge=0, le=2, description="0 none, 1 mirror, 2 mirror + translate")
-    shift: int = Field(1, ge=1, le=4, description="level 2: translation in pixels")
+    level: int = Field(2, ge=0, le=2, description=(
+        "views averaged (weights of the logits): 0 the image alone; 1 the image and its mirror, 1/2 each; "
+        "2 also both shifted up-left and down-right: 1/4 image and mirror, 1/8 each shifted view"))
+    shift: int = Field(1, ge=1, le=4, description="level 2: the shift in pixels (reflect padding), up-left and down-right")
 
 
 def tta_views(x: torch.Tensor, level: int, shift: int = 1) -> list[tuple[torch.Tensor, float]]:
@@ -54,7 +59,9 @@ def tta_forward(net, level: int, shift: int = 1):
     return forward
 
 
-hlb_trick_info, hlb_config_model = trick(NAME, "test-time augmentation: mirror, and mirror + 1-pixel translations", TtaSettings)
+hlb_trick_info, hlb_config_model = trick(
+    NAME, "final-evaluation TTA: logits averaged over image and mirror, and (level 2) both shifted by shift px two ways",
+    TtaSettings)
 
 
 @hookimpl(tryfirst=True)

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 PLUGINS = sorted((Path(__file__).parent.parent / "plugins").glob("*.py"))
-#: the trick API: hookimpl and TrickError, the settings base, the contract, the model API
-API = {"hlbcli": {"hookimpl", "TrickError"}, "hlbcli.config": {"Settings"}, "hlbcli.contract": None, "hlbcli.model": None}
+#: the trick API: hookimpl and TrickError, the settings base, the contract, the model API, the evaluation
+API = {"hlbcli": {"hookimpl", "TrickError"}, "hlbcli.config": {"Settings"}, "hlbcli.contract": None, "hlbcli.model": None,
+       "hlbcli.evaluation": None}
 
 
 def _core_imports(path: Path) -> list[tuple[str, list[str]]]:
@@ -45,6 +46,10 @@ def test_the_api_modules_export_what_the_readme_names():
     for name in m.__all__:
         assert hasattr(m, name), name
     assert {"batchnorms", "group_convs", "half_weights"} <= set(m.__all__)
+    import hlbcli.evaluation as ev
+
+    assert set(ev.__all__) == {"normalize", "net_input", "eval_logits", "scores", "evaluate"}
+    assert all(callable(getattr(ev, name)) for name in ev.__all__)
 
 
 def test_object_trick_with_trick_helpers_registers(tmp_path):

@@ -31,6 +31,8 @@ class TrainOptions:
     deterministic: bool = False
     stop_on_failure: bool = False
     resume: bool = False
+    #: the ablation arm these runs belong to (``ctx.arm``; ``hlb ablate``'s local backend passes
+    #: it to each arm's ``hlb train`` with the hidden ``--label``); "" outside an ablation
     label: str = ""
 
 
@@ -150,7 +152,7 @@ def _train_claimed(cfg: Any, tm, opts: TrainOptions, printer: Printer, out: Path
             )
             if session.compiled:
                 printer.info("compiling and warming up (untimed)...")
-                w = warm_up(session, opts.seed)
+                w = warm_up(session, opts.seed, opts.label or None, out)
                 printer.info(f"warm-up {w:.1f}s")
             for i in range(opts.runs):
                 seed = opts.seed + i
@@ -169,7 +171,7 @@ def _train_claimed(cfg: Any, tm, opts: TrainOptions, printer: Printer, out: Path
                     if path:
                         record.write_json(path, rec)
 
-                rec = run_seed(session, seed, printer.epoch_row, keep)
+                rec = run_seed(session, seed, printer.epoch_row, keep, arm=opts.label or None, out=out)
                 runs.append(rec)
                 if path:
                     record.write_json(path, rec)

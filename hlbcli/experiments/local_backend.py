@@ -27,7 +27,7 @@ def child_command(opts: AblateOptions, arm: Arm, arm_dir: Path) -> list[str]:
         cmd += ["--data-dir", str(opts.data_dir)]
     if not opts.download:
         cmd += ["--no-download"]
-    cmd += ["--out", str(arm_dir), "--quiet"]
+    cmd += ["--out", str(arm_dir), "--quiet", f"--label={arm.name}"]  # hidden: the arm's name, ctx.arm
     if opts.resume:
         cmd += ["--resume"]
     return cmd

@@ -7,11 +7,12 @@ seeds in turn and streams each run record back as it finishes. This process (the
 writes every record where the local backend's ``hlb train`` would, so ``summary.json``,
 ``summary.md``, ``arms/`` and the plot are the same for both backends.
 
-What travels to a worker: the arm's resolved config, the seeds, the device, the data folder's
-path and the library versions (to refuse a worker with another hlb or other tricks). Not the
-data. On the CPU a worker process keeps the last session it built, so the next block of the
-same arm there skips loading and building; a GPU task always starts in a fresh process (so
-``--block`` should be large enough to pay for a compile).
+What travels to a worker: the arm's resolved config and name (``ctx.arm``; ``ctx.out`` is None
+there), the seeds, the device, the data folder's path and the library versions (to refuse a
+worker with another hlb or other tricks). Not the data. On the CPU a worker process keeps the
+last session it built, so the next block of the same arm there skips loading and building; a
+GPU task always starts in a fresh process (so ``--block`` should be large enough to pay for a
+compile).
 
 Failures: a task whose worker is lost (killed, out of memory, its node gone) is started again
 for the seeds it had not finished, up to ``--retries`` times; the records it streamed before
@@ -91,7 +92,7 @@ def _session(task: dict):
                 "install the same hlbcli and tricks on every node",
             )
         session = open_session(cfg, tm, task["device"], task["data_dir"], task["download"])
-        warm_up(session, task["seeds"][0])
+        warm_up(session, task["seeds"][0], task.get("arm"))
         _LAST.update(key=key, session=session)
     return _LAST["session"]
 
@@ -120,7 +121,7 @@ def train_block(task: dict) -> Iterator[dict]:
         for seed in task["seeds"]:
             failed: list[dict] = []
             try:
-                rec = run_seed(session, seed, keep=failed.append)
+                rec = run_seed(session, seed, keep=failed.append, arm=task.get("arm"))
             except Exception:
                 if failed:
                     yield {"kind": "run", "record": failed[0]}
@@ -256,7 +257,7 @@ class RayBackend:
             payload = {
                 "config": t.arm.config, "seeds": t.rest(), "device": opts.device, "data_dir": opts.data_dir,
                 "download": opts.download, "threads": opts.cpus_per_task if not res["num_gpus"] else None,
-                "hlb_version": hlbcli.__version__, "trick_sources": t.arm.sources,
+                "hlb_version": hlbcli.__version__, "trick_sources": t.arm.sources, "arm": t.arm.name,
             }
             t.gen = remote.remote(payload)
             live.append(t)
