@@ -33,7 +33,7 @@ class TrickError(UsageError):
     """Raise it from a trick's hook for a value the user got wrong (a setting that does not
     fit the data or the model, say): ``hlb`` prints ``error: MESSAGE (HINT)`` on one line and
     exits with code 2, as for any bad input. Any other exception from a hook is a bug of the
-    trick, reported as an internal error with exit code 1."""
+    trick, named as that trick's (:class:`TrickBug`), also exit code 2."""
 
     def __init__(self, message: str, hint: str | None = None):
         super().__init__(message, hint)
