@@ -118,7 +118,8 @@ def ablate(
     config: Optional[Path] = ConfigOpt,
     set_: Optional[List[str]] = SetOpt,
     disable: Optional[List[str]] = typer.Option(None, "--disable", "-d", help="an arm without this trick; repeatable"),
-    enable: Optional[List[str]] = typer.Option(None, "--enable", "-e", help="an arm with this trick added; repeatable"),
+    enable: Optional[List[str]] = typer.Option(None, "--enable", "-e", help="an arm with this trick added (in the place of those it declares it replaces); repeatable"),
+    swap: Optional[List[str]] = typer.Option(None, "--swap", help="OLD=NEW: an arm with NEW in the place of OLD (arm OLD->NEW); repeatable"),
     leave_one_out: bool = typer.Option(False, "--leave-one-out", help="one arm per active trick, each without it"),
     runs: int = typer.Option(3, "--runs", "-n", min=1, max=MAX_RUNS, help="seeds per arm (the same seeds in every arm)"),
     seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="first seed; arm runs use seed .. seed + runs - 1"),
@@ -137,7 +138,7 @@ def ablate(
     cpus_per_task: int = typer.Option(1, "--cpus-per-task", min=1, help="Ray backend: CPU cores per task (its threads when it trains on the CPU)"),
     retries: int = typer.Option(3, "--retries", min=0, help="Ray backend: times a task lost with its worker starts again for the seeds it had left"),
 ) -> None:
-    """Baseline vs arms with tricks off (or on), N paired seeds each, with statistics."""
+    """Baseline vs arms with tricks off, on or swapped, N paired seeds each, with statistics."""
     from rich.console import Console
 
     from hlbcli.experiments.battery import backend_for, run_ablation
@@ -148,7 +149,7 @@ def ablate(
     _check_resume(resume, out)
     opts = AblateOptions(
         preset=preset, config=str(config) if config else None, sets=set_ or [], disable=disable or [],
-        enable=enable or [], leave_one_out=leave_one_out, runs=runs, seed=seed, workers=workers, device=device,
+        enable=enable or [], swap=swap or [], leave_one_out=leave_one_out, runs=runs, seed=seed, workers=workers, device=device,
         data_dir=str(data_dir) if data_dir else None, download=not no_download, out=out, plot=plot, quiet=quiet,
         resume=resume, backend=backend, address=address, block=block, cpus_per_task=cpus_per_task, retries=retries,
     )

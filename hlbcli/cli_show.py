@@ -47,57 +47,83 @@ def config_presets() -> None:
 def tricks_list(
     preset: Optional[str] = typer.Option(None, "--preset", "-p", help="mark the tricks this preset turns on"),
     disable: Optional[List[str]] = typer.Option(None, "--disable", "-d", help="leave a trick out (one that fails to load, say); repeatable"),
+    enable: Optional[List[str]] = typer.Option(None, "--enable", "-e", help="with --preset: the preset with this trick added; repeatable"),
+    swap: Optional[List[str]] = typer.Option(None, "--swap", help="with --preset: OLD=NEW, NEW in the place of OLD; repeatable"),
 ) -> None:
-    """Every registered trick: name, stages, summary, origin, and whether the preset uses it."""
+    """Every registered trick: name, stages, summary, origin, and whether the preset (with
+    --enable/--disable/--swap) uses it; then the owner of each first-result hook there."""
     from rich.console import Console
     from rich.table import Table
 
-    from hlbcli.layers import load_preset
+    from hlbcli.errors import UsageError
     from hlbcli.plugins import build_manager, check_names, known_tricks
 
-    check_names(disable or [], "--disable")
-    tm = build_manager([n for n in known_tricks() if n not in (disable or [])], check_relations=False, skip_broken=True)
-    on = set(load_preset(preset).get("tricks", [])) if preset else None
+    disable = check_names(disable or [], "--disable")
+    if (enable or swap) and not preset:
+        raise UsageError("--enable and --swap change a preset's tricks: they need --preset", "add --preset NAME")
+    tm = build_manager([n for n in known_tricks() if n not in disable], check_relations=False, skip_broken=True)
+    active, replaced = _combination(preset, disable, enable or [], swap or []) if preset else ([], {})
     table = Table(box=None, pad_edge=False, show_edge=False)
     for col in ["name", "stages", "summary", "origin"] + ([f"in {preset}"] if preset else []):
         table.add_column(col, overflow="fold")
     for name in tm.trick_names():
         info = tm.info(name)
         row = [name, ",".join(tm.stages(name)), info.summary, tm.origins[name]]
-        if on is not None:
-            row.append("on" if name in on else "off")
+        if preset:
+            row.append("on" if name in active else "off")
         table.add_row(*row)
     for name, why in tm.broken.items():  # listed, marked, and the others still usable
         table.add_row(name, "-", f"BROKEN: {why}", "-", *(["-"] if preset else []))
     console = Console(highlight=False, width=200 if not sys.stdout.isatty() else None)
     console.print(table)
     if preset:
-        from hlbcli.plugins import build_manager as build
-
+        flags = [f"--{k} {v}" for k, vs in (("enable", enable), ("disable", disable), ("swap", swap)) for v in vs or []]
+        where = " ".join([preset, *flags])
+        swapped = "; ".join(f"{new} in the place of {old}" for old, new in replaced.items())
         try:
-            owners = build(sorted(on or []), check_relations=True).owners()
-        except HlbError as e:  # two of the preset's tricks claim one first-result hook
-            console.print(f"\nfirst-result hooks in {preset}: {e.line()}", markup=False)
+            owners = build_manager(active, check_relations=True).owners()
+        except HlbError as e:  # two of the tricks claim one first-result hook, or one name
+            console.print(f"\nfirst-result hooks in {where}: {e.line()}", markup=False)
         else:
-            console.print(f"\nfirst-result hooks in {preset} (the trick whose result is used; wrappers build on it):", markup=False)
+            console.print(f"\nfirst-result hooks in {where} ({swapped + '; ' if swapped else ''}"
+                          "the trick whose result is used; wrappers build on it):", markup=False)
             for hook, owner in owners.items():
                 console.print(f"  {hook:22} {owner}", markup=False)
 
 
+def _combination(preset: str, disable: list[str], enable: list[str], swap: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The tricks of ``preset`` with --enable/--disable/--swap, and what replaced what."""
+    from hlbcli.errors import UsageError
+    from hlbcli.layers import load_preset
+    from hlbcli.resolve import check_swaps, choose_tricks, parse_swaps
+
+    data = load_preset(preset)
+    swaps = parse_swaps(swap)
+    twice = [old for i, (old, _) in enumerate(swaps) if old in [o for o, _ in swaps[:i]]]
+    if twice:
+        raise UsageError(f"--swap {twice[0]}=...: '{twice[0]}' is swapped twice", "swap each trick once")
+    listed, _, _ = choose_tricks(data, [], disable)
+    check_swaps(swaps, listed)
+    active, replaced, _ = choose_tricks(data, enable, disable, dict(swaps))
+    return active, replaced
+
+
 @tricks_app.command("show")
-def tricks_show(name: str = typer.Argument(..., help="trick name")) -> None:
+def tricks_show(name: str = typer.Argument(..., help="trick name, or DIST:NAME (builtin:NAME for hlb's own)")) -> None:
     """A trick's settings: type, default and meaning of each field."""
     from hlbcli.plugins import build_manager, check_names
 
-    check_names([name], "tricks show")
-    tm = build_manager([name], check_relations=False)
-    info = tm.info(name)
-    typer.echo(f"{name}: {info.summary}")
-    typer.echo(f"origin: {tm.origins[name]}; stages: {', '.join(tm.stages(name))}")
+    (ref,) = check_names([name], "tricks show")
+    tm = build_manager([ref], check_relations=False)
+    info = tm.info(ref)
+    typer.echo(f"{ref}: {info.summary}")
+    typer.echo(f"origin: {tm.origins[ref]}; stages: {', '.join(tm.stages(ref))}")
     if info.requires:
         typer.echo(f"requires: {', '.join(info.requires)}")
     if info.conflicts:
         typer.echo(f"conflicts with: {', '.join(info.conflicts)}")
+    if getattr(info, "replaces", ()):
+        typer.echo(f"replaces: {', '.join(info.replaces)} (--enable {ref} turns those off)")
     models = tm.settings_models()
     if not models:
         typer.echo("no settings")

@@ -151,6 +151,8 @@ def build_config_model(sections: dict[str, type[BaseModel]]) -> type[BaseModel]:
     fields: dict[str, Any] = {
         "description": (str, ""),
         "tricks": (list[str], Field(default_factory=list)),
+        # trick taken out -> the trick in its place (``--swap``, or a trick's ``replaces``)
+        "replaced": (dict[str, str], Field(default_factory=dict)),
         "data": (DataSettings, DataSettings()),
         "model": (ModelSettings, ModelSettings()),
         "train": (TrainSettings, TrainSettings()),
@@ -213,4 +215,8 @@ def validate(data: dict, sections: dict[str, type[BaseModel]], inactive: set[str
 
 
 def to_dict(cfg: BaseModel) -> dict:
-    return cfg.model_dump(mode="json")
+    """The config as plain data; ``replaced`` only where a trick took another's place."""
+    out = cfg.model_dump(mode="json")
+    if not out.get("replaced", True):
+        del out["replaced"]
+    return out

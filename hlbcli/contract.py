@@ -37,6 +37,9 @@ class TrickInfo:
     #: core settings the trick sets itself while active (dotted keys, e.g. ``model.bn_eps``):
     #: a value the user writes for one of them would do nothing, so it is refused
     overrides: tuple[str, ...] = ()
+    #: tricks this one takes the place of (names): ``--enable`` of this trick turns those off,
+    #: and the config's ``replaced`` (in each run record) says so
+    replaces: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -259,6 +262,7 @@ def trick(
     requires: tuple[str, ...] = (),
     conflicts: tuple[str, ...] = (),
     overrides: tuple[str, ...] = (),
+    replaces: tuple[str, ...] = (),
 ):
     """The two setup hooks every trick has, to assign at module level::
 
@@ -269,7 +273,7 @@ def trick(
     becomes the config section ``name``; without it the trick has no settings."""
     from hlbcli import hookimpl
 
-    info = TrickInfo(name, summary, version, tuple(requires), tuple(conflicts), tuple(overrides))
+    info = TrickInfo(name, summary, version, tuple(requires), tuple(conflicts), tuple(overrides), tuple(replaces))
 
     # ``*_self``: the same functions work at module level and as attributes of a trick class
     # (where Python passes the instance)

@@ -4,7 +4,6 @@ third-party tricks from the ``hlb.tricks`` entry-point group, validate."""
 from __future__ import annotations
 
 import importlib
-import importlib.metadata as md
 import re
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -13,37 +12,24 @@ from typing import Iterable
 import pluggy
 
 from hlbcli import PROJECT, hookspecs
+from hlbcli.catalog import ENTRY_POINT_GROUP, Catalog, builtin_tricks, catalog  # noqa: F401 (re-exported)
 from hlbcli.contract import STAGES, TrickInfo
 from hlbcli.blame import guard_impls, guarded, trick_files
 from hlbcli.errors import HlbError, TrickBug, UsageError
 
-ENTRY_POINT_GROUP = "hlb.tricks"
 CORE_NAME = "core"
 
 
-def builtin_tricks() -> dict[str, str]:
-    """Built-in trick name -> module (the list lives with the tricks, in ``hlb_plugins``)."""
-    from hlb_plugins import BUILTINS
-
-    return dict(BUILTINS)
-
-
-def third_party_entry_points() -> dict[str, md.EntryPoint]:
-    return {ep.name: ep for ep in md.entry_points(group=ENTRY_POINT_GROUP)}
-
-
 def known_tricks() -> list[str]:
-    """Every trick name that can be enabled, without importing any of them."""
-    names = list(builtin_tricks())
-    names += [n for n in third_party_entry_points() if n not in names]
-    return names
+    """Every trick that can be enabled, by the name hlb knows it by (``DIST:NAME`` where a
+    name is shared: :mod:`hlbcli.catalog`), without importing any of them."""
+    return catalog().refs()
 
 
-def check_names(names: Iterable[str], flag: str) -> None:
-    known = known_tricks()
-    for n in names:
-        if n not in known:
-            raise UsageError(f"unknown trick '{n}' in {flag}", f"known tricks: {', '.join(known)}")
+def check_names(names: Iterable[str], flag: str) -> list[str]:
+    """The names hlb knows ``names`` by (bare or ``DIST:NAME``); one line for an unknown one,
+    or a bare name two distributions share."""
+    return catalog().refs_of(names, flag)
 
 
 @dataclass
@@ -127,13 +113,6 @@ def _check_single_owner(tm: "TrickManager") -> None:
             )
 
 
-def _dist_label(ep: md.EntryPoint) -> str:
-    dist = getattr(ep, "dist", None)
-    if dist is None:
-        return f"entry point {ep.value}"
-    return f"{dist.metadata['Name']} {dist.version}"
-
-
 def new_plugin_manager() -> pluggy.PluginManager:
     pm = pluggy.PluginManager(PROJECT)
     pm.add_hookspecs(hookspecs)
@@ -154,14 +133,12 @@ def build_manager(
     from hlbcli import core_plugin
 
     pm = new_plugin_manager()
-    builtins = builtin_tricks()
-    eps = third_party_entry_points()
-    known = list(builtins) + [n for n in eps if n not in builtins]
+    cat = catalog()
+    known = cat.refs()
     extra = dict(extra or {})
-    want = known + [n for n in extra if n not in known] if active is None else list(active)
-    unknown = [n for n in want if n not in known and n not in extra]
-    if unknown:
-        raise UsageError(f"unknown trick '{unknown[0]}'", f"known tricks: {', '.join(known)}")
+    want = known + [n for n in extra if n not in known] if active is None else cat.refs_of(active, "", extra)
+    if active is not None and check_relations:
+        _check_one_per_name(cat, want)
     for n in known:
         if n not in want:
             pm.set_blocked(n)
@@ -169,7 +146,7 @@ def build_manager(
     pm.register(core_plugin, name=CORE_NAME)
     for name in want:
         try:
-            _load_and_register(tm, name, extra, builtins, eps)
+            _load_and_register(tm, name, extra, cat)
         except HlbError as e:
             if not skip_broken:
                 raise
@@ -207,26 +184,26 @@ def _one_line(e: Exception) -> str:
     return re.sub(r" in plugin <[^>]*>", "", "; ".join(lines))
 
 
-def _load_and_register(tm: TrickManager, name: str, extra: dict, builtins: dict, eps: dict) -> None:
+def _load_and_register(tm: TrickManager, name: str, extra: dict, cat: Catalog) -> None:
     if name in extra:
-        _register(tm, extra[name], name, "given")
-    elif name in builtins:
-        _register(tm, importlib.import_module(builtins[name]), name, "built-in")
-    else:
-        ep = eps[name]
-        label = _dist_label(ep)
-        try:
-            module = ep.load()
-        except (Exception, SystemExit) as e:  # the third party's import error, whatever it is
-            why = f"called sys.exit({e.code!r})" if isinstance(e, SystemExit) else f"{e.__class__.__name__}: {e}"
-            raise UsageError(
-                f"trick '{name}' from {label} failed to import: {why}",
-                f"fix or uninstall that distribution, or run with --disable {name}",
-            ) from None
-        _register(tm, module, name, label)
+        _register(tm, extra[name], name, "given", name)
+        return
+    entry = cat.entries[name]
+    if entry.builtin:
+        _register(tm, importlib.import_module(entry.target), name, entry.origin, entry.name)
+        return
+    try:
+        module = entry.target.load()
+    except (Exception, SystemExit) as e:  # the third party's import error, whatever it is
+        why = f"called sys.exit({e.code!r})" if isinstance(e, SystemExit) else f"{e.__class__.__name__}: {e}"
+        raise UsageError(
+            f"trick '{name}' from {entry.origin} failed to import: {why}",
+            f"fix or uninstall that distribution, or run with --disable {name}",
+        ) from None
+    _register(tm, module, name, entry.origin, entry.name)
 
 
-def _register(tm: TrickManager, plugin: object | ModuleType, name: str, origin: str) -> None:
+def _register(tm: TrickManager, plugin: object | ModuleType, name: str, origin: str, section: str) -> None:
     try:
         tm.pm.register(plugin, name=name)
     except pluggy.PluginValidationError as e:
@@ -239,15 +216,42 @@ def _register(tm: TrickManager, plugin: object | ModuleType, name: str, origin: 
     tm.origins[name] = origin
     guard_impls(tm.pm, plugin, name, origin)
     info = tm.info(name)
-    if info.name != name:
+    if info.name != section:
         raise UsageError(
-            f"trick registered as '{name}' ({origin}) calls itself '{info.name}'",
+            f"trick registered as '{section}' ({origin}) calls itself '{info.name}'",
             "make the entry-point name and hlb_trick_info's name agree",
         )
 
 
+def _check_one_per_name(cat: Catalog, refs: list[str]) -> None:
+    """Two active tricks of one name would share its settings section: an error naming both."""
+    seen: dict[str, str] = {}
+    for ref in refs:
+        name = cat.name_of(ref)
+        if name in seen:
+            a, b = seen[name], ref
+            origin = {r: cat.entries[r].origin if r in cat.entries else "given" for r in (a, b)}
+            raise UsageError(
+                f"tricks '{a}' ({origin[a]}) and '{b}' ({origin[b]}) are both named '{name}' and cannot both be active "
+                f"(one settings section [{name}])",
+                f"run with --disable {a} or --disable {b}",
+            )
+        seen[name] = ref
+
+
+def replaces_of(refs: Iterable[str], extra: dict[str, object] | None = None) -> dict[str, tuple[str, ...]]:
+    """What each of ``refs`` declares it replaces (``TrickInfo.replaces``, trick names): only
+    those tricks are imported."""
+    refs = list(refs)
+    if not refs:
+        return {}
+    tm = build_manager(refs, extra=extra, check_relations=False)
+    return {r: tuple(getattr(tm.info(r), "replaces", ())) for r in refs}
+
+
 def _check_relations(tm: TrickManager) -> None:
-    active = set(tm.origins)
+    """``requires``/``conflicts`` name tricks by their names (sections), whichever their origin."""
+    active = {tm.info(n).name for n in tm.origins}
     for name in tm.origins:
         info = tm.info(name)
         for need in getattr(info, "requires", ()):

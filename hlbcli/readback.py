@@ -297,6 +297,9 @@ def check_plan(plan: Any) -> str | None:
         for k in ("disabled", "enabled", "silenced"):
             if not _strs(a.get(k, [])):
                 return f"arm {a['name']!r}: {k} {a.get(k)!r} is not a list of trick names"
+        rep = a.get("replaced", {})
+        if not (isinstance(rep, dict) and _strs(list(rep)) and _strs(list(rep.values()))):
+            return f"arm {a['name']!r}: replaced {rep!r} is not a table of trick names"
         if i and not (a.get("disabled") or a.get("enabled")):
             return f"arm {a['name']!r} switches no trick"
     return None

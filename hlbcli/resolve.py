@@ -9,7 +9,7 @@ from typing import Any, Iterable
 from hlbcli.config import validate
 from hlbcli.layers import active_tricks, check_inactive_sections, check_overridden, layered_sources
 from hlbcli.errors import UsageError
-from hlbcli.plugins import TrickManager, build_manager, check_names, known_tricks
+from hlbcli.plugins import TrickManager, build_manager, catalog, check_names, replaces_of
 
 
 def resolve(
@@ -19,19 +19,17 @@ def resolve(
     enable: Iterable[str] = (),
     disable: Iterable[str] = (),
     extra: dict[str, object] | None = None,
+    replaced: dict[str, str] | None = None,
 ) -> tuple[Any, TrickManager]:
     """preset < --config FILE < --set; then the active tricks (preset list + --enable -
-    --disable) are registered, each contributing its settings section, and the whole is
-    validated."""
+    --disable, each key of ``replaced`` swapped for its value) are registered, each
+    contributing its settings section, and the whole is validated."""
     enable, disable = list(enable), list(disable)
     extra = extra or {}
-    both = [n for n in enable if n in disable]
-    if both:
-        raise UsageError(f"--enable {both[0]} and --disable {both[0]} contradict each other", "keep one of them")
     check_names([n for n in enable if n not in extra], "--enable")
     check_names([n for n in disable if n not in extra], "--disable")
     data, user = layered_sources(preset, config_file, list(sets))
-    return resolve_data(data, user, enable, disable, extra)
+    return resolve_data(data, user, enable, disable, extra, replaced)
 
 
 def resolve_data(
@@ -40,6 +38,7 @@ def resolve_data(
     enable: Iterable[str] = (),
     disable: Iterable[str] = (),
     extra: dict[str, object] | None = None,
+    replaced: dict[str, str] | None = None,
 ) -> tuple[Any, TrickManager]:
     """:func:`resolve` from the merged settings themselves: also how a resolved config
     (a run record's ``config``, what the Ray backend sends its workers) becomes a config and
@@ -48,14 +47,88 @@ def resolve_data(
     import copy
 
     data, user = copy.deepcopy(data), dict(user or {})
-    enable, disable = list(enable), list(disable)
     extra = extra or {}
-    active = active_tricks(data, enable, disable)
-    check_names([n for n in active if n not in extra], "the tricks list")
-    inactive = (set(known_tricks()) | set(extra)) - set(active)
-    check_inactive_sections(user, inactive, disable)
+    active, replaced, off = choose_tricks(data, enable, disable, replaced, extra)
+    cat = catalog()
+    inactive = ({cat.name_of(r) for r in cat.refs()} | set(extra)) - {cat.name_of(r) for r in active}
+    check_inactive_sections(user, inactive, [cat.name_of(r) for r in off])
     tm = build_manager(active, extra=extra)
     check_overridden(user, {k: n for n in tm.trick_names() for k in getattr(tm.info(n), "overrides", ())})
-    data["tricks"] = active
+    data["tricks"], data["replaced"] = active, replaced
     cfg = validate(data, tm.settings_models(), inactive)
     return cfg, tm
+
+
+def choose_tricks(
+    data: dict,
+    enable: Iterable[str] = (),
+    disable: Iterable[str] = (),
+    replaced: dict[str, str] | None = None,
+    extra: dict[str, object] | None = None,
+) -> tuple[list[str], dict[str, str], list[str]]:
+    """The active tricks, by the names hlb knows them by (bare, or ``DIST:NAME`` where a name
+    is shared): the config's ``tricks`` plus ``enable`` minus ``disable``; each key of
+    ``replaced`` (and of the config's own ``replaced``) taken out and its value put in, and
+    so for each trick an enabled one declares it replaces (``TrickInfo.replaces``). Returns
+    them, what replaced what among them, and every trick taken out on purpose."""
+    extra = extra or {}
+    cat = catalog()
+    listed = cat.refs_of(active_tricks(data, [], []), "the tricks list", extra)
+    enable, disable = cat.refs_of(enable, "--enable", extra), cat.refs_of(disable, "--disable", extra)
+    both = [n for n in enable if n in disable]
+    if both:
+        raise UsageError(f"--enable {both[0]} and --disable {both[0]} contradict each other", "keep one of them")
+    own = data.get("replaced") or {}
+    if not (isinstance(own, dict) and all(isinstance(v, str) for v in own.values())):
+        raise UsageError("replaced must be a table of trick names (OLD = \"NEW\")", "drop it, or write e.g. replaced = {tta = \"mytta\"}")
+    swaps: dict[str, str] = {}
+    for old, new in [*own.items(), *(replaced or {}).items()]:
+        o, n = cat.refs_of([old, new], "replaced", extra)
+        swaps[o] = n
+    on = [n for n in listed if n not in disable]
+    for old, new in replaced_by(enable, on, extra).items():
+        swaps.setdefault(old, new)
+    off = disable + [o for o in swaps if o not in disable]
+    active = active_tricks({"tricks": listed}, enable + [n for n in swaps.values() if n not in enable], off)
+    return active, {o: n for o, n in swaps.items() if n in active and o not in active}, off
+
+
+def replaced_by(enable: Iterable[str], on: list[str], extra: dict[str, object] | None = None) -> dict[str, str]:
+    """Trick of ``on`` -> the trick of ``enable`` that declares it replaces it (by name:
+    ``replaces=("tta",)`` takes the place of whichever trick named ``tta`` is on)."""
+    cat = catalog()
+    out: dict[str, str] = {}
+    for new, names in replaces_of([e for e in enable if e not in on], extra).items():
+        for old in on:
+            if cat.name_of(old) in names and old != new and old not in enable:
+                out.setdefault(old, new)
+    return out
+
+
+def parse_swaps(words: Iterable[str], flag: str = "--swap") -> list[tuple[str, str]]:
+    """``OLD=NEW`` words as (OLD, NEW) by the names hlb knows them by: one line for a word
+    without ``=``, an unknown name, or a trick swapped with itself."""
+    cat = catalog()
+    out = []
+    for word in words:
+        old, eq, new = (w.strip() for w in word.partition("="))
+        if not (eq and old and new):
+            raise UsageError(f"{flag} {word}: not OLD=NEW", f"write {flag} OLD=NEW, e.g. {flag} tta=mytta: NEW takes OLD's place")
+        old, new = cat.refs_of([old, new], flag)
+        if old == new:
+            raise UsageError(f"{flag} {word}: a trick cannot replace itself", "name another trick after '='")
+        out.append((old, new))
+    return out
+
+
+def check_swaps(swaps: Iterable[tuple[str, str]], active: list[str], flag: str = "--swap") -> None:
+    """Each swap takes out a trick ``active`` has and puts in one it has not."""
+    for old, new in swaps:
+        if old not in active:
+            raise UsageError(
+                f"{flag} {old}={new}: the preset does not turn '{old}' on, so there is nothing to replace",
+                f"active tricks: {', '.join(active) or 'none'}; use --enable {new} to measure adding it",
+            )
+        if new in active:
+            raise UsageError(f"{flag} {old}={new}: the preset already turns '{new}' on",
+                             f"use --disable {old} to measure taking '{old}' away")

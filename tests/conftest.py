@@ -61,3 +61,32 @@ def set_args(sets: list[str]) -> list[str]:
     for s in sets:
         out += ["--set", s]
     return out
+
+
+def pip_venv(root: Path, projects: list[Path]):
+    """A virtual environment in ``root`` with ``projects`` installed by pip (one call, no index),
+    that sees the packages of the environment running the tests (hlbcli, torch, pip,
+    setuptools) through a .pth file; returns a runner of `python -m hlbcli.cli ARGS` in it
+    (``run.root`` is ``root``, its working folder)."""
+    env_dir = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], check=True)
+    py = env_dir / "bin" / "python"
+    # wherever they live: a venv made from a venv would only see the base interpreter's
+    site_dir = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    parent = [p for p in sys.path if p.endswith("-packages") and Path(p).is_dir()]
+    # addsitedir, not a bare path: the .pth files there (an editable install's) take effect too
+    lines = "".join(f"import site; site.addsitedir({p!r})\n" for p in parent)
+    (Path(site_dir) / "_hlb_test_parent.pth").write_text(lines)
+    res = subprocess.run(
+        [str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index", *map(str, projects)],
+        capture_output=True, text=True,
+    )
+    assert res.returncode == 0, res.stderr
+
+    def run(*args, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run([str(py), "-m", "hlbcli.cli", *map(str, args)], capture_output=True, text=True,
+                              timeout=timeout, cwd=root)
+
+    run.root = root
+    return run

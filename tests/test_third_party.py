@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import set_args, tiny_sets
+from conftest import pip_venv, set_args, tiny_sets
 
 EXAMPLE = Path(__file__).parent / "example_trick"
 BROKEN = ["broken_import", "bad_hook", "bad_name"]
@@ -188,34 +188,12 @@ def venv(tmp_path_factory):
     """A venv with the example trick and the broken ones installed by pip; returns a runner of
     `python -m hlbcli.cli` in it."""
     root = tmp_path_factory.mktemp("third_party")
-    env_dir = root / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], check=True)
-    py = env_dir / "bin" / "python"
-    # See the packages of the environment running the tests (hlbcli, torch, pip, setuptools),
-    # wherever they live: a venv made from a venv would only see the base interpreter's.
-    site_dir = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                              capture_output=True, text=True, check=True).stdout.strip()
-    parent = [p for p in sys.path if p.endswith("-packages") and Path(p).is_dir()]
-    # addsitedir, not a bare path: the .pth files there (an editable install's) take effect too
-    lines = "".join(f"import site; site.addsitedir({p!r})\n" for p in parent)
-    (Path(site_dir) / "_hlb_test_parent.pth").write_text(lines)
     example = root / "example_trick"  # build from a copy: the repository stays clean
     shutil.copytree(EXAMPLE, example, ignore=shutil.ignore_patterns("build", "*.egg-info"))
-    projects = [example, _write_filters(root)] + [_write_broken(root, t) for t in BROKEN]
-    res = subprocess.run(
-        [str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index", *map(str, projects)],
-        capture_output=True, text=True,
-    )
-    assert res.returncode == 0, res.stderr
+    run = pip_venv(root, [example, _write_filters(root)] + [_write_broken(root, t) for t in BROKEN])
     # installed into the venv only, not into the environment running the tests
     check = subprocess.run([sys.executable, "-m", "pip", "show", "hlb-mixup"], capture_output=True, text=True)
     assert check.returncode != 0
-
-    def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        return subprocess.run([str(py), "-m", "hlbcli.cli", *map(str, args)], capture_output=True, text=True,
-                              timeout=timeout, cwd=root)
-
-    run.root = root
     return run
 
 

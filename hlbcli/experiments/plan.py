@@ -1,7 +1,7 @@
 """The plan of a battery (``hlb ablate``): its options, its arms (the baseline, then one arm per
-trick switched off or on), each arm's config resolved and checked before anything trains, the
-output folder claimed and the plan written to ``DIR/ablation.json`` (what ``--resume`` and
-``hlb summary`` read back)."""
+trick switched off, on, or swapped for another), each arm's config resolved and checked before
+anything trains, the output folder claimed and the plan written to ``DIR/ablation.json`` (what
+``--resume`` and ``hlb summary`` read back)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ ARM_CONFIG = "config.json"
 
 @dataclass
 class Arm:
-    """One arm: the preset's tricks minus ``disabled`` plus ``enabled``."""
+    """One arm: the preset's tricks minus ``disabled`` plus ``enabled``; a swap (``OLD->NEW``)
+    disables OLD, enables NEW and says so in ``replaced``."""
 
     name: str
     disabled: list[str] = field(default_factory=list)
@@ -33,6 +34,9 @@ class Arm:
     #: tricks other arms enable and this one does not: passed as ``--disable`` too (a no-op on
     #: the trick list) so that ``--set``/``--config`` settings for them are accepted here
     silenced: list[str] = field(default_factory=list)
+    #: trick taken out -> the trick in its place (``--swap OLD=NEW``, or an ``--enable``d trick
+    #: that declares it replaces OLD): its configs and run records say ``replaced`` too
+    replaced: dict[str, str] = field(default_factory=dict)
     #: the arm's resolved config (what its run records carry), set by :func:`validate_arms`
     config: dict | None = field(default=None, repr=False)
     #: where each of its tricks comes from (``hlb tricks list``'s origin), set with ``config``
@@ -53,6 +57,8 @@ class AblateOptions:
     sets: list[str] = field(default_factory=list)
     disable: list[str] = field(default_factory=list)
     enable: list[str] = field(default_factory=list)
+    #: ``OLD=NEW`` words: an arm each, NEW in OLD's place
+    swap: list[str] = field(default_factory=list)
     leave_one_out: bool = False
     runs: int = 3
     seed: int = 0
@@ -79,9 +85,13 @@ class AblateOptions:
     retries: int = 3
 
 
-def plan_arms(active: list[str], disable: Iterable[str], enable: Iterable[str], leave_one_out: bool) -> list[Arm]:
-    """The baseline, then one arm per ``--disable``, per ``--enable`` and (with
-    ``leave_one_out``) per active trick not already named."""
+def plan_arms(active: list[str], disable: Iterable[str], enable: Iterable[str], leave_one_out: bool,
+              swaps: Iterable[tuple[str, str]] = (), replaced: dict[str, str] | None = None) -> list[Arm]:
+    """The baseline, then one arm per ``--disable``, per ``--enable``, per ``--swap`` (OLD, NEW)
+    and (with ``leave_one_out``) per active trick not already named. ``replaced``: active
+    trick -> the enabled trick that declares it replaces it; that ``--enable`` is a swap."""
+    from hlbcli.resolve import check_swaps
+
     arms = [Arm(BASELINE)]
     seen: set[str] = set()
     for name in disable:
@@ -99,8 +109,12 @@ def plan_arms(active: list[str], disable: Iterable[str], enable: Iterable[str], 
                 f"--enable {name}: the preset already turns '{name}' on",
                 f"use --disable {name} to measure taking it away",
             )
-        if f"+{name}" not in {a.name for a in arms}:
-            arms.append(Arm(f"+{name}", enabled=[name]))
+        olds = [old for old, new in (replaced or {}).items() if new == name]
+        _add(arms, _swap_arm(olds, name) if olds else Arm(f"+{name}", enabled=[name]))
+    swaps = list(swaps)
+    check_swaps(swaps, active)
+    for old, new in swaps:
+        _add(arms, _swap_arm([old], new))
     if leave_one_out:
         for name in active:
             if name not in seen:
@@ -117,6 +131,15 @@ def plan_arms(active: list[str], disable: Iterable[str], enable: Iterable[str], 
     return arms
 
 
+def _swap_arm(olds: list[str], new: str) -> Arm:
+    return Arm(f"{','.join(olds)}->{new}", disabled=list(olds), enabled=[new], replaced={o: new for o in olds})
+
+
+def _add(arms: list[Arm], arm: Arm) -> None:
+    if arm.name not in {a.name for a in arms}:
+        arms.append(arm)
+
+
 def validate_arms(opts: AblateOptions, arms: list[Arm], spec=None) -> list[str]:
     """Resolve every arm's config in this process, so that a bad ``--set``, an unknown name or
     a trick another one needs fails now, not after hours of training. ``spec``: the shape of
@@ -129,7 +152,8 @@ def validate_arms(opts: AblateOptions, arms: list[Arm], spec=None) -> list[str]:
     active = []
     for arm in arms:
         try:
-            cfg, tm = resolve(opts.preset, opts.config, opts.sets, arm.enabled, arm.disabled + arm.silenced)
+            cfg, tm = resolve(opts.preset, opts.config, opts.sets, arm.enabled, arm.disabled + arm.silenced,
+                              replaced=arm.replaced)
             own_data = tm.owners().get("hlb_dataset_build", "core") != "core"  # a trick brings its data
             # sizes, and each trick's hlb_validate against the data's shape and the model
             check_session(cfg, tm, None if own_data else spec)
@@ -166,11 +190,12 @@ def plan_battery(opts: AblateOptions, fetch: bool = False) -> list[Arm]:
     arm's config and sizes, the device, the data (downloaded here with ``fetch``), the
     plotting extra. Returns the arms, the baseline first."""
     from hlbcli.plugins import check_names
+    from hlbcli.resolve import parse_swaps, replaced_by
 
     if opts.runs < 1:
         raise UsageError(f"--runs {opts.runs}: need at least one seed per arm", "use --runs 3 or more for a p-value")
-    check_names(opts.disable, "--disable")
-    check_names(opts.enable, "--enable")
+    disable, enable = check_names(opts.disable, "--disable"), check_names(opts.enable, "--enable")
+    swaps = parse_swaps(opts.swap)
     if opts.plot:
         from hlbcli.plot import require_matplotlib
 
@@ -180,9 +205,8 @@ def plan_battery(opts: AblateOptions, fetch: bool = False) -> list[Arm]:
     # the baseline's tricks from the layered data alone: its settings are validated below,
     # once it is known which tricks other arms add
     data = layered(opts.preset, opts.config, list(opts.sets))
-    active = active_tricks(data, [], [])
-    check_names(active, "the preset's tricks")
-    arms = plan_arms(active, opts.disable, opts.enable, opts.leave_one_out)
+    active = check_names(active_tricks(data, [], []), "the preset's tricks")
+    arms = plan_arms(active, disable, enable, opts.leave_one_out, swaps, replaced_by(enable, active))
     validate_arms(opts, arms)
     section = data.get("data") if isinstance(data.get("data"), dict) else {}
     if opts.backend == "local":
@@ -208,7 +232,8 @@ def plan_of(opts: AblateOptions, arms: list[Arm]) -> dict:
         "sets": list(opts.sets),
         "seed": opts.seed,
         "runs": opts.runs,
-        "arms": [{"name": a.name, "disabled": a.disabled, "enabled": a.enabled, "silenced": a.silenced} for a in arms],
+        "arms": [{"name": a.name, "disabled": a.disabled, "enabled": a.enabled, "silenced": a.silenced,
+                  **({"replaced": a.replaced} if a.replaced else {})} for a in arms],
     }
 
 
@@ -247,8 +272,8 @@ def options_of(plan: dict, out: Path) -> tuple[AblateOptions, list[Arm]]:
     """The options and arms of a plan (one checked by :func:`readback.read_plan`, or ours)."""
     opts = AblateOptions(preset=plan["preset"], config=plan.get("config"), sets=list(plan.get("sets", [])),
                          runs=plan["runs"], seed=plan["seed"], out=out)
-    arms = [Arm(a["name"], list(a.get("disabled", [])), list(a.get("enabled", [])), list(a.get("silenced", [])))
-            for a in plan["arms"]]
+    arms = [Arm(a["name"], list(a.get("disabled", [])), list(a.get("enabled", [])), list(a.get("silenced", [])),
+                dict(a.get("replaced", {}))) for a in plan["arms"]]
     return opts, arms
 
 

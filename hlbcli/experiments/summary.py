@@ -30,6 +30,7 @@ def arm_stats(arm: Arm, runs: list[dict], base: dict | None) -> dict:
         "name": arm.name,
         "disabled": list(arm.disabled),
         "enabled": list(arm.enabled),
+        "replaced": dict(arm.replaced),
         "n": len(done),
         "n_started": len(runs),
         "seeds": [r.get("seed") for r in done],
