@@ -104,9 +104,9 @@ def test_evaluation_batch_size_changes_the_batches_not_the_result():
         res = fit(s, 0)
         handle = s.model.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))
         ctx = RunContext(s.cfg, s.device, s.dtype, s.dataset, 0, 64, 4, 8, 2.0, 2, eval_batch_size=s.eval_batch_size)
-        fwd = s.tm.hook.hlb_eval_forward(model=s.model, cfg=s.cfg, ctx=ctx)
+        fwd = s.tm.hook.hlb_eval_forward(model=s.model, cfg=s.cfg, ctx=ctx, final=True)
         again = s.tm.hook.hlb_evaluate(model=s.model, images=s.dataset.test_images, labels=s.dataset.test_labels,
-                                       forward=fwd, ctx=ctx)
+                                       forward=fwd, ctx=ctx, final=True)
         handle.remove()
         assert again["accuracy"] == res.accuracy
         results[bs], sizes[bs] = again, seen
