@@ -212,6 +212,19 @@ def plot_cmd(
     typer.echo(str(plot_dir(folder, out)))
 
 
+@app.command("compare")
+def compare_cmd(
+    dir_a: Path = typer.Argument(..., help="folder A: an --out folder of hlb train, or an ablation's DIR/arms/ARM"),
+    dir_b: Path = typer.Argument(..., help="folder B, trained on the same data and seeds"),
+    json_: bool = typer.Option(False, "--json", help="print the comparison as JSON"),
+) -> None:
+    """Compare two folders of runs seed by seed: B - A (mean, 95% CI), paired t-test and Welch's."""
+    from hlbcli.compare import compare, format_table, to_json
+
+    rep = compare(dir_a, dir_b)
+    typer.echo(to_json(rep) if json_ else format_table(rep))
+
+
 @app.command()
 def bench(
     preset: str = PresetOpt,
@@ -226,12 +239,15 @@ def bench(
     no_download: bool = NoDownloadOpt,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write records, summary.json and bench.json here"),
     resume: bool = ResumeOpt,
+    target: Optional[float] = typer.Option(None, "--target", min=0, max=1, help="claim a mean accuracy of at least this: the one-sided t-test's p-value and the runs p < 0.01 needs"),
 ) -> None:
     """Time a preset over N seeds: accuracy and time statistics, and each timed phase.
 
     Compile and warm-up are excluded from the timed figure and reported beside it."""
     from hlbcli import record
     from hlbcli.bench import bench_report, format_report
+    from hlbcli.claims import claim_line, claim_report, folder_runs, format_claim
+    from hlbcli.config import to_dict
     from hlbcli.experiments.batch import TrainOptions, train_batch
     from hlbcli.resolve import resolve
 
@@ -243,11 +259,14 @@ def bench(
         download=not no_download, out=out, quiet=True, resume=resume,
     )
     summary, code = train_batch(cfg, tm, opts)
+    if out:  # the claim covers every record of the folder trained with this config
+        summary = {**summary, "runs": folder_runs(Path(out), to_dict(cfg))}
     rep = bench_report(summary)
-    rep.update(preset=preset, command="hlb " + " ".join(sys.argv[1:]) if sys.argv else "")
+    rep.update(claim_report(summary["runs"], target, summary.get("device")))
+    rep.update(preset=preset, command="hlb " + " ".join(sys.argv[1:]) if sys.argv else "", summary_line=claim_line(rep, preset))
     if out:
         record.write_json(Path(out) / "bench.json", rep)
-    typer.echo(format_report(rep, preset))
+    typer.echo(f"{format_report(rep, preset)}\n{format_claim(rep)}\n{rep['summary_line']}")
     raise typer.Exit(code)
 
 

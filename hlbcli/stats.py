@@ -96,3 +96,71 @@ def paired(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, int]
 
     res = ttest_rel([b[k] for k in keys], [a[k] for k in keys])
     return float(res.statistic), float(res.pvalue), n
+
+
+# --- claims: the record test of hlb bench, the paired comparison of hlb compare -----------------
+
+
+def claim_p(xs: list[float], target: float) -> float:
+    """The p-value of a claim "the true mean is at least ``target``": the one-sided one-sample
+    Student's t-test of H0 "the true mean is below ``target``" against H1 "it is above"
+    (``scipy.stats.ttest_1samp(xs, target, alternative="greater")``), as the CIFAR-10 speedrun
+    records state it (Jordan, airbench, 2024). A small p: the claim holds. NaN below two values;
+    with zero spread, 0 when the mean is above the target and 1 when not."""
+    if len(xs) < 2:
+        return float("nan")
+    m, s = mean_std(xs)
+    if s <= TINY:
+        return 0.0 if m - target > TINY else 1.0
+    from scipy.stats import ttest_1samp
+
+    return float(ttest_1samp(xs, target, alternative="greater").pvalue)
+
+
+#: the most runs :func:`runs_needed` will name
+MAX_NEEDED = 10**9
+
+
+def runs_needed(mean: float, std: float, target: float, alpha: float = 0.01) -> int | None:
+    """How many runs the claim of :func:`claim_p` needs for p < ``alpha`` if the sample mean and
+    standard deviation stay as observed: the smallest n >= 2 with
+    ``sqrt(n) * (mean - target) / std > t.ppf(1 - alpha, n - 1)`` (Student's t quantile, SciPy).
+    The left side grows with n and the quantile shrinks, so the n is found by bisection. A
+    plug-in figure, not a power analysis: at that n a new sample's mean falls short about half
+    the time. None when the mean is not above the target or more than :data:`MAX_NEEDED` runs
+    would be needed; 2 when the spread is zero and the mean is above."""
+    if not (math.isfinite(mean) and math.isfinite(std)) or mean - target <= TINY:
+        return None
+    if std <= TINY:
+        return 2
+    d = (mean - target) / std
+
+    def enough(n: int) -> bool:
+        return math.sqrt(n) * d > t_quantile(1 - alpha, n - 1)
+
+    if not enough(MAX_NEEDED):
+        return None
+    lo, hi = 1, MAX_NEEDED  # enough(hi); lo is not a sample size a t-test takes
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if enough(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def paired_difference(a: dict[int, float], b: dict[int, float]) -> dict:
+    """B - A seed by seed over the seeds both have: ``n``, ``mean`` and 95% confidence interval
+    ``ci95`` of the differences (Student's t), the paired t-test's two-sided ``p_paired``
+    (``scipy.stats.ttest_rel``) and, beside it on the same seeds, Welch's unequal-variance
+    t-test's ``p_welch`` (``scipy.stats.ttest_ind(equal_var=False)``), which ignores the pairing."""
+    keys = sorted(set(a) & set(b))
+    diffs = [b[k] - a[k] for k in keys]
+    m, s = mean_std(diffs)
+    lo, hi = ci95(diffs) if len(diffs) >= 2 else (float("nan"), float("nan"))
+    t_p, p_p, n = paired(a, b)
+    t_w, p_w = welch([a[k] for k in keys], [b[k] for k in keys])
+    return {"n": n, "seeds": keys, "mean": m, "std": s, "ci95": [lo, hi], "t_paired": t_p, "p_paired": p_p,
+            "t_welch": t_w, "p_welch": p_w}
+

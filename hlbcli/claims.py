@@ -1,0 +1,135 @@
+"""The record test of ``hlb bench --target``: a claim "preset P reaches a mean accuracy of at
+least T", stated as the CIFAR-10 speedrun records state theirs (airbench, Jordan 2024): the mean
+with its 95% confidence interval, the p-value of the one-sided t-test, the runs a claim at
+p < 0.01 would need, the time per run and where it was measured. Over every record of the
+``--out`` folder trained with this config, so ``--resume --runs 1000`` extends a claim of 200.
+The statistics are :mod:`hlbcli.stats`'s; the records are read by :mod:`hlbcli.readback`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from hlbcli import readback, stats
+from hlbcli.readback import first_difference
+
+#: the significance level of the "runs needed" figure
+CLAIM_ALPHA = 0.01
+#: how the time per run is measured (hlbcli.run.Timer and fit)
+TIMER = ("wall clock (time.perf_counter) around the timed phases: data-aware init, training steps and the final "
+         "evaluation with TTA; per-epoch evaluation, data loading, building and compile warm-up untimed; on CUDA "
+         "torch.cuda.synchronize() before each reading (no CUDA events)")
+TEST = "one-sided one-sample t-test (scipy.stats.ttest_1samp, alternative='greater'); H0: the true mean is below the target"
+NEEDED = (f"smallest n with sqrt(n) (mean - target) / std > t.ppf(1 - {CLAIM_ALPHA}, n - 1) at the observed mean "
+          "and std (Student's t, bisection; a plug-in figure, not a power analysis)")
+
+
+def source_commit() -> tuple[str, bool]:
+    """``git rev-parse HEAD`` of the source hlbcli runs from and whether tracked files differ
+    from it, when that source is the top of a git checkout; else ("not a git checkout", False)."""
+    import hlbcli
+
+    src = Path(hlbcli.__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(src), *args], capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+
+    try:
+        if Path(git("rev-parse", "--show-toplevel")).resolve() != src:
+            return "not a git checkout", False  # an installed copy inside some other repository
+        return git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return "not a git checkout", False
+
+
+def folder_runs(out: Path, config: dict) -> list[dict]:
+    """Every record in ``out`` that passes readback's checks and was trained with ``config``,
+    by seed; the others are named in a warning line each and left out."""
+    found = readback.read_records(Path(out))
+    runs = []
+    left = list(found.left_out())
+    for p, rec in sorted(found.runs.values(), key=lambda pr: pr[1]["seed"]):
+        if rec.get("config") != config:
+            left.append((p, f"trained with another config ({first_difference(rec.get('config'), config)})"))
+        else:
+            runs.append(rec)
+    for p, why in left:
+        print(f"warning: left out of the claim {p}: {why}", file=sys.stderr, flush=True)
+    return runs
+
+
+def claim_report(runs: list[dict], target: float | None, device: str | None) -> dict:
+    """The claim's fields over the completed runs of ``runs``; ``target`` None: no test."""
+    from hlbcli.record import versions
+
+    done = [r for r in runs if r.get("status") == "completed"]
+    accs = [r["accuracy"] for r in done]
+    times = [r["train_seconds"] for r in done if r.get("train_seconds") is not None]
+    m, s = stats.mean_std(accs)
+    tm, ts = stats.mean_std(times)
+    commit, dirty = source_commit()
+    devices = sorted({str(r.get("device")) for r in done})
+    rep = {
+        "n": len(done),
+        "diverged": sum(1 for r in runs if r.get("status") == "diverged"),
+        "seeds": [r["seed"] for r in done],
+        "accuracy_mean": m,
+        "accuracy_std": s,
+        "accuracy_ci95": list(stats.ci95(accs)),
+        "target": target,
+        "test": TEST if target is not None else None,
+        "p_value": stats.claim_p(accs, target) if target is not None else None,
+        "runs_needed_alpha": CLAIM_ALPHA,
+        "runs_needed": stats.runs_needed(m, s, target, CLAIM_ALPHA) if target is not None and len(accs) > 1 else None,
+        "runs_needed_method": NEEDED,
+        "time_mean": tm,
+        "time_std": ts,
+        "time_ci95": list(stats.ci95(times)),
+        "timer": TIMER,
+        "device": " + ".join(devices) if len(devices) > 1 else device or (devices[0] if devices else None),
+        "torch": versions()["torch"],
+        "git_commit": commit,
+        "git_dirty": dirty,
+    }
+    return rep
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def _p(p: float | None) -> str:
+    return "n/a" if p is None or p != p else f"{p:.2g}"
+
+
+def claim_line(rep: dict, preset: str) -> str:
+    """The claim in one line, ready for a README."""
+    lo, hi = rep["accuracy_ci95"]
+    line = f"{preset}: {_pct(rep['accuracy_mean'])}% mean over n={rep['n']} (95% CI {_pct(lo)}{' to ' if lo < 0 else '-'}{_pct(hi)})"
+    if rep["target"] is not None:
+        line += f", p={_p(rep['p_value'])} for mean < {100 * rep['target']:g}% (one-sided t-test)"
+    if rep["diverged"]:
+        line += f", {rep['diverged']} diverged run(s) left out"
+    tlo, thi = rep["time_ci95"]
+    commit = rep["git_commit"]
+    hlb = f"hlb {commit[:7]}{'+dirty' if rep['git_dirty'] else ''}" if commit != "not a git checkout" else "hlb (not a git checkout)"
+    return (f"{line}; {rep['time_mean']:.3g} s per run (95% CI {tlo:.3g}-{thi:.3g}) on {rep['device']}, "
+            f"torch {rep['torch']}, {hlb}")
+
+
+def format_claim(rep: dict) -> str:
+    """The claim's lines below ``hlb bench``'s report."""
+    lo, hi = rep["accuracy_ci95"]
+    lines = [f"  claim     mean {rep['accuracy_mean']:.4f}  95% CI {lo:.4f}-{hi:.4f}  over {rep['n']} completed run(s)"
+             + (f", {rep['diverged']} diverged" if rep["diverged"] else "")]
+    if rep["target"] is not None:
+        need = rep["runs_needed"]
+        lines.append(f"  test      p = {_p(rep['p_value'])} that the true mean is below {rep['target']:g} (one-sided t-test); "
+                     + (f"p < {CLAIM_ALPHA:g} needs n = {need} at this mean and std" if need else
+                        f"no n gives p < {CLAIM_ALPHA:g} at this mean and std"))
+    tlo, thi = rep["time_ci95"]
+    lines.append(f"  per run   {rep['time_mean']:.3f} s  95% CI {tlo:.3f}-{thi:.3f}  (init + train steps + final eval with TTA)")
+    lines.append(f"  source    torch {rep['torch']}, git {rep['git_commit']}" + (" (with uncommitted changes)" if rep["git_dirty"] else ""))
+    return "\n".join(lines)
