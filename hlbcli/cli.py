@@ -137,6 +137,10 @@ def ablate(
     block: Optional[int] = typer.Option(None, "--block", min=1, help="Ray backend: seeds per task, built and compiled once (default: 10)"),
     cpus_per_task: int = typer.Option(1, "--cpus-per-task", min=1, help="Ray backend: CPU cores per task (its threads when it trains on the CPU)"),
     retries: int = typer.Option(3, "--retries", min=0, help="Ray backend: times a task lost with its worker starts again for the seeds it had left"),
+    until_resolved: bool = typer.Option(False, "--until-resolved", help="add --runs seeds per round to the baseline and each arm not yet resolved: its anytime-valid interval of the paired difference excludes 0, lies within +-D, or --max-runs is spent"),
+    max_runs: Optional[int] = typer.Option(None, "--max-runs", min=1, max=MAX_RUNS, help="--until-resolved: the most seeds per arm (default: 20)"),
+    delta: Optional[float] = typer.Option(None, "--delta", help="--until-resolved: an interval within +-D resolves an arm as no effect (accuracy as a fraction, e.g. 0.002; default: never)"),
+    alpha: float = typer.Option(0.05, "--alpha", help="--until-resolved: error rate of the confidence sequence (two-sided)"),
 ) -> None:
     """Baseline vs arms with tricks off, on or swapped, N paired seeds each, with statistics."""
     from rich.console import Console
@@ -152,6 +156,7 @@ def ablate(
         enable=enable or [], swap=swap or [], leave_one_out=leave_one_out, runs=runs, seed=seed, workers=workers, device=device,
         data_dir=str(data_dir) if data_dir else None, download=not no_download, out=out, plot=plot, quiet=quiet,
         resume=resume, backend=backend, address=address, block=block, cpus_per_task=cpus_per_task, retries=retries,
+        until_resolved=until_resolved, max_runs=max_runs, delta=delta, alpha=alpha,
     )
     backend_for(opts).check()  # an unknown backend, or options of another one
     console = Console(highlight=False, soft_wrap=True)
@@ -159,6 +164,11 @@ def ablate(
     if dry_run:
         for line in backend_for(opts).describe(plan_battery(opts), Path(str(out or "OUT"))):
             typer.echo(line)
+        if opts.until_resolved:
+            from hlbcli.experiments.sequential import looks
+
+            typer.echo(f"until resolved: looks at {', '.join(map(str, looks(opts)))} seeds per unresolved arm (alpha {opts.alpha:g}"
+                       + (f", no effect within +-{opts.delta:g})" if opts.delta else ")"))
         raise typer.Exit(0)
     summary, code = run_ablation(opts, console=console)
     print_table(summary, console)

@@ -47,7 +47,8 @@ def groups(summary: dict, label: str = "runs") -> list[dict[str, Any]]:
     for a in arms:
         accs = [r["accuracy"] for r in a.get("runs", []) if r.get("status") == "completed" and r.get("accuracy") is not None]
         mean, _ = stats.mean_std(accs)
-        out.append({"name": a["name"], "accs": accs, "mean": mean, "ci95": stats.ci95(accs)})
+        out.append({"name": a["name"], "accs": accs, "mean": mean, "ci95": stats.ci95(accs),
+                    "verdict": (a.get("sequential") or {}).get("how")})  # --until-resolved
     return out
 
 
@@ -67,12 +68,15 @@ def plot_summary(summary: dict, path: Path, title: str | None = None) -> Path:
     base = gs[0]["mean"] if gs and gs[0]["accs"] else None
     if base is not None and len(gs) > 1:
         ax.axhline(base, color="C0", linewidth=0.8, linestyle="--", zorder=1)
-    ax.set_xticks(range(len(gs)), [f"{g['name']}\nn={len(g['accs'])}" for g in gs])
+    ax.set_xticks(range(len(gs)), [f"{g['name']}\nn={len(g['accs'])}" + (f"\n{g['verdict']}" if g.get("verdict") else "")
+                                   for g in gs])
     ax.set_xlim(-0.6, len(gs) - 0.4)
     ax.set_ylabel("test accuracy")
     ax.set_title(title or (f"ablation of {summary.get('preset')}" if "arms" in summary else "accuracy per run"))
     ax.grid(axis="y", alpha=0.3)
-    fig.text(0.01, 0.01, "points: runs; bar: mean; whiskers: 95% CI", fontsize=7, alpha=0.7)
+    seq = summary.get("sequential")
+    saved = f"; until resolved: {seq['runs_spent']} runs of {seq['runs_max']}, {seq['runs_saved']} saved" if seq else ""
+    fig.text(0.01, 0.01, "points: runs; bar: mean; whiskers: 95% CI" + saved, fontsize=7, alpha=0.7)
     fig.tight_layout()
     path = Path(path)
     fmt = path.suffix.lstrip(".").lower() or "png"

@@ -283,6 +283,9 @@ def check_plan(plan: Any) -> str | None:
         return f"runs {runs!r} is not an integer in 1..{MAX_RUNS}"
     if seed + runs - 1 > MAX_SEED:
         return f"seeds {seed}..{seed + runs - 1} go past the largest seed {MAX_SEED}"
+    why = check_sequential(plan.get("sequential"), seed, runs)
+    if why:
+        return why
     arms = plan.get("arms")
     if not isinstance(arms, list) or not 2 <= len(arms) <= MAX_ARMS:
         n = f"{len(arms)} arms" if isinstance(arms, list) else repr(arms)
@@ -302,6 +305,26 @@ def check_plan(plan: Any) -> str | None:
             return f"arm {a['name']!r}: replaced {rep!r} is not a table of trick names"
         if i and not (a.get("disabled") or a.get("enabled")):
             return f"arm {a['name']!r} switches no trick"
+    return None
+
+
+def check_sequential(seq: Any, seed: int, runs: int) -> str | None:
+    """Why a plan's ``sequential`` table (``hlb ablate --until-resolved``; absent in a fixed
+    plan) is not one hlb wrote, or None."""
+    if seq is None:
+        return None
+    if not isinstance(seq, dict) or seq.get("method") != "t-cs":
+        return f"sequential {seq!r} is not a table with method 't-cs'"
+    top = seq.get("max_runs")
+    if not _int(top) or not runs <= top <= MAX_RUNS:
+        return f"sequential max_runs {top!r} is not an integer in {runs}..{MAX_RUNS}"
+    if seed + top - 1 > MAX_SEED:
+        return f"seeds {seed}..{seed + top - 1} go past the largest seed {MAX_SEED}"
+    if not _finite(seq.get("alpha")) or not 0 < seq["alpha"] < 1:
+        return f"sequential alpha {seq.get('alpha')!r} is not a number between 0 and 1"
+    d = seq.get("delta")
+    if d is not None and not (_finite(d) and d > 0):
+        return f"sequential delta {d!r} is not a number above 0 or null"
     return None
 
 

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from hlbcli.errors import UsageError
-from hlbcli.experiments.plan import AblateOptions, Arm, claim_out, default_out, finished_seeds, plan_battery, plan_of
+from hlbcli.experiments.plan import (AblateOptions, Arm, claim_out, default_out, finished_seeds, plan_battery, plan_of,
+                                     plan_runs)
 from hlbcli.experiments.summary import rich_table, summarize, write_summary
 from hlbcli.experiments.tail import run_to_summary
 
@@ -43,6 +44,12 @@ class Battery:
     #: arm name -> the error that ended it (None: see its train.log)
     failed: dict[str, str | None] = field(default_factory=dict)
     t0: float = field(default_factory=time.monotonic)
+    #: the whole plan (options, arms) while a round of ``--until-resolved`` trains part of it
+    #: (:mod:`hlbcli.experiments.sequential`): what the summary is of
+    whole: tuple[AblateOptions, list[Arm]] | None = None
+
+    def _plan(self) -> tuple[AblateOptions, list[Arm]]:
+        return self.whole or (self.opts, self.arms)
 
     def say(self, text: str) -> None:
         self.progress.say(text)
@@ -55,14 +62,14 @@ class Battery:
         return finished_seeds(arm, self.opts, self.out)
 
     def write(self, partial: bool) -> dict:
-        summary = write_summary(self.opts, self.arms, self.out, self.status, partial, time.monotonic() - self.t0)
+        summary = write_summary(*self._plan(), self.out, self.status, partial, time.monotonic() - self.t0)
         self.progress.update(summary)
         return summary
 
     def run_done(self, arm: Arm, rec: dict) -> None:
         """A run finished: the progress line and the live table."""
         self.progress.run_finished(arm.name, rec)
-        self.progress.update(summarize(self.opts, self.arms, self.out, dict(self.status), True))
+        self.progress.update(summarize(*self._plan(), self.out, dict(self.status), True))
 
     def arm_done(self, arm: Arm) -> None:
         """An arm has all its runs (or has stopped): the summary, and its row."""
@@ -135,14 +142,18 @@ def run_ablation(opts: AblateOptions, say=None, console=None) -> tuple[dict, int
         try:
             out = hold.folder
             kept = sum(len(finished_seeds(a, opts, out)) for a in arms) if opts.resume else 0
-            progress = Progress(len(arms) * opts.runs, kept, console, opts.quiet,
+            progress = Progress(len(arms) * plan_runs(opts), kept, console, opts.quiet,
                                 render=lambda summary: rich_table(summary, live=True))
             if say is not None:
                 progress.say = say
             battery = Battery(opts, arms, out, progress)
             with progress:
-                return run_to_summary(lambda got: backend.train(battery, got), battery.write, battery.end,
-                                      stop=backend.stop, out=out)
+                train = lambda got: backend.train(battery, got)  # noqa: E731
+                if opts.until_resolved:
+                    from hlbcli.experiments.sequential import run_rounds
+
+                    train = lambda got: run_rounds(backend, battery, got)  # noqa: E731
+                return run_to_summary(train, battery.write, battery.end, stop=backend.stop, out=out)
         finally:
             hold.release()
     finally:

@@ -83,6 +83,14 @@ class AblateOptions:
     #: how many times a Ray task lost with its worker (a killed process, a dead node) is
     #: started again for the seeds it had not finished
     retries: int = 3
+    #: add seeds in rounds of ``runs`` until each arm is resolved (:mod:`hlbcli.experiments.sequential`)
+    until_resolved: bool = False
+    #: the most seeds per arm with ``until_resolved`` (None: DEFAULT_MAX_RUNS)
+    max_runs: int | None = None
+    #: an interval within +-delta resolves an arm as "no effect" (None: never)
+    delta: float | None = None
+    #: the error rate of the confidence sequence (two-sided)
+    alpha: float = 0.05
 
 
 def plan_arms(active: list[str], disable: Iterable[str], enable: Iterable[str], leave_one_out: bool,
@@ -194,6 +202,7 @@ def plan_battery(opts: AblateOptions, fetch: bool = False) -> list[Arm]:
 
     if opts.runs < 1:
         raise UsageError(f"--runs {opts.runs}: need at least one seed per arm", "use --runs 3 or more for a p-value")
+    check_sequential(opts)
     disable, enable = check_names(opts.disable, "--disable"), check_names(opts.enable, "--enable")
     swaps = parse_swaps(opts.swap)
     if opts.plot:
@@ -234,6 +243,9 @@ def plan_of(opts: AblateOptions, arms: list[Arm]) -> dict:
         "runs": opts.runs,
         "arms": [{"name": a.name, "disabled": a.disabled, "enabled": a.enabled, "silenced": a.silenced,
                   **({"replaced": a.replaced} if a.replaced else {})} for a in arms],
+        # only with --until-resolved: a fixed plan reads as before
+        **({"sequential": {"method": SEQUENTIAL_METHOD, "max_runs": opts.max_runs, "alpha": opts.alpha,
+                           "delta": opts.delta}} if opts.until_resolved else {}),
     }
 
 
@@ -272,6 +284,9 @@ def options_of(plan: dict, out: Path) -> tuple[AblateOptions, list[Arm]]:
     """The options and arms of a plan (one checked by :func:`readback.read_plan`, or ours)."""
     opts = AblateOptions(preset=plan["preset"], config=plan.get("config"), sets=list(plan.get("sets", [])),
                          runs=plan["runs"], seed=plan["seed"], out=out)
+    seq = plan.get("sequential")
+    if seq:
+        opts.until_resolved, opts.max_runs, opts.alpha, opts.delta = True, seq["max_runs"], seq["alpha"], seq.get("delta")
     arms = [Arm(a["name"], list(a.get("disabled", [])), list(a.get("enabled", [])), list(a.get("silenced", [])),
                 dict(a.get("replaced", {}))) for a in plan["arms"]]
     return opts, arms
@@ -279,7 +294,12 @@ def options_of(plan: dict, out: Path) -> tuple[AblateOptions, list[Arm]]:
 
 def arm_records(arm: Arm, opts: AblateOptions, out: Path, strict: bool = False) -> readback.Records:
     """The arm's run records of this ablation's seeds, one per seed (:mod:`hlbcli.readback`)."""
-    return readback.read_records(out / "arms" / arm.folder, range(opts.seed, opts.seed + opts.runs), strict=strict)
+    return readback.read_records(out / "arms" / arm.folder, range(opts.seed, opts.seed + plan_runs(opts)), strict=strict)
+
+
+def plan_runs(opts: AblateOptions) -> int:
+    """The most seeds per arm: ``max_runs`` with ``until_resolved``, else ``runs``."""
+    return (opts.max_runs or opts.runs) if opts.until_resolved else opts.runs
 
 
 
@@ -287,3 +307,33 @@ def finished_seeds(arm: Arm, opts: AblateOptions, out: Path) -> dict[int, dict]:
     """The arm's records already over (completed or diverged) for this ablation's seeds."""
     return {s: r for s, (_, r) in arm_records(arm, opts, out).runs.items() if r["status"] in readback.FINISHED}
 
+
+#: the ``method`` of a plan's ``sequential`` table: :func:`hlbcli.stats.t_confidence_sequence`
+SEQUENTIAL_METHOD = "t-cs"
+#: --max-runs when not given
+DEFAULT_MAX_RUNS = 20
+
+
+def check_sequential(opts: AblateOptions) -> None:
+    """``--until-resolved`` and its options, before anything trains; sets the default
+    ``max_runs``."""
+    from hlbcli.config import MAX_RUNS, MAX_SEED
+
+    if not opts.until_resolved:
+        given = [n for n, v in (("--max-runs", opts.max_runs), ("--delta", opts.delta)) if v is not None]
+        given += ["--alpha"] if opts.alpha != 0.05 else []
+        if given:
+            raise UsageError(f"{given[0]} is an option of --until-resolved", "add --until-resolved, or drop it")
+        return
+    if opts.max_runs is None:
+        opts.max_runs = max(DEFAULT_MAX_RUNS, opts.runs)
+    if not opts.runs <= opts.max_runs <= MAX_RUNS:
+        raise UsageError(f"--max-runs {opts.max_runs}: must lie in --runs ({opts.runs})..{MAX_RUNS}",
+                         "--runs is the first round's seeds per arm (and each next round's); --max-runs the most any arm gets")
+    if opts.seed + opts.max_runs - 1 > MAX_SEED:
+        raise UsageError(f"--seed {opts.seed} with --max-runs {opts.max_runs} goes past the largest seed {MAX_SEED}",
+                         "use a smaller --seed")
+    if not 0 < opts.alpha < 1:
+        raise UsageError(f"--alpha {opts.alpha:g}: must lie between 0 and 1", "0.05: a 95% confidence sequence")
+    if opts.delta is not None and not opts.delta > 0:
+        raise UsageError(f"--delta {opts.delta:g}: must be above 0", "e.g. --delta 0.002: 0.2 points of accuracy")

@@ -9,7 +9,8 @@ from typing import Any
 
 from hlbcli import readback, record, stats
 from hlbcli.errors import UsageError
-from hlbcli.experiments.plan import BASELINE, AblateOptions, Arm, arm_records, options_of
+from hlbcli.experiments import sequential
+from hlbcli.experiments.plan import BASELINE, AblateOptions, Arm, arm_records, options_of, plan_runs
 
 SIGNIFICANCE = 0.05
 
@@ -63,13 +64,16 @@ def summarize(opts: AblateOptions, arms: list[Arm], out: Path, status: dict[str,
     """The summary from the arms' records; those left out are named in its ``rejected``.
     ``strict`` (``hlb summary``): also the records' versions and config are checked."""
     rows, left = [], []
-    base_row = None
+    base_row = base_done = None
     for arm in arms:
         found = arm_records(arm, opts, out, strict)
         runs, left = found.sorted_runs(), left + found.left_out()
         row = arm_stats(arm, runs, base_row)
+        done = {s: r for s, (_, r) in found.runs.items() if r["status"] in readback.FINISHED}
         if base_row is None:
-            base_row = row
+            base_row, base_done = row, done
+        elif opts.until_resolved:  # --until-resolved: the verdict of the arm's looks so far
+            row["sequential"] = sequential.verdict(base_done, done, opts)
         row["status"] = status.get(arm.name, "not started")
         row["dir"] = f"arms/{arm.folder}"
         row["runs"] = runs
@@ -83,12 +87,13 @@ def summarize(opts: AblateOptions, arms: list[Arm], out: Path, status: dict[str,
         "config": opts.config,
         "sets": list(opts.sets),
         "runs_per_arm": opts.runs,
-        "seeds": list(range(opts.seed, opts.seed + opts.runs)),
+        "seeds": list(range(opts.seed, opts.seed + plan_runs(opts))),
         "baseline": BASELINE,
         "significance": SIGNIFICANCE,
         "partial": partial,
         "arms": rows,
         "rejected": [{"file": str(p), "why": why} for p, why in left],
+        **({"sequential": sequential.totals(rows, opts)} if opts.until_resolved else {}),
     }
 
 
@@ -108,10 +113,19 @@ def rebuild_summary(folder: Path) -> dict:
     and named in its ``rejected``; none valid among some: exit 2."""
     opts, arms = options_of(readback.read_plan(folder), Path(folder))
     status, left, valid = {}, [], 0
+    base_done = None
     for arm in arms:
         found = arm_records(arm, opts, Path(folder), strict=True)
-        done = sum(1 for _, r in found.runs.values() if r["status"] in readback.FINISHED)
-        status[arm.name] = "completed" if done == opts.runs else ("incomplete" if found.runs else "not started")
+        finished = {s: r for s, (_, r) in found.runs.items() if r["status"] in readback.FINISHED}
+        over = len(finished) == opts.runs
+        if opts.until_resolved:  # over once resolved (the baseline: once every arm is)
+            if base_done is None:
+                base_done, over = finished, True
+            else:
+                over = sequential.verdict(base_done, finished, opts)["resolved"]
+                if not over:
+                    status[BASELINE] = "incomplete"
+        status[arm.name] = "completed" if over else ("incomplete" if found.runs else "not started")
         left, valid = left + found.left_out(), valid + len(found.runs)
     if left and not valid:
         raise UsageError(f"no valid run records in {folder}: {len(left)} left out, the first {left[0][0]}: {left[0][1]}",
@@ -121,6 +135,13 @@ def rebuild_summary(folder: Path) -> dict:
 
 
 COLUMNS = ["arm", "n", "accuracy", "std", "ci95", "Δ acc", "p Welch", "p paired", "time s", "Δ time s"]
+#: the columns ``--until-resolved`` adds: the verdict (and the runs spent), the anytime-valid
+#: interval of the paired difference
+SEQ_COLUMNS = ["resolved", "Δ paired CS"]
+
+
+def columns(summary: dict) -> list[str]:
+    return COLUMNS + (SEQ_COLUMNS if summary.get("sequential") else [])
 
 
 def _f(v: Any, spec: str, signed: bool = False) -> str:
@@ -150,6 +171,9 @@ def table_rows(summary: dict) -> list[list[str]]:
             _f(a["mean_train_seconds"], ".2f"),
             _f(a["delta_train_seconds"], ".2f", signed=True),
         ])
+        if summary.get("sequential"):
+            v = a.get("sequential")
+            rows[-1] += [sequential.describe(v, summary["sequential"].get("delta")), sequential.interval_text(v)] if v else ["baseline", "-"]
     return rows
 
 
@@ -160,18 +184,23 @@ def footnote(summary: dict) -> str:
         f"t-test of the per-seed differences (seeds both arms finished); * where p < {alpha:g}; "
         f"seeds {summary['seeds'][0]}..{summary['seeds'][-1]} in every arm"
     ) if summary["seeds"] else "no seeds"
+    seq = summary.get("sequential")
+    if seq and summary["seeds"]:
+        note = note.replace(" in every arm", f" at most; {sequential.saved_line(seq)}; resolved: the "
+                            f"{seq['method']} of the paired differences ({1 - seq['alpha']:.0%}, valid at every look) "
+                            "excludes 0 (effect +/-)" + (f" or lies within +-{seq['delta']:g} (no effect)" if seq.get("delta") else ""))
     if summary.get("partial"):
         note += "; PARTIAL: interrupted or failed before every run finished"
     return note
 
 
 def markdown(summary: dict) -> str:
-    rows = table_rows(summary)
+    rows, cols = table_rows(summary), columns(summary)
     lines = [
         f"# Ablation of preset `{summary['preset']}`",
         "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "| " + " | ".join(["---"] + ["---:"] * (len(COLUMNS) - 1)) + " |",
+        "| " + " | ".join(cols) + " |",
+        "| " + " | ".join(["---"] + ["---:"] * (len(cols) - 1)) + " |",
     ]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
     lines += ["", footnote(summary), ""]
@@ -184,7 +213,7 @@ def rich_table(summary: dict, live: bool = False):
     from rich.table import Table
 
     t = Table(title=f"ablation of {summary['preset']}", title_justify="left")
-    for i, c in enumerate(COLUMNS):
+    for i, c in enumerate(columns(summary)):
         t.add_column(c, justify="left" if i == 0 else "right", no_wrap=True)
     for a, r in zip(summary["arms"], table_rows(summary)):
         if live and a.get("status") not in ("completed",):
@@ -201,11 +230,12 @@ def print_table(summary: dict, console=None) -> None:
     if console.is_terminal:
         console.print(rich_table(summary))
     else:
-        widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(COLUMNS)]
+        cols = columns(summary)
+        widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
         fmt = lambda cells: "  ".join(  # noqa: E731
             c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
         ).rstrip()
-        console.print(fmt(COLUMNS), markup=False)
+        console.print(fmt(cols), markup=False)
         for r in rows:
             console.print(fmt(r), markup=False)
     console.print(footnote(summary), markup=False)

@@ -1,0 +1,139 @@
+"""``hlb ablate --until-resolved``: seeds added in rounds until each arm's paired difference from
+the baseline is resolved.
+
+The first round trains ``--runs`` seeds per arm; each next round adds ``--runs`` more seeds
+(``--resume`` semantics: only missing seeds train) to the baseline and every arm not yet
+resolved, up to ``--max-runs``. After each round (a *look*) every arm's per-seed differences
+from the baseline get an anytime-valid confidence interval (:func:`hlbcli.stats.t_confidence_sequence`:
+the t confidence sequence of Lai 1976, as in Howard, Ramdas, McAuliffe and Sekhon 2021), and
+an arm is *resolved* as soon as that interval
+
+- excludes 0: an effect, ``effect +`` (the arm is better) or ``effect -``;
+- lies within ``+-delta`` (``--delta``): ``no effect`` worth knowing;
+- or its budget is spent (``--max-runs`` seeds): ``budget spent``, unresolved.
+
+The interval holds at every look at once (with probability at least 1 - alpha), so stopping at
+the first look that resolves keeps the error rate at alpha, which stopping at the first
+p < alpha of a plain t-test does not. The looks are a function of the plan alone, so
+``hlb summary`` and ``--resume`` find the same verdicts in the same records."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from hlbcli import stats
+
+METHOD = "t confidence sequence"
+REFERENCE = ("Lai (1976), On confidence sequences, Ann. Statist. 4:265-280; Howard, Ramdas, McAuliffe "
+             "and Sekhon (2021), Time-uniform, nonparametric, nonasymptotic confidence sequences, Ann. Statist. 49:1055-1080")
+EFFECT_UP, EFFECT_DOWN, NO_EFFECT, BUDGET, OPEN = "effect +", "effect -", "no effect", "budget spent", "open"
+
+
+def looks(opts: AblateOptions) -> list[int]:
+    """The seeds per arm at each look: ``runs``, ``2 runs``, ... and ``max_runs`` last."""
+    top = opts.max_runs or opts.runs
+    return sorted({*range(opts.runs, top, max(1, opts.runs)), top})
+
+
+def judge(diffs: list[float], alpha: float, delta: float | None) -> tuple[str, list[float]]:
+    """The verdict on paired differences at one look, and their anytime-valid interval."""
+    lo, hi = stats.t_confidence_sequence(diffs, alpha)
+    if lo > 0:
+        return EFFECT_UP, [lo, hi]
+    if hi < 0:
+        return EFFECT_DOWN, [lo, hi]
+    if delta and -delta < lo and hi < delta:
+        return NO_EFFECT, [lo, hi]
+    return OPEN, [lo, hi]
+
+
+def _accs(finished: dict[int, dict]) -> dict[int, float]:
+    return {s: r["accuracy"] for s, r in finished.items()
+            if r.get("status") == "completed" and isinstance(r.get("accuracy"), (int, float))}
+
+
+def verdict(base: dict[int, dict], arm: dict[int, dict], opts: AblateOptions) -> dict:
+    """An arm's state from the finished records (by seed) of the baseline and of the arm: the
+    first look that resolved it, else the last look both have all the seeds of."""
+    b, a = _accs(base), _accs(arm)
+    out = {"resolved": False, "how": OPEN, "look": 0, "pairs": 0, "interval": [None, None]}
+    for n in looks(opts):
+        seeds = range(opts.seed, opts.seed + n)
+        if not all(s in base and s in arm for s in seeds):
+            break
+        diffs = [a[s] - b[s] for s in seeds if s in a and s in b]
+        how, interval = judge(diffs, opts.alpha, opts.delta)
+        if how == OPEN and n >= (opts.max_runs or opts.runs):
+            how = BUDGET
+        out.update(how=how, look=n, pairs=len(diffs), interval=[_num(v) for v in interval], resolved=how != OPEN)
+        if how != OPEN:
+            break
+    return out
+
+
+def _num(v: float) -> float | None:
+    """A bound for JSON: None where infinite (too few pairs to bound anything)."""
+    return None if v != v or v in (float("inf"), float("-inf")) else v
+
+
+def describe(v: dict, delta: float | None = None) -> str:
+    """``effect + after 9 runs``, ``no effect (+-0.002) after 12 runs``, ``open after 6 runs``."""
+    how = v["how"] + (f" (+-{delta:g})" if v["how"] == NO_EFFECT and delta else "")
+    return f"{how} after {v['look']} runs" if v["look"] else how
+
+
+def interval_text(v: dict) -> str:
+    lo, hi = v["interval"]
+    f = lambda x, inf: inf if x is None else f"{x:+.4f}"  # noqa: E731
+    return "-" if not v["look"] else f"[{f(lo, '-inf')}, {f(hi, '+inf')}]"
+
+
+def totals(rows: list[dict], opts: AblateOptions) -> dict:
+    """The battery's runs spent, the most it could have spent (every arm at ``--max-runs``)
+    and the difference."""
+    spent = sum(r.get("n_started", r["n"]) for r in rows)
+    most = len(rows) * (opts.max_runs or opts.runs)
+    return {"method": METHOD, "reference": REFERENCE, "alpha": opts.alpha, "delta": opts.delta,
+            "max_runs": opts.max_runs, "looks": looks(opts), "runs_spent": spent, "runs_max": most,
+            "runs_saved": most - spent}
+
+
+def saved_line(seq: dict) -> str:
+    return (f"until resolved: {seq['runs_spent']} runs of at most {seq['runs_max']} "
+            f"(--max-runs {seq['max_runs']} x {seq['runs_max'] // max(1, seq['max_runs'])} arms): "
+            f"{seq['runs_saved']} saved")
+
+
+def run_rounds(backend, battery, got: list[int]) -> None:
+    """Train ``battery`` round by round (see the module): each round sets the plan's runs per
+    arm, gives the backend the baseline and the arms not yet resolved with ``--resume``
+    semantics, then judges them. An arm that fails leaves the rounds; the baseline failing
+    ends them. The battery keeps the whole plan for its summary."""
+    opts, arms = battery.opts, list(battery.arms)
+    base, active = arms[0], arms[1:]
+    battery.whole = (opts, arms)
+    try:
+        for i, n in enumerate(looks(opts)):
+            part = replace(opts, runs=n, until_resolved=False, resume=opts.resume or i > 0)
+            battery.opts, battery.arms, backend.opts = part, [base, *active], part
+            if any(len(battery.finished(a)) < n for a in battery.arms):
+                battery.say(f"round {i + 1}: baseline and {len(active)} unresolved arm(s) to {n} seeds "
+                            f"(seeds {opts.seed}..{opts.seed + n - 1})")
+                backend.train(battery, got)
+            if base.name in battery.failed:
+                return
+            still = []
+            for arm in active:
+                if arm.name in battery.failed:
+                    continue
+                v = verdict(battery.finished(base), battery.finished(arm), opts)
+                if v["resolved"]:
+                    battery.say(f"arm {arm.name}: {describe(v, opts.delta)}, paired difference in {interval_text(v)}")
+                else:
+                    still.append(arm)
+            active = still
+            if not active:
+                return
+    finally:
+        battery.opts, battery.arms, backend.opts = opts, arms, opts
+
