@@ -250,10 +250,21 @@ def bench(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write records, summary.json and bench.json here"),
     resume: bool = ResumeOpt,
     target: Optional[float] = typer.Option(None, "--target", min=0, max=1, help="claim a mean accuracy of at least this: the one-sided t-test's p-value and the runs p < 0.01 needs"),
+    against: Optional[str] = typer.Option(None, "--against", help="B: time the preset against this one (name or file) in alternation A B B A ..., --runs pairs"),
+    against_set: Optional[List[str]] = typer.Option(None, "--against-set", help="like --set, side B only (B defaults to --preset); repeatable"),
+    against_disable: Optional[List[str]] = typer.Option(None, "--against-disable", help="like --disable, side B only; repeatable"),
+    against_enable: Optional[List[str]] = typer.Option(None, "--against-enable", help="like --enable, side B only; repeatable"),
 ) -> None:
     """Time a preset over N seeds: accuracy and time statistics, and each timed phase.
 
     Compile and warm-up are excluded from the timed figure and reported beside it."""
+    _check_seeds(seed, runs)
+    if against or against_set or against_disable or against_enable:
+        from hlbcli.experiments.alternate import bench_against
+
+        raise typer.Exit(bench_against(preset, against or preset, config, set_ or [], enable or [], disable or [],
+                                       against_set or [], against_enable or [], against_disable or [], runs, seed,
+                                       device, data_dir, not no_download, out, resume, target))
     from hlbcli import record
     from hlbcli.bench import bench_report, format_report
     from hlbcli.claims import claim_line, claim_report, folder_runs, format_claim
@@ -261,7 +272,6 @@ def bench(
     from hlbcli.experiments.batch import TrainOptions, train_batch
     from hlbcli.resolve import resolve
 
-    _check_seeds(seed, runs)
     _check_resume(resume, out)
     cfg, tm = resolve(preset, str(config) if config else None, set_ or [], enable or [], disable or [])
     opts = TrainOptions(
