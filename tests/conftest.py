@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,24 @@ def set_args(sets: list[str]) -> list[str]:
     for s in sets:
         out += ["--set", s]
     return out
+
+
+def write_distribution(proj: Path, dist: str, package: str, modules: dict[str, str],
+                       entry_points: dict[str, str], version: str = "0.1.0") -> Path:
+    """A tiny installable distribution in ``proj``: the package ``package`` with ``modules``
+    (module name -> source, ``__init__`` included) and ``entry_points`` in the ``hlb.tricks``
+    group (name -> target); returns ``proj``, for :func:`pip_venv`."""
+    (proj / package).mkdir(parents=True)
+    for name, src in {"__init__": "", **modules}.items():
+        (proj / package / f"{name}.py").write_text(textwrap.dedent(src))
+    eps = "".join(f'{name} = "{target}"\n' for name, target in entry_points.items())
+    (proj / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=68"]\nbuild-backend = "setuptools.build_meta"\n\n'
+        f'[project]\nname = "{dist}"\nversion = "{version}"\n\n'
+        f'[tool.setuptools]\npackages = ["{package}"]\n\n'
+        f'[project.entry-points."hlb.tricks"]\n{eps}'
+    )
+    return proj
 
 
 def pip_venv(root: Path, projects: list[Path]):

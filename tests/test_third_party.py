@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import pip_venv, set_args, tiny_sets
+from conftest import pip_venv, set_args, tiny_sets, write_distribution
 
 EXAMPLE = Path(__file__).parent / "example_trick"
 BROKEN = ["broken_import", "bad_hook", "bad_name"]
@@ -134,26 +134,8 @@ FILTERS_SOURCE = textwrap.dedent(
 
 
 def _write_filters(root: Path) -> Path:
-    proj = root / "filters"
-    (proj / "hlbx_filters").mkdir(parents=True)
-    (proj / "hlbx_filters" / "__init__.py").write_text(FILTERS_SOURCE)
-    (proj / "pyproject.toml").write_text(textwrap.dedent("""
-        [build-system]
-        requires = ["setuptools>=68"]
-        build-backend = "setuptools.build_meta"
-
-        [project]
-        name = "hlb-filters"
-        version = "0.1.0"
-
-        [project.entry-points."hlb.tricks"]
-        sgdfilters = "hlbx_filters:TRICK"
-        clash = "hlbx_filters:CLASH"
-
-        [tool.setuptools]
-        packages = ["hlbx_filters"]
-    """))
-    return proj
+    return write_distribution(root / "filters", "hlb-filters", "hlbx_filters", {"__init__": FILTERS_SOURCE},
+                              {"sgdfilters": "hlbx_filters:TRICK", "clash": "hlbx_filters:CLASH"})
 
 
 def _dist_name(trick: str) -> str:
@@ -161,26 +143,8 @@ def _dist_name(trick: str) -> str:
 
 
 def _write_broken(root: Path, trick: str) -> Path:
-    proj = root / trick
-    pkg = proj / f"hlbx_{trick}"
-    pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text(BROKEN_SOURCES[trick])
-    (proj / "pyproject.toml").write_text(textwrap.dedent(f"""
-        [build-system]
-        requires = ["setuptools>=68"]
-        build-backend = "setuptools.build_meta"
-
-        [project]
-        name = "{_dist_name(trick)}"
-        version = "1.2.3"
-
-        [project.entry-points."hlb.tricks"]
-        {trick} = "hlbx_{trick}"
-
-        [tool.setuptools]
-        packages = ["hlbx_{trick}"]
-    """))
-    return proj
+    return write_distribution(root / trick, _dist_name(trick), f"hlbx_{trick}", {"__init__": BROKEN_SOURCES[trick]},
+                              {trick: f"hlbx_{trick}"}, version="1.2.3")
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import sys
-import textwrap
 import types
 from pathlib import Path
 
 import pytest
 
-from conftest import pip_venv, set_args, tiny_sets
+from conftest import pip_venv, set_args, tiny_sets, write_distribution
 from hlbcli import catalog as catalogs
 from hlbcli import hookimpl
 from hlbcli.config import to_dict
@@ -246,27 +245,7 @@ BETA = {
 
 
 def _write_dist(root: Path, dist: str, package: str, tricks: dict[str, str]) -> Path:
-    proj = root / dist
-    (proj / package).mkdir(parents=True)
-    (proj / package / "__init__.py").write_text("")
-    for name, src in tricks.items():
-        (proj / package / f"{name}.py").write_text(textwrap.dedent(src))
-    eps = "\n".join(f'{name} = "{package}.{name}"' for name in tricks)
-    (proj / "pyproject.toml").write_text(textwrap.dedent(f"""
-        [build-system]
-        requires = ["setuptools>=68"]
-        build-backend = "setuptools.build_meta"
-
-        [project]
-        name = "{dist}"
-        version = "0.1.0"
-
-        [tool.setuptools]
-        packages = ["{package}"]
-
-        [project.entry-points."hlb.tricks"]
-    """) + eps + "\n")
-    return proj
+    return write_distribution(root / dist, dist, package, tricks, {name: f"{package}.{name}" for name in tricks})
 
 
 @pytest.fixture(scope="module")
