@@ -63,6 +63,9 @@ class ModelSettings(Settings):
     scaling_factor: float = Field(1 / 9, gt=0, description="the logits are multiplied by this")
     bn_momentum: float = Field(0.1, gt=0, le=1, description="batchnorm running-stat momentum (PyTorch convention)")
     bn_eps: float = Field(1e-5, gt=0, description="batchnorm epsilon")
+    activation: Literal["gelu", "silu"] = Field(
+        "gelu", description="nonlinearity of the conv groups (hiverge's record: silu); the stem's stays GELU"
+    )
     head_init_std: float = Field(
         0.0, ge=0, description="rescale the head's initial weights to this std (airbench94_muon: 1); 0 keeps PyTorch's init"
     )
@@ -102,6 +105,13 @@ class TrainSettings(Settings):
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
         "default",
         description="torch.compile mode: reduce-overhead and max-autotune capture CUDA graphs (on CUDA)",
+    )
+    compile_loss: bool = Field(
+        False,
+        description=(
+            "compile the forward and the loss as one graph (fullgraph, train.compile_mode) for the training"
+            " step, where the model is compiled (hiverge's record); the evaluation keeps the compiled model"
+        ),
     )
     optimizer_impl: Literal["auto", "fused", "foreach", "for-loop"] = Field(
         "auto", description="SGD kernels: fused (one kernel per dtype), foreach, or per tensor; auto: fused"

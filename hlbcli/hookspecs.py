@@ -155,7 +155,10 @@ def hlb_loss_build(cfg: Any, ctx: RunContext) -> Callable[[torch.Tensor, torch.T
 def hlb_param_groups(model: torch.nn.Module, cfg: Any, ctx: RunContext) -> list[dict]:
     """Split the trainable parameters into optimizer groups, each a dict with ``params``,
     ``lr`` and ``weight_decay`` in PyTorch's (coupled) convention, and optionally ``name``
-    (a label). Called once per run. First result wins (the core's is one group; ``bias_lr``
+    (a label) and ``lr_schedule``: the group's own lr multipliers (a sequence or 1-D tensor of
+    at least ``total_steps + 1`` values, step ``i`` using value ``i``, read once before the
+    loop), in place of the run's ``hlb_lr_schedule`` for that group alone (the whitening
+    bias's own linear decay). Called once per run. First result wins (the core's is one group; ``bias_lr``
     splits off the batchnorm parameters); a wrapper receives the groups from ``yield`` and may
     take parameters out of them (for an optimizer of its own, see ``hlb_optimizer_build``).
     :func:`hlbcli.contract.sgd_hparams` turns the decoupled settings into lr and decay."""
@@ -171,7 +174,8 @@ def hlb_optimizer_build(param_groups: list[dict], cfg: Any, ctx: RunContext) -> 
     What the trainer does with the result, every step: ``zero_grad(set_to_none=True)`` on
     each optimizer before the backward pass, and ``step()`` on each after it (and after the
     ``after_backward`` step actions), in list order; and before the steps it rewrites ``group["lr"]`` of every group of every optimizer as the group's lr at
-    build time times the schedule's multiplier for the step (``hlb_lr_schedule``), so an
+    build time times the schedule's multiplier for the step (``hlb_lr_schedule``, or the group's own
+    ``lr_schedule``), so an
     optimizer must read ``group["lr"]`` at each step. Groups may carry extra keys (the core's
     ``name``); the trainer reads and writes only ``lr``. Each parameter belongs to exactly one
     optimizer. The trainer never saves optimizer state, but ``state_dict()`` should work for

@@ -7,6 +7,7 @@ The net (:class:`Net`, built by :func:`build_net` from ``cfg.model``)::
     stem          Conv2d(C, stem_width, stem_kernel), bias: the whitening slot (stem.weight, stem.bias)
     stem_act      GELU
     groups.N      ConvGroup N = 0, 1, ...: conv1 -> pool -> norm1 -> act -> conv2 -> norm2 -> act
+                  (act: GELU, or SiLU with model.activation = "silu")
                   (depth 3: conv3 -> norm3 -> act, plus a residual)
                   groups.N.convK.weight  3x3 filters, no bias      groups.N.normK.{weight,bias}
                   (batchnorm; running_mean, running_var buffers)
@@ -26,11 +27,16 @@ from torch import nn
 from hlbcli.errors import UsageError
 
 
-class ConvGroup(nn.Module):
-    """conv -> max-pool -> BN -> GELU -> conv -> BN -> GELU (depth 3: one more conv/BN, with a
-    residual over the last two)."""
+#: ``model.activation``: the conv groups' nonlinearity (the stem's stays GELU)
+ACTIVATIONS = {"gelu": nn.GELU, "silu": nn.SiLU}
 
-    def __init__(self, c_in: int, c_out: int, depth: int = 2, bn_momentum: float = 0.1, bn_eps: float = 1e-5):
+
+class ConvGroup(nn.Module):
+    """conv -> max-pool -> BN -> act -> conv -> BN -> act, act GELU or SiLU (depth 3: one more
+    conv/BN, with a residual over the last two)."""
+
+    def __init__(self, c_in: int, c_out: int, depth: int = 2, bn_momentum: float = 0.1, bn_eps: float = 1e-5,
+                 activation: str = "gelu"):
         super().__init__()
         self.depth = depth
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding="same", bias=False)
@@ -41,7 +47,7 @@ class ConvGroup(nn.Module):
         if depth >= 3:
             self.conv3 = nn.Conv2d(c_out, c_out, 3, padding="same", bias=False)
             self.norm3 = nn.BatchNorm2d(c_out, momentum=bn_momentum, eps=bn_eps)
-        self.act = nn.GELU()
+        self.act = ACTIVATIONS[activation]()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(self.norm1(self.pool(self.conv1(x))))
@@ -66,13 +72,14 @@ class Net(nn.Module):
         scaling_factor: float = 1 / 9,
         bn_momentum: float = 0.1,
         bn_eps: float = 1e-5,
+        activation: str = "gelu",
     ):
         super().__init__()
         self.stem = nn.Conv2d(in_channels, stem_width, stem_kernel, padding=0, bias=True)
         self.stem_act = nn.GELU()
         chans = [stem_width, *widths]
         self.groups = nn.Sequential(
-            *[ConvGroup(chans[i], chans[i + 1], depth, bn_momentum, bn_eps) for i in range(len(widths))]
+            *[ConvGroup(chans[i], chans[i + 1], depth, bn_momentum, bn_eps, activation) for i in range(len(widths))]
         )
         self.pool = nn.AdaptiveMaxPool2d(1)
         self.head = nn.Linear(widths[-1], num_classes, bias=False)
@@ -110,6 +117,7 @@ def build_net(m, num_classes: int, in_channels: int) -> Net:
         m.scaling_factor,
         m.bn_momentum,
         m.bn_eps,
+        m.activation,
     )
     if m.head_init_std > 0:
         with torch.no_grad():

@@ -20,7 +20,7 @@ from hlbcli.data import normalize
 from hlbcli.errors import HlbError, TrickError, UsageError
 from hlbcli.session import Session, device_name, reset_weights
 from hlbcli.signals import Interrupted
-from hlbcli.step import StepRecord, build_step
+from hlbcli.step import StepRecord, build_step, group_schedules
 
 
 class Timer:
@@ -58,12 +58,14 @@ class RunPlan:
     base_lrs: list[float]
     lr_table: list[float]
     actions: list[StepAction]
+    #: one multiplier list per optimizer group (:func:`hlbcli.step.group_schedules`)
+    lr_tables: list[list[float]] = field(default_factory=list)
     record: StepRecord = field(default_factory=StepRecord)
 
-    def step_fn(self, forward: torch.nn.Module, batch_transforms: list[Transform]):
+    def step_fn(self, forward: torch.nn.Module, batch_transforms: list[Transform], forward_loss=None):
         return build_step(
-            forward, self.loss_fn, self.optimizers, self.base_lrs, self.lr_table, batch_transforms,
-            self.actions, self.ctx.dataset.num_classes, self.ctx, self.record,
+            forward, self.loss_fn, self.optimizers, self.base_lrs, self.lr_tables, batch_transforms,
+            self.actions, self.ctx.dataset.num_classes, self.ctx, self.record, forward_loss,
         )
 
 
@@ -145,7 +147,8 @@ def plan_run(session: Session, seed: int, warmup: bool = False, ctx: RunContext 
     lr_table = [float(v) for v in lr_table.tolist()]
     actions = _flatten(tm.hook.hlb_step_actions(model=model, optimizer=optimizers[0], optimizers=optimizers, cfg=cfg, ctx=ctx))
     tm.hook.hlb_train_start(ctx=ctx)
-    return RunPlan(ctx, transforms, loss_fn, optimizers, base_lrs, lr_table, actions)
+    tables = group_schedules([g for opt in optimizers for g in opt.param_groups], lr_table, total_steps)
+    return RunPlan(ctx, transforms, loss_fn, optimizers, base_lrs, lr_table, actions, lr_tables=tables)
 
 
 def fit(
@@ -189,7 +192,7 @@ def fit(
         batch_tr = [tr for tr in transforms if tr.level == "batch" and tr.active(epoch)]
         key = tuple(tr.name for tr in batch_tr)
         if step_fn is None or key != phase_key or ctx.rebuild_step:
-            step_fn = plan.step_fn(fwd, batch_tr)
+            step_fn = plan.step_fn(fwd, batch_tr, session.forward_loss(plan.loss_fn, bool(batch_tr), ctx))
             phase_key = key
         images = ctx.train_images
         for tr in transforms:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -81,6 +81,9 @@ class Session:
     host_memory: str = "system"
     warmup_seconds: float = 0.0
     warmed_up: bool = False
+    #: ``train.compile_loss``: the compiled forward+loss graphs, one per (loss, soft targets),
+    #: kept for every seed of the session (:meth:`hlbcli.run.RunPlan.step_fn`)
+    fused: dict = field(default_factory=dict)
 
     @property
     def precision(self) -> str:
@@ -95,6 +98,24 @@ class Session:
     @property
     def train_size(self) -> int:
         return len(self.dataset.train_labels)
+
+    def forward_loss(self, loss_fn: Any, soft: bool, ctx: Any):
+        """``train.compile_loss`` on a compiled session: the forward and the summed loss as one
+        compiled graph (:func:`hlbcli.step.fused_forward_loss`), built once per session and
+        loss (a loss equal to an earlier run's reuses its graph, so seeds do not recompile);
+        else None (the step calls the forward and the loss apart)."""
+        if not (self.compiled and self.cfg.train.compile_loss):
+            return None
+        from hlbcli.step import fused_forward_loss
+
+        key: tuple = (loss_fn, soft)
+        try:
+            hash(key)
+        except TypeError:
+            key = (id(loss_fn), soft)
+        if key not in self.fused:
+            self.fused[key] = fused_forward_loss(self.model, loss_fn, soft, ctx, self.cfg.train.compile_mode)
+        return self.fused[key]
 
 
 def set_deterministic(on: bool) -> None:

@@ -17,25 +17,30 @@ def build_step(
     loss_fn: Callable,
     optimizers: list[torch.optim.Optimizer],
     base_lrs: list[float],
-    lr_table: list[float],
+    lr_tables: list[list[float]],
     batch_transforms: list[Transform],
     actions: list[StepAction],
     num_classes: int,
     ctx: RunContext,
     record: "StepRecord",
+    forward_loss: Callable | None = None,
 ) -> Callable[[torch.Tensor, torch.Tensor, int], None]:
     """Fuse one phase's transforms and actions into a plain step function.
 
     Per step it dispatches what a hand-written step would: the forward, one loss, the
     backward, the optimizer's kernels and the actions due; nothing for bookkeeping (the loss
     tensors are kept on a list and summed once per epoch). Class-index targets go to the loss
-    unless a batch transform is active, which gets one-hot targets and hands back soft ones."""
+    unless a batch transform is active, which gets one-hot targets and hands back soft ones.
+    ``lr_tables``: one list of lr multipliers per group of ``optimizers`` (in order), made by
+    :func:`group_schedules`. ``forward_loss``: ``(x, targets) -> (summed loss, logits)`` in
+    one call, in place of the forward and the loss (``train.compile_loss``: :func:`fused_forward_loss`)."""
     before = tuple(a for a in actions if a.where == "before_forward")
     after_bwd = tuple(a for a in actions if a.where == "after_backward")
     after = tuple(a for a in actions if a.where == "after_step")
     transforms = tuple(t.fn for t in batch_transforms)
     soft = bool(transforms)
     groups = [g for opt in optimizers for g in opt.param_groups]
+    tables = tuple(lr_tables)
     zero_grads = tuple(opt.zero_grad for opt in optimizers)
     opt_steps = tuple(opt.step for opt in optimizers)
     autocast = ctx.autocast
@@ -51,21 +56,23 @@ def build_step(
             targets = F.one_hot(y, num_classes).float()
             for fn in transforms:
                 x, targets = fn(x, targets)
-        if use_autocast:
-            with autocast():
-                logits = forward(x)
+        if forward_loss is not None:
+            loss, logits = forward_loss(x, targets)
         else:
-            logits = forward(x)
-        loss = loss_fn(logits.float() if soft else logits, targets).sum()
+            if use_autocast:
+                with autocast():
+                    logits = forward(x)
+            else:
+                logits = forward(x)
+            loss = loss_fn(logits.float() if soft else logits, targets).sum()
         for zero_grad in zero_grads:
             zero_grad(set_to_none=True)
         loss.backward()
         for a in after_bwd:
             if a.active(i):
                 a.fn(i)
-        scale = lr_table[i]
-        for g, base in zip(groups, base_lrs):
-            g["lr"] = base * scale
+        for g, base, table in zip(groups, base_lrs, tables):
+            g["lr"] = base * table[i]
         for opt_step in opt_steps:
             opt_step()
         done = i + 1
@@ -76,6 +83,44 @@ def build_step(
         last[:] = (logits, y)
 
     return step
+
+
+def fused_forward_loss(model: torch.nn.Module, loss_fn: Callable, soft: bool, ctx: RunContext, mode: str) -> Callable:
+    """The net's forward and the summed loss as one ``torch.compile``d graph (``fullgraph``,
+    ``mode``): ``(x, targets) -> (loss, logits)``, the same numbers the step computes in two
+    calls. ``model`` is the uncompiled module; ``soft``: a batch transform hands soft targets,
+    and the logits go to the loss in fp32."""
+    autocast_dtype, device_type = ctx.autocast_dtype, ctx.device.type
+
+    def forward_loss(x: torch.Tensor, targets: torch.Tensor):
+        with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            logits = model(x)
+        return loss_fn(logits.float() if soft else logits, targets).sum(), logits
+
+    return torch.compile(forward_loss, mode=mode, fullgraph=True)
+
+
+def group_schedules(groups: list[dict], run_table: list[float], total_steps: int) -> list[list[float]]:
+    """One lr multiplier list per optimizer group: the group's own ``lr_schedule`` (a sequence
+    or 1-D tensor of at least ``total_steps + 1`` multipliers of its base lr, step ``i`` using
+    value ``i``) where it carries one, else the run's (``hlb_lr_schedule``). Read once, before
+    the loop; groups without their own share the run's list."""
+    from hlbcli.errors import TrickError
+
+    tables = []
+    for g in groups:
+        own = g.get("lr_schedule")
+        if own is None:
+            tables.append(run_table)
+            continue
+        values = own.tolist() if isinstance(own, torch.Tensor) else list(own)
+        if len(values) < total_steps + 1:
+            raise TrickError(
+                f"optimizer group '{g.get('name', '?')}' has an lr_schedule of {len(values)} values for {total_steps} steps",
+                f"give at least total_steps + 1 = {total_steps + 1} multipliers",
+            )
+        tables.append([float(v) for v in values])
+    return tables
 
 
 @dataclass
