@@ -125,3 +125,236 @@ def test_94_muon_preset_resolves_to_airbench94_muon_numbers():
     assert lr * cfg.bias_lr.scaler == pytest.approx(0.053, rel=1e-4)
     assert cfg.muon.lr == 0.24 and cfg.muon.momentum == 0.6 and cfg.train.batch_size == 2000
     assert "ema" not in cfg.tricks and "muon" in cfg.tricks
+
+
+# --- hiverge's options (cifar10-speedrun): each off by default ------------------------------
+
+
+def _reference_orthogonalize(g, steps=3, dtype=torch.float32, eps=1e-7):
+    """airbench94_muon's Newton-Schulz as the trick had it before hiverge's options."""
+    x = g.to(dtype)
+    x = x / (x.norm() + eps)
+    tall = x.shape[0] > x.shape[1]
+    if tall:
+        x = x.T
+    a, b, c = (3.4445, -4.7750, 2.0315)
+    for _ in range(steps):
+        A = x @ x.T
+        x = a * x + (b * A + c * A @ A) @ x
+    return x.T if tall else x
+
+
+def _reference_step(params, bufs, lr, m=0.6, steps=3, dtype=torch.float32):
+    """The trick's Muon step before hiverge's options (Nesterov, renormalise every step)."""
+    grads = [p.grad for p in params]
+    torch._foreach_mul_(bufs, m)
+    torch._foreach_add_(bufs, grads)
+    updates = torch._foreach_add(grads, bufs, alpha=m)
+    for p, n in zip(params, torch._foreach_norm(params)):
+        p.mul_(math.sqrt(p.shape[0]) / n)
+    for p, u in zip(params, updates):
+        p.add_(_reference_orthogonalize(u.reshape(len(u), -1), steps, dtype).view(p.shape).to(p.dtype), alpha=-lr)
+
+
+#: filter shapes as in the net's conv groups (small widths), one group with a tall matrix
+SHAPES = [(8, 4, 3, 3), (16, 8, 3, 3), (16, 16, 3, 3), (40, 2, 2, 2)]
+
+
+def _filters(seed=0, shapes=SHAPES, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.nn.Parameter(torch.randn(s, generator=g).to(dtype)) for s in shapes]
+
+
+def _train(opt_kwargs, steps=4, seed=0, dtype=torch.float32, lrs=None, **kw):
+    """``steps`` Muon steps on fresh filters with fixed random gradients: the filters after."""
+    from hlb_plugins.muon import Muon
+
+    params = _filters(seed, dtype=dtype)
+    opt = Muon([dict(params=params, name="muon")], **opt_kwargs, **kw)
+    g = torch.Generator().manual_seed(seed + 1)
+    for i in range(steps):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=g).to(dtype)
+        if lrs is not None:
+            opt.param_groups[0]["lr"] = lrs[i]
+        opt.step()
+    return [p.detach().clone() for p in params], opt
+
+
+def test_default_muon_is_bit_identical_to_the_code_before_hiverges_options():
+    from hlb_plugins.muon import MuonSettings, orthogonalize
+
+    s = MuonSettings()
+    assert (s.batched, s.anneal_target, s.renorm_schedule, s.momentum_dtype, s.weight_decay) == (False, False, "every_step", "auto", 0.0)
+    torch.manual_seed(0)
+    for shape in [(64, 216), (32, 8)]:
+        g = torch.randn(shape)
+        for dtype in (torch.float32, torch.bfloat16):
+            assert torch.equal(orthogonalize(g, 3, dtype), _reference_orthogonalize(g, 3, dtype))
+    for dtype in (torch.float32, torch.bfloat16):
+        ref = _filters()
+        bufs = [torch.zeros_like(p) for p in ref]
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(4):
+            for p in ref:
+                p.grad = torch.randn(p.shape, generator=gen)
+            with torch.no_grad():
+                _reference_step(ref, bufs, 0.24, dtype=dtype)
+        # the settings' defaults, as hlb_optimizer_build passes them (total_steps from the run)
+        got, _ = _train(dict(lr=s.lr, momentum=s.momentum, nesterov=s.nesterov, ns_steps=s.ns_steps, ns_dtype=dtype,
+                             weight_decay=s.weight_decay, batched=s.batched, ns_coefficients=s.ns_coefficients,
+                             anneal_target=s.anneal_target, renorm_schedule=s.renorm_schedule, total_steps=4))
+        for a, b in zip(got, ref):
+            assert torch.equal(a, b.detach())
+
+
+@pytest.mark.parametrize("coeffs", [(3.4445, -4.7750, 2.0315), (3.4576, -4.7391, 2.0843)])
+def test_batched_newton_schulz_equals_the_per_filter_loop(coeffs):
+    from hlb_plugins.muon import orthogonalize, orthogonalize_batched, padded_shape
+
+    torch.manual_seed(0)
+    batches = [
+        [(64, 216), (64, 576), (256, 576), (256, 2304)],  # the 94 net's matrices, all wide
+        [(32, 8), (16, 72)],  # a tall one (D > K) in a batch that is not transposed
+        [(64, 18), (48, 36), (20, 40)],  # maxD 64 > maxK 48: the batch is transposed, one wide in it
+    ]
+    for shapes in batches:
+        mats = [torch.randn(s) for s in shapes]
+        d, k = padded_shape(shapes)
+        assert d == max(s[0] for s in shapes) and k % 16 == 0 and k - 16 < max(s[1] for s in shapes) <= k
+        outs = orthogonalize_batched(mats, d, k, 3, coeffs=coeffs)
+        for m, o in zip(mats, outs):
+            assert o.shape == m.shape
+            assert torch.allclose(o, orthogonalize(m, 3, coeffs=coeffs), atol=1e-5), (m.shape, coeffs)
+    g = torch.randn(64, 216)
+    assert not torch.allclose(orthogonalize(g, coeffs=coeffs), orthogonalize(g, coeffs=(3.0, -3.2, 1.2)))
+
+
+def test_batched_muon_matches_the_per_filter_muon():
+    loop, _ = _train(dict(lr=0.1, ns_coefficients=(3.4576, -4.7391, 2.0843)), steps=5)
+    batched, opt = _train(dict(lr=0.1, ns_coefficients=(3.4576, -4.7391, 2.0843), batched=True), steps=5)
+    assert opt.pad_plan == [(40, 144)]  # computed once, at construction: 16*9 is a multiple of 16 already
+    for a, b in zip(loop, batched):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_progressive_renorm_schedule_by_hand():
+    from hlb_plugins.muon import renorm_steps
+
+    # total 40: the period at step s is 2 + int(15 * s / 40) = 2 + int(0.375 s)
+    # s=2: period 2, 2 - 0 >= 2; s=5: period 3, 5 - 2 >= 3; s=10: period 5 (3.75), 10 - 5 >= 5;
+    # s=18: period 8 (6.75), 18 - 10 >= 8; s=31: period 13 (11.625), 31 - 18 >= 13; then
+    # s=40: period 17, 40 - 31 = 9: none
+    assert renorm_steps(40) == [2, 5, 10, 18, 31]
+    # total 20: period 2 + int(0.75 s) outgrows s - 0 until s=5 (period 5); after it the
+    # period (>= 6) stays above s - 5 up to s=20 (period 17, 15 steps)
+    assert renorm_steps(20) == [5]
+    assert renorm_steps(10, start=1, growth=0.0) == list(range(1, 11))
+    assert renorm_steps(6, start=3, growth=0.0) == [3, 6]
+
+
+@pytest.mark.parametrize("schedule", ["every_step", "progressive"])
+def test_muon_rescales_the_filters_exactly_on_the_schedules_steps(schedule):
+    """With lr 0 an update does not move the filters; each is doubled before every step, so it
+    is back at norm sqrt(out) after a step that rescales, twice the last norm after one that does not."""
+    from hlb_plugins.muon import Muon, renorm_steps
+
+    total = 40
+    params = _filters()
+    opt = Muon(params, lr=0.0, renorm_schedule=schedule, total_steps=total)
+    rescaled = []
+    for s in range(1, total + 1):
+        with torch.no_grad():
+            for p in params:
+                p.grad = torch.randn_like(p)
+                p.mul_(2.0)
+        opt.step()
+        at = [math.isclose(p.norm().item(), math.sqrt(p.shape[0]), rel_tol=1e-5) for p in params]
+        assert all(at) or not any(at)
+        if all(at):
+            rescaled.append(s)
+    assert rescaled == (renorm_steps(total) if schedule == "progressive" else list(range(1, total + 1)))
+    assert opt.step_count == total and opt.last_renorm_step == (31 if schedule == "progressive" else 0)
+
+
+def test_target_is_annealed_linearly():
+    from hlb_plugins.muon import target_norm
+
+    assert target_norm(0.0, 0.5012, 0.0786) == pytest.approx(0.5012)
+    assert target_norm(0.5, 0.5012, 0.0786) == pytest.approx((0.5012 + 0.0786) / 2)
+    assert target_norm(1.0, 0.5012, 0.0786) == pytest.approx(0.0786)
+
+
+def test_anneal_target_is_cancelled_by_the_normalisation_up_to_rounding():
+    """hiverge scales each update to the annealed target norm, then Newton-Schulz divides it by
+    its own norm: the update reaches the iteration at the target norm, and what comes out is
+    the same as without the scaling, up to the eps terms (rounding)."""
+    from hlb_plugins.muon import orthogonalize, target_norm
+
+    seen = []
+
+    def spy(g, *a, **k):
+        seen.append(g.norm().item())
+        return orthogonalize(g, *a, **k)
+
+    total = 4
+    plain, _ = _train(dict(lr=0.1), steps=total)
+    annealed, _ = _train(dict(lr=0.1, anneal_target=True, total_steps=total, orthogonalize_fn=spy), steps=total)
+    n = len(SHAPES)
+    for s in range(1, total + 1):  # progress = step (from 1) / total_steps, as hiverge
+        for norm in seen[(s - 1) * n : s * n]:
+            assert norm == pytest.approx(target_norm(s / total, 0.5012, 0.0786), rel=1e-4)
+    for a, b in zip(plain, annealed):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+    batched, _ = _train(dict(lr=0.1, anneal_target=True, total_steps=total, batched=True), steps=total)
+    for a, b in zip(plain, batched):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_fp16_momentum_buffers_stay_fp16_and_close_to_fp32():
+    fp32, _ = _train(dict(lr=0.1), steps=5)
+    fp16, opt = _train(dict(lr=0.1, momentum_dtype=torch.float16), steps=5)
+    assert all(opt.state[p]["momentum_buffer"].dtype == torch.float16 for p in opt.param_groups[0]["params"])
+    for a, b in zip(fp32, fp16):
+        assert a.dtype == b.dtype == torch.float32
+        assert torch.allclose(a, b, atol=2e-3)
+    # bf16 filters with fp32 momentum: the update is cast back to the filters' dtype
+    bf16, opt = _train(dict(lr=0.1, momentum_dtype=torch.float32), steps=5, dtype=torch.bfloat16)
+    assert all(opt.state[p]["momentum_buffer"].dtype == torch.float32 for p in opt.param_groups[0]["params"])
+    for a, b in zip(fp32, bf16):
+        assert b.dtype == torch.bfloat16 and torch.allclose(a, b.float(), atol=0.05)
+
+
+def test_weight_decay_is_decoupled_after_the_update_with_the_scheduled_lr():
+    from hlb_plugins.muon import Muon, orthogonalize
+
+    wd, lrs = 0.5, [0.2, 0.1, 0.05]  # the trainer rewrites group["lr"] each step
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(8, 4, 3, 3))
+    ref, buf = w.detach().clone(), torch.zeros(8, 4, 3, 3)
+    opt = Muon([w], lr=0.2, weight_decay=wd)
+    for lr in lrs:
+        g = torch.randn_like(ref)
+        w.grad = g.clone()
+        opt.param_groups[0]["lr"] = lr
+        opt.step()
+        buf = 0.6 * buf + g
+        u = orthogonalize((g + 0.6 * buf).reshape(8, -1)).view_as(ref)
+        ref = (ref * (math.sqrt(8) / ref.norm()) - lr * u) * (1 - lr * wd)
+        assert torch.allclose(w.detach(), ref, atol=1e-6)
+    without, _ = _train(dict(lr=0.1), steps=3)
+    decayed, _ = _train(dict(lr=0.1, weight_decay=wd), steps=3)
+    assert not torch.allclose(without[0], decayed[0])
+
+
+def test_hiverges_options_reach_the_run_and_train():
+    sets = ["muon.batched=true", "muon.ns_coefficients=[3.4576, -4.7391, 2.0843]", "muon.anneal_target=true",
+            'muon.renorm_schedule="progressive"', 'muon.momentum_dtype="fp16"', "muon.weight_decay=0.0016"]
+    s, plan = _plan(*sets)
+    muon = plan.optimizers[1]
+    assert muon.total_steps == plan.ctx.total_steps and muon.batched and muon.anneal_target
+    assert muon.coeffs == (3.4576, -4.7391, 2.0843) and muon.renorm_schedule == "progressive"
+    assert muon.momentum_dtype == torch.float16 and muon.param_groups[0]["weight_decay"] == 0.0016
+    cfg, tm = resolve("smoke", sets=tiny_sets(*sets), enable=["muon"])
+    res = fit(open_session(cfg, tm, "cpu"), 0)
+    assert res.status == "completed" and math.isfinite(res.epochs[-1]["train_loss"])
