@@ -19,6 +19,8 @@ STAGES = ("setup", "data", "model", "loss", "optimizer", "step", "run", "eval")
 #: own between them, e.g. ``order=ORDER_TRANSLATE + 5`` runs after translation, before cutout.
 ORDER_FLIP = 0
 ORDER_TRANSLATE = 10
+#: colour jitter (brightness, contrast) sees the flipped, translated set, before cutout zeroes a square
+ORDER_COLOR_JITTER = 15
 ORDER_CUTOUT = 20
 ORDER_CUTMIX = 30
 

@@ -10,6 +10,7 @@ BUILTINS = {
     "label_smoothing": "hlb_plugins.label_smoothing",
     "flip": "hlb_plugins.flip",
     "translate": "hlb_plugins.translate",
+    "color_jitter": "hlb_plugins.color_jitter",
     "cutout": "hlb_plugins.cutout",
     "cutmix": "hlb_plugins.cutmix",
     "ema": "hlb_plugins.ema",
