@@ -45,7 +45,8 @@ class MuonSettings(Settings):
     nesterov: bool = Field(True, description="Nesterov momentum")
     ns_steps: int = Field(3, ge=1, le=10, description="Newton-Schulz iterations")
     renormalize: bool = Field(True, description="rescale each filter bank to norm sqrt(out_channels) before an update (when: renorm_schedule)")
-    ns_dtype: Literal["auto", "bf16", "fp32"] = Field("auto", description="Newton-Schulz precision: auto = bf16 on CUDA, fp32 on the CPU")
+    ns_dtype: Literal["auto", "update", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="Newton-Schulz precision: auto = bf16 on CUDA, fp32 on the CPU; update = the update's own dtype (hiverge: fp16 on the GPU)")
     compile: bool = Field(True, description="torch.compile the Newton-Schulz iteration on CUDA (one graph per filter shape, or one for all with batched)")
     batched: bool = Field(False, description="one batched Newton-Schulz for all filters, zero-padded to a common (out, in*k*k) shape (hiverge: true)")
     ns_coefficients: list[float] = Field(list(NS_COEFFS), min_length=3, max_length=3,
@@ -186,11 +187,14 @@ class Muon(torch.optim.Optimizer):
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(p.grad, dtype=self.momentum_dtype)
                 bufs.append(state["momentum_buffer"])
-            if self.momentum_dtype is not None:  # hiverge: the gradient cast into the buffer's dtype
-                grads = [g.to(b.dtype) for g, b in zip(grads, bufs)]
             m = group["momentum"]
             torch._foreach_mul_(bufs, m)
-            torch._foreach_add_(bufs, grads)
+            if self.momentum_dtype is not None:  # hiverge: the gradient cast into the buffer's dtype
+                torch._foreach_add_(bufs, [g.to(b.dtype) for g, b in zip(grads, bufs)])
+            else:
+                torch._foreach_add_(bufs, grads)
+            # the Nesterov update from the gradient as it is (hiverge: an fp32 gradient plus fp16
+            # buffers gives an fp32 update)
             updates = torch._foreach_add(grads, bufs, alpha=m) if group["nesterov"] else bufs
             if self.anneal_target:
                 t = target_norm(self.step_count / self.total_steps, self.target_start, self.target_end)
@@ -199,14 +203,15 @@ class Muon(torch.optim.Optimizer):
                 norms = torch._foreach_norm(params)
                 for p, n in zip(params, norms):
                     p.mul_(math.sqrt(p.shape[0]) / n)
+            ns_dt = self.ns_dtype if self.ns_dtype is not None else updates[0].dtype
             if self.batched:
                 outs = self.batched_fn([u.reshape(len(u), -1) for u in updates], max_d, max_k, group["ns_steps"],
-                                       self.ns_dtype, coeffs=self.coeffs)
+                                       ns_dt, coeffs=self.coeffs)
                 for p, o in zip(params, outs):
                     p.add_(o.reshape(p.shape).to(p.dtype), alpha=-group["lr"])
             else:
                 for p, u in zip(params, updates):
-                    o = self.orthogonalize_fn(u.reshape(len(u), -1), group["ns_steps"], self.ns_dtype, coeffs=self.coeffs)
+                    o = self.orthogonalize_fn(u.reshape(len(u), -1), group["ns_steps"], ns_dt, coeffs=self.coeffs)
                     p.add_(o.view(p.shape).to(p.dtype), alpha=-group["lr"])
             if group["weight_decay"] != 0:
                 torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
@@ -216,7 +221,9 @@ class Muon(torch.optim.Optimizer):
 def ns_dtype(setting: str, device: torch.device) -> torch.dtype:
     if setting == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return torch.bfloat16 if setting == "bf16" else torch.float32
+    if setting == "update":
+        return None  # the update's own dtype, whatever it is
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(setting, torch.float32)
 
 
 MOMENTUM_DTYPES = {"auto": None, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}

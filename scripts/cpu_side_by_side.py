@@ -1,6 +1,6 @@
-"""hlb against airbench94 (or airbench94_muon) on the CPU, narrowed the same way, back to back.
+"""hlb against airbench94 (or airbench94_muon, or hiverge's record) on the CPU, narrowed the same way, back to back.
 
-    python scripts/cpu_side_by_side.py --data-dir DIR [--recipe 94|94-muon] [--pairs 1] [--widths 32,64,64] [--epochs 4]
+    python scripts/cpu_side_by_side.py --data-dir DIR [--recipe 94|94-muon|94-record] [--pairs 1] [--widths 32,64,64] [--epochs 4]
                                       [--airbench-host-memory system|keep|both]
 
 DIR holds the real CIFAR-10 (``cifar-10-batches-py``; ``python ../shared/data/cifar10/materialize.py
@@ -8,7 +8,9 @@ DIR`` writes it). airbench's own script is read from ``external/airbench/airbenc
 ignored folder, never committed; see scripts/gpu_bench.sh for how to lay it out), patched in
 memory for the CPU (fp32 instead of fp16, no .cuda(), host clocks instead of CUDA events, the
 widths and epochs narrowed) and run in a fresh process; hlb runs ``hlb train --preset 94`` with
-the same widths and epochs. Each process: seed 0 (then 1, ... per pair), the same thread count.
+the same widths and epochs. ``--recipe 94-record`` runs hiverge's ``cifar10_speedrun.py`` from
+``external/hiverge/`` (fetched from github hiverge/cifar10-speedrun into that ignored folder) against
+``hlb train --preset 94-record``. Each process: seed 0 (then 1, ... per pair), the same thread count.
 Both report their own timed seconds (whitening init + training steps + final evaluation with
 TTA). Run it alone: anything else on the machine skews the ratio.
 """
@@ -82,6 +84,46 @@ model = ns["CifarNet"]().to(memory_format=torch.channels_last)
 run = lambda: ns["main"](seed, model)
 %(capture)s'''
 
+# the same for hiverge's cifar10_speedrun.py (94-record): torch.compile made a no-op (eager on the CPU, as
+# hlb's preset runs there), fp32 instead of fp16 (its Muon's fp16 momentum buffers stay, as in hlb's preset),
+# CPU tensors instead of CUDA and pinned memory, the widths and epochs narrowed (its logits scale with
+# 1/width by itself); main() returns (accuracy without TTA, accuracy with its selective TTA, timed seconds)
+HIVERGE_CHILD = r'''
+import json, sys, time, torch
+src_path, widths, epochs, seed, threads, out = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+torch.set_num_threads(threads)
+w = [int(v) for v in widths.split(",")]
+src = open(src_path).read()
+patches = [
+    ("dtype=torch.half)\nCIFAR_STD", "dtype=torch.float)\nCIFAR_STD"),
+    ("(0.247, 0.2435, 0.2616), dtype=torch.half)", "(0.247, 0.2435, 0.2616), dtype=torch.float)"),
+    ('map_location=torch.device("cuda")', "map_location='cpu'"),
+    ("(self.images.half() / 255)", "(self.images.float() / 255)"),
+    (").pin_memory().contiguous()", ").contiguous()"),
+    ('dtype=torch.long, device="cuda")', 'dtype=torch.long, device="cpu")'),
+    ("widths = dict(block1=64, block2=256, block3=256)", "widths = dict(block1=%d, block2=%d, block3=%d)" % tuple(w)),
+    ("            mod.half()", "            mod.float()"),
+    ("total_train_steps = ceil(7.59 * len(train_loader))", "total_train_steps = ceil(%r * len(train_loader))" % epochs),
+]
+for old, new in patches:
+    assert old in src, "cifar10_speedrun.py changed: " + old
+    src = src.replace(old, new)
+
+def no_compile(fn=None, **kw):
+    return fn if fn is not None else (lambda f: f)
+torch.compile = no_compile
+%(shim)s
+ns = {"__name__": "cifar10_speedrun_cpu"}
+sys.argv = [src_path]  # the script reads its own source through sys.argv[0]
+exec(compile(src, src_path, "exec"), ns)
+torch.manual_seed(seed)
+model = ns["CifarNet"]().to(memory_format=torch.channels_last)
+t0 = time.perf_counter()
+val_acc, tta_acc, seconds = ns["main"](seed, model)
+json.dump({"accuracy": float(tta_acc), "seconds": float(seconds), "wall": time.perf_counter() - t0,
+           "phases": {"no-tta accuracy": float(val_acc)}}, open(out, "w"))
+'''
+
 # CUDA events and synchronize, for the host clock (both children)
 HOST_CLOCK = """
 class HostEvent:
@@ -116,12 +158,15 @@ AIRBENCH_CHILD = AIRBENCH_CHILD.replace("%(shim)s", HOST_CLOCK).replace(
     "%(capture)s", CAPTURE.replace("TIME_KEY", '"total_time_seconds"'))
 AIRBENCH_MUON_CHILD = AIRBENCH_MUON_CHILD.replace("%(shim)s", HOST_CLOCK).replace(
     "%(capture)s", CAPTURE.replace("TIME_KEY", '"time_seconds"'))
+HIVERGE_CHILD = HIVERGE_CHILD.replace("%(shim)s", HOST_CLOCK)
 
 RECIPES = {
     # name: (hlb preset, airbench script in external/airbench, its child, extra hlb settings given widths)
     "94": ("94", "airbench94.py", AIRBENCH_CHILD, lambda w: []),
     # airbench94_muon scales the logits by 1/(last width): the narrowed preset does the same
     "94-muon": ("94-muon", "airbench94_muon.py", AIRBENCH_MUON_CHILD, lambda w: [f"model.scaling_factor={1 / w[-1]}"]),
+    # hiverge's record (external/hiverge/cifar10_speedrun.py): logits / last width, as 94-muon
+    "94-record": ("94-record", "../hiverge/cifar10_speedrun.py", HIVERGE_CHILD, lambda w: [f"model.scaling_factor={1 / w[-1]}"]),
 }
 
 
@@ -157,7 +202,8 @@ def _short(phases: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", required=True)
-    ap.add_argument("--recipe", choices=sorted(RECIPES), default="94", help="94: airbench94; 94-muon: airbench94_muon")
+    ap.add_argument("--recipe", choices=sorted(RECIPES), default="94",
+                    help="94: airbench94; 94-muon: airbench94_muon; 94-record: hiverge's cifar10_speedrun.py")
     ap.add_argument("--airbench", help="airbench's script (default: external/airbench/<the recipe's script>)")
     ap.add_argument("--only", choices=["hlb", "airbench"], help="run one side only")
     ap.add_argument("--pairs", type=int, default=1, help="back-to-back pairs, seeds 0, 1, ...")
@@ -173,7 +219,7 @@ def main() -> None:
     preset, script, child, more = RECIPES[a.recipe]
     src = Path(a.airbench or ROOT / "external/airbench" / script)
     if not src.is_file():
-        sys.exit(f"error: {src} not found (lay out external/airbench as scripts/gpu_bench.sh says)")
+        sys.exit(f"error: {src.resolve()} not found (lay out external/ as scripts/gpu_bench.sh says)")
     with tempfile.TemporaryDirectory() as tmp:
         sys.path.insert(0, str(ROOT))
         from hlbcli.bench import write_airbench_data
@@ -182,7 +228,7 @@ def main() -> None:
         widths = [int(v) for v in a.widths.split(",")]
         extra = [x for s in [*more(widths), *a.set] for x in ("--set", s)]
         rows = []
-        name = "airbench" + a.recipe
+        name = "hiverge" if a.recipe == "94-record" else "airbench" + a.recipe
         arms = {}
         if a.only != "airbench":
             arms["hlb"] = lambda seed: run_hlb(preset, a.data_dir, a.widths, a.epochs, seed, a.threads, extra)

@@ -149,3 +149,31 @@ def test_compiled_forward_and_loss_give_the_eager_losses():
     assert comp.epochs[-1]["train_loss"] == pytest.approx(eager.epochs[-1]["train_loss"], rel=1e-3)
     fit(comp_s, 1)
     assert len(comp_s.fused) == 1  # the next seed's equal loss reuses the graph
+
+
+# --- the preset: hiverge's numbers, and every switch in one run ---------------------------------
+
+
+def test_94_record_holds_hiverges_numbers_in_pytorch_units():
+    from hlbcli.contract import sgd_hparams
+
+    cfg, _ = resolve("94-record")
+    lr, wd = sgd_hparams(cfg.train)
+    assert lr == pytest.approx(0.5415, rel=1e-6)  # head lr
+    assert lr * cfg.bias_lr.scaler == pytest.approx(0.0573, rel=1e-5)  # whitening and batchnorm biases
+    assert wd == pytest.approx(1.0418e-6 * 1536, rel=1e-5)  # absolute decay per step
+    assert cfg.muon.weight_decay == pytest.approx(1.0418e-6 * 1536)
+    assert math.ceil(cfg.train.epochs * (50000 // cfg.train.batch_size)) == 243  # hiverge's total_train_steps
+    assert math.ceil(cfg.whitening.bias_epochs * (50000 // cfg.train.batch_size)) == 7  # its whiten_bias_train_steps
+    assert cfg.noisy_bn.momentum == pytest.approx(1 - 0.5566)
+    assert (cfg.model.activation, cfg.tta.fraction, cfg.tta.weighting) == ("silu", 0.25, "uniform")
+    assert cfg.muon.batched and cfg.muon.anneal_target and cfg.muon.renorm_schedule == "progressive"
+    assert "color_jitter" in cfg.tricks and "ema" not in cfg.tricks
+
+
+def test_94_record_trains_with_every_switch_on():
+    s = _session('train.compile="off"', preset="94-record")
+    plan = plan_run(s, 0)
+    names = [g.get("name") for o in plan.optimizers for g in o.param_groups]
+    assert "whitening_bias" in names and "muon" in names
+    assert fit(s, 0).status == "completed"
