@@ -11,7 +11,7 @@ from typing import List, Optional
 import typer
 
 from hlbcli.cli_options import (ConfigOpt, DataDirOpt, DeviceOpt, DisableOpt, EnableOpt, NoDownloadOpt, PresetOpt,
-                                ResumeOpt, SetOpt)
+                                ResumeOpt, SetOpt, VaryOpt)
 from hlbcli.cli_show import config_app, tricks_app
 from hlbcli.config import MAX_RUNS, MAX_SEED
 from hlbcli.errors import ConfigError, HlbError, UsageError
@@ -120,6 +120,7 @@ def ablate(
     disable: Optional[List[str]] = typer.Option(None, "--disable", "-d", help="an arm without this trick; repeatable"),
     enable: Optional[List[str]] = typer.Option(None, "--enable", "-e", help="an arm with this trick added (in the place of those it declares it replaces); repeatable"),
     swap: Optional[List[str]] = typer.Option(None, "--swap", help="OLD=NEW: an arm with NEW in the place of OLD (arm OLD->NEW); repeatable"),
+    vary: Optional[List[str]] = VaryOpt,
     leave_one_out: bool = typer.Option(False, "--leave-one-out", help="one arm per active trick, each without it"),
     runs: int = typer.Option(3, "--runs", "-n", min=1, max=MAX_RUNS, help="seeds per arm (the same seeds in every arm)"),
     seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="first seed; arm runs use seed .. seed + runs - 1"),
@@ -142,18 +143,18 @@ def ablate(
     delta: Optional[float] = typer.Option(None, "--delta", help="--until-resolved: an interval within +-D resolves an arm as no effect (accuracy as a fraction, e.g. 0.002; default: never)"),
     alpha: float = typer.Option(0.05, "--alpha", help="--until-resolved: error rate of the confidence sequence (two-sided)"),
 ) -> None:
-    """Baseline vs arms with tricks off, on or swapped, N paired seeds each, with statistics."""
+    """Baseline vs arms with tricks off, on or swapped, or settings changed, N paired seeds each, with statistics."""
     from rich.console import Console
 
-    from hlbcli.experiments.battery import backend_for, run_ablation
-    from hlbcli.experiments.plan import AblateOptions, plan_battery
+    from hlbcli.experiments.battery import backend_for, dry_run_lines, run_ablation
+    from hlbcli.experiments.plan import AblateOptions
     from hlbcli.experiments.summary import print_table
 
     _check_seeds(seed, runs)
     _check_resume(resume, out)
     opts = AblateOptions(
         preset=preset, config=str(config) if config else None, sets=set_ or [], disable=disable or [],
-        enable=enable or [], swap=swap or [], leave_one_out=leave_one_out, runs=runs, seed=seed, workers=workers, device=device,
+        enable=enable or [], swap=swap or [], vary=vary or [], leave_one_out=leave_one_out, runs=runs, seed=seed, workers=workers, device=device,
         data_dir=str(data_dir) if data_dir else None, download=not no_download, out=out, plot=plot, quiet=quiet,
         resume=resume, backend=backend, address=address, block=block, cpus_per_task=cpus_per_task, retries=retries,
         until_resolved=until_resolved, max_runs=max_runs, delta=delta, alpha=alpha,
@@ -162,13 +163,7 @@ def ablate(
     console = Console(highlight=False, soft_wrap=True)
     say = (lambda text: None) if quiet else (lambda text: console.print(text, markup=False))
     if dry_run:
-        for line in backend_for(opts).describe(plan_battery(opts), Path(str(out or "OUT"))):
-            typer.echo(line)
-        if opts.until_resolved:
-            from hlbcli.experiments.sequential import looks
-
-            typer.echo(f"until resolved: looks at {', '.join(map(str, looks(opts)))} seeds per unresolved arm (alpha {opts.alpha:g}"
-                       + (f", no effect within +-{opts.delta:g})" if opts.delta else ")"))
+        typer.echo("\n".join(dry_run_lines(opts, Path(str(out or "OUT")))))
         raise typer.Exit(0)
     summary, code = run_ablation(opts, console=console)
     print_table(summary, console)

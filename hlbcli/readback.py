@@ -303,9 +303,20 @@ def check_plan(plan: Any) -> str | None:
         rep = a.get("replaced", {})
         if not (isinstance(rep, dict) and _strs(list(rep)) and _strs(list(rep.values()))):
             return f"arm {a['name']!r}: replaced {rep!r} is not a table of trick names"
-        if i and not (a.get("disabled") or a.get("enabled")):
-            return f"arm {a['name']!r} switches no trick"
+        sets = a.get("sets", [])
+        if not (_strs(sets) and all(_setting(x) for x in sets)):
+            return f"arm {a['name']!r}: sets {sets!r} is not a list of KEY=VALUE settings"
+        if i and not (a.get("disabled") or a.get("enabled") or sets):
+            return f"arm {a['name']!r} switches no trick and changes no setting"
+        if sets and (not i or a.get("disabled") or a.get("enabled") or a.get("replaced")):
+            return f"arm {a['name']!r}: sets belong to an arm of --vary alone, not to " + ("the baseline" if not i else "an arm that switches tricks")
     return None
+
+
+def _setting(s: str) -> bool:
+    """``KEY=VALUE`` with a key of non-empty dotted parts (``--vary``'s settings)."""
+    key, eq, _ = s.partition("=")
+    return bool(eq) and all(key.split("."))
 
 
 def check_sequential(seq: Any, seed: int, runs: int) -> str | None:

@@ -127,6 +127,18 @@ def backend_for(opts: AblateOptions) -> Backend:
 BACKENDS = ("local", "ray")
 
 
+def dry_run_lines(opts: AblateOptions, out: Path) -> list[str]:
+    """``--dry-run``: everything checked, a line per arm's command or task (the backend's), and
+    with ``--until-resolved`` its looks; nothing trains."""
+    lines = backend_for(opts).describe(plan_battery(opts), out)
+    if opts.until_resolved:
+        from hlbcli.experiments.sequential import looks
+
+        lines.append(f"until resolved: looks at {', '.join(map(str, looks(opts)))} seeds per unresolved arm (alpha {opts.alpha:g}"
+                     + (f", no effect within +-{opts.delta:g})" if opts.delta else ")"))
+    return lines
+
+
 def run_ablation(opts: AblateOptions, say=None, console=None) -> tuple[dict, int]:
     """Check, train every arm on the chosen backend, write and return the summary (and the
     exit code). Whatever ends this process, what trains for it ends too. ``console`` (rich)

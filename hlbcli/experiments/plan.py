@@ -1,7 +1,7 @@
 """The plan of a battery (``hlb ablate``): its options, its arms (the baseline, then one arm per
-trick switched off, on, or swapped for another), each arm's config resolved and checked before
-anything trains, the output folder claimed and the plan written to ``DIR/ablation.json`` (what
-``--resume`` and ``hlb summary`` read back)."""
+trick switched off, on, or swapped for another, and one per ``--vary`` of settings), each arm's
+config resolved and checked before anything trains, the output folder claimed and the plan
+written to ``DIR/ablation.json`` (what ``--resume`` and ``hlb summary`` read back)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ ARM_CONFIG = "config.json"
 @dataclass
 class Arm:
     """One arm: the preset's tricks minus ``disabled`` plus ``enabled``; a swap (``OLD->NEW``)
-    disables OLD, enables NEW and says so in ``replaced``."""
+    disables OLD, enables NEW and says so in ``replaced``; a ``--vary`` arm keeps the tricks
+    and changes the settings in ``sets``."""
 
     name: str
     disabled: list[str] = field(default_factory=list)
@@ -41,11 +42,18 @@ class Arm:
     config: dict | None = field(default=None, repr=False)
     #: where each of its tricks comes from (``hlb tricks list``'s origin), set with ``config``
     sources: dict | None = field(default=None, repr=False)
+    #: ``KEY=VALUE`` overrides on top of the common ``--set`` (``--vary``,
+    #: :mod:`hlbcli.experiments.vary`): the arm is named by them
+    sets: list[str] = field(default_factory=list)
 
     @property
     def folder(self) -> str:
         if self.name == BASELINE:
             return BASELINE
+        if self.sets:
+            from hlbcli.experiments.vary import folder_of
+
+            return folder_of(self.name)
         parts = [f"no-{d}" for d in self.disabled] + [f"with-{e}" for e in self.enabled]
         return re.sub(r"[^A-Za-z0-9_.+-]", "_", "_".join(parts))
 
@@ -59,6 +67,8 @@ class AblateOptions:
     enable: list[str] = field(default_factory=list)
     #: ``OLD=NEW`` words: an arm each, NEW in OLD's place
     swap: list[str] = field(default_factory=list)
+    #: ``KEY=VALUE[,KEY=VALUE...]`` words: an arm each, the baseline with those settings changed
+    vary: list[str] = field(default_factory=list)
     leave_one_out: bool = False
     runs: int = 3
     seed: int = 0
@@ -94,10 +104,13 @@ class AblateOptions:
 
 
 def plan_arms(active: list[str], disable: Iterable[str], enable: Iterable[str], leave_one_out: bool,
-              swaps: Iterable[tuple[str, str]] = (), replaced: dict[str, str] | None = None) -> list[Arm]:
-    """The baseline, then one arm per ``--disable``, per ``--enable``, per ``--swap`` (OLD, NEW)
-    and (with ``leave_one_out``) per active trick not already named. ``replaced``: active
-    trick -> the enabled trick that declares it replaces it; that ``--enable`` is a swap."""
+              swaps: Iterable[tuple[str, str]] = (), replaced: dict[str, str] | None = None,
+              vary: Iterable[tuple[str, list[str]]] = ()) -> list[Arm]:
+    """The baseline, then one arm per ``--disable``, per ``--enable``, per ``--swap`` (OLD, NEW),
+    (with ``leave_one_out``) per active trick not already named, and per ``--vary`` (its name
+    and settings, :func:`hlbcli.experiments.vary.parse_vary`; the same name twice is one arm).
+    ``replaced``: active trick -> the enabled trick that declares it replaces it; that
+    ``--enable`` is a swap."""
     from hlbcli.resolve import check_swaps
 
     arms = [Arm(BASELINE)]
@@ -128,11 +141,19 @@ def plan_arms(active: list[str], disable: Iterable[str], enable: Iterable[str], 
             if name not in seen:
                 seen.add(name)
                 arms.append(Arm(f"-{name}", disabled=[name]))
+    for name, sets in vary:
+        _add(arms, Arm(name, sets=list(sets)))
     if len(arms) == 1:
         raise UsageError(
             "nothing to compare: no arm besides the baseline",
-            "name tricks with --disable NAME or --enable NAME, or pass --leave-one-out",
+            "name tricks with --disable NAME or --enable NAME, settings with --vary KEY=VALUE, or pass --leave-one-out",
         )
+    folders: dict[str, str] = {}
+    for a in arms:  # one folder each, also where names differ only in case
+        other = folders.setdefault(a.folder.lower(), a.name)
+        if other != a.name:
+            raise UsageError(f"arms '{other}' and '{a.name}' would share the folder arms/{a.folder}",
+                             "spell one of them differently (values are case-sensitive, folders may not be)")
     added = [e for a in arms for e in a.enabled]
     for a in arms:
         a.silenced = [e for e in added if e not in a.enabled]
@@ -148,31 +169,39 @@ def _add(arms: list[Arm], arm: Arm) -> None:
         arms.append(arm)
 
 
-def validate_arms(opts: AblateOptions, arms: list[Arm], spec=None) -> list[str]:
+def validate_arms(opts: AblateOptions, arms: list[Arm], specs: dict | None = None) -> list[str]:
     """Resolve every arm's config in this process, so that a bad ``--set``, an unknown name or
-    a trick another one needs fails now, not after hours of training. ``spec``: the shape of
-    the data on disk, where it was read (else the config's). Returns the baseline's active
-    tricks."""
+    a trick another one needs fails now, not after hours of training. ``specs``: dataset ->
+    the shape of its data on disk, where it was read (else the config's). Returns the
+    baseline's active tricks."""
     from hlbcli.config import to_dict
+    from hlbcli.experiments import vary
     from hlbcli.resolve import resolve
     from hlbcli.session import check_session
 
     active = []
     for arm in arms:
         try:
-            cfg, tm = resolve(opts.preset, opts.config, opts.sets, arm.enabled, arm.disabled + arm.silenced,
-                              replaced=arm.replaced)
+            if arm.sets:  # the baseline (arms[0]) is resolved by now
+                vary.check_sections(arm.sets, arms[0].config)
+                cfg, tm = vary.resolve_arm(opts, arm)
+            else:
+                cfg, tm = resolve(opts.preset, opts.config, opts.sets, arm.enabled, arm.disabled + arm.silenced,
+                                  replaced=arm.replaced)
             own_data = tm.owners().get("hlb_dataset_build", "core") != "core"  # a trick brings its data
             # sizes, and each trick's hlb_validate against the data's shape and the model
-            check_session(cfg, tm, None if own_data else spec)
+            check_session(cfg, tm, None if own_data else (specs or {}).get(cfg.data.dataset))
             arm.config = to_dict(cfg)
             arm.sources = {n: tm.origins[n] for n in tm.trick_names()}
         except HlbError as e:
             if arm.name == BASELINE:
                 raise
-            raise UsageError(f"arm '{arm.name}' cannot be built: {e.message}", e.hint) from None
+            raise vary.arm_error(arm, e) from None
         if arm.name == BASELINE:
             active = list(cfg.tricks)
+        elif arm.sets:
+            vary.check_changes(arm.name, arm.sets, arm.config, arms[0].config)
+    vary.check_distinct(arms)
     return active
 
 
@@ -197,6 +226,7 @@ def plan_battery(opts: AblateOptions, fetch: bool = False) -> list[Arm]:
     """Check everything that can be checked before training: names, ``--set`` values, every
     arm's config and sizes, the device, the data (downloaded here with ``fetch``), the
     plotting extra. Returns the arms, the baseline first."""
+    from hlbcli.experiments.vary import parse_vary
     from hlbcli.plugins import check_names
     from hlbcli.resolve import parse_swaps, replaced_by
 
@@ -205,6 +235,7 @@ def plan_battery(opts: AblateOptions, fetch: bool = False) -> list[Arm]:
     check_sequential(opts)
     disable, enable = check_names(opts.disable, "--disable"), check_names(opts.enable, "--enable")
     swaps = parse_swaps(opts.swap)
+    varied = [parse_vary(w) for w in opts.vary]
     if opts.plot:
         from hlbcli.plot import require_matplotlib
 
@@ -215,14 +246,15 @@ def plan_battery(opts: AblateOptions, fetch: bool = False) -> list[Arm]:
     # once it is known which tricks other arms add
     data = layered(opts.preset, opts.config, list(opts.sets))
     active = check_names(active_tricks(data, [], []), "the preset's tricks")
-    arms = plan_arms(active, disable, enable, opts.leave_one_out, swaps, replaced_by(enable, active))
+    arms = plan_arms(active, disable, enable, opts.leave_one_out, swaps, replaced_by(enable, active), varied)
     validate_arms(opts, arms)
-    section = data.get("data") if isinstance(data.get("data"), dict) else {}
     if opts.backend == "local":
-        # on Ray, each worker has its own device and data: its tasks check them there
-        spec = check_environment(opts, section.get("dataset", "cifar10"), fetch)  # the settings are validated by now
-        if spec is not None:  # the data on disk may be smaller than the config says (a batch larger than it)
-            validate_arms(opts, arms, spec)
+        # on Ray, each worker has its own device and data: its tasks check them there. Each
+        # dataset an arm trains on (a --vary may change it) once; the settings are validated by now
+        datasets = dict.fromkeys(a.config["data"]["dataset"] for a in arms)
+        specs = {ds: check_environment(opts, ds, fetch) for ds in datasets}
+        if any(v is not None for v in specs.values()):  # the data on disk may be smaller than the config says
+            validate_arms(opts, arms, specs)
     return arms
 
 
@@ -242,7 +274,8 @@ def plan_of(opts: AblateOptions, arms: list[Arm]) -> dict:
         "seed": opts.seed,
         "runs": opts.runs,
         "arms": [{"name": a.name, "disabled": a.disabled, "enabled": a.enabled, "silenced": a.silenced,
-                  **({"replaced": a.replaced} if a.replaced else {})} for a in arms],
+                  **({"replaced": a.replaced} if a.replaced else {}), **({"sets": a.sets} if a.sets else {})}
+                 for a in arms],
         # only with --until-resolved: a fixed plan reads as before
         **({"sequential": {"method": SEQUENTIAL_METHOD, "max_runs": opts.max_runs, "alpha": opts.alpha,
                            "delta": opts.delta}} if opts.until_resolved else {}),
@@ -266,7 +299,7 @@ def claim_out(out: Path, plan: dict, resume: bool = False) -> record.Claim:
                 if {k: v for k, v in old.items() if k != "runs"} != {k: v for k, v in plan.items() if k != "runs"}:
                     raise UsageError(
                         f"--resume: {hold.folder} holds an ablation of another plan ({readback.plan_difference(old, plan)})",
-                        "rerun the command that started it with --resume, the same --disable/--enable in the same order, or choose a new folder",
+                        "rerun the command that started it with --resume, the same --disable/--enable/--swap/--vary in the same order, or choose a new folder",
                     )
             else:  # deleted: this command's plan, and each arm's --resume checks its records' config
                 print(f"warning: {hold.folder} had no {PLAN_NAME}; written again from this command", file=sys.stderr, flush=True)
@@ -288,7 +321,7 @@ def options_of(plan: dict, out: Path) -> tuple[AblateOptions, list[Arm]]:
     if seq:
         opts.until_resolved, opts.max_runs, opts.alpha, opts.delta = True, seq["max_runs"], seq["alpha"], seq.get("delta")
     arms = [Arm(a["name"], list(a.get("disabled", [])), list(a.get("enabled", [])), list(a.get("silenced", [])),
-                dict(a.get("replaced", {}))) for a in plan["arms"]]
+                dict(a.get("replaced", {})), sets=list(a.get("sets", []))) for a in plan["arms"]]
     return opts, arms
 
 

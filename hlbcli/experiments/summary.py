@@ -32,6 +32,7 @@ def arm_stats(arm: Arm, runs: list[dict], base: dict | None) -> dict:
         "disabled": list(arm.disabled),
         "enabled": list(arm.enabled),
         "replaced": dict(arm.replaced),
+        "sets": list(arm.sets),
         "n": len(done),
         "n_started": len(runs),
         "seeds": [r.get("seed") for r in done],
