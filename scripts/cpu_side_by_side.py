@@ -161,12 +161,12 @@ AIRBENCH_MUON_CHILD = AIRBENCH_MUON_CHILD.replace("%(shim)s", HOST_CLOCK).replac
 HIVERGE_CHILD = HIVERGE_CHILD.replace("%(shim)s", HOST_CLOCK)
 
 RECIPES = {
-    # name: (hlb preset, airbench script in external/airbench, its child, extra hlb settings given widths)
-    "94": ("94", "airbench94.py", AIRBENCH_CHILD, lambda w: []),
+    # name: (hlb preset, the original script under external/, its child, extra hlb settings given widths)
+    "94": ("94", "airbench/airbench94.py", AIRBENCH_CHILD, lambda w: []),
     # airbench94_muon scales the logits by 1/(last width): the narrowed preset does the same
-    "94-muon": ("94-muon", "airbench94_muon.py", AIRBENCH_MUON_CHILD, lambda w: [f"model.scaling_factor={1 / w[-1]}"]),
+    "94-muon": ("94-muon", "airbench/airbench94_muon.py", AIRBENCH_MUON_CHILD, lambda w: [f"model.scaling_factor={1 / w[-1]}"]),
     # hiverge's record (external/hiverge/cifar10_speedrun.py): logits / last width, as 94-muon
-    "94-record": ("94-record", "../hiverge/cifar10_speedrun.py", HIVERGE_CHILD, lambda w: [f"model.scaling_factor={1 / w[-1]}"]),
+    "94-record": ("94-record", "hiverge/cifar10_speedrun.py", HIVERGE_CHILD, lambda w: [f"model.scaling_factor={1 / w[-1]}"]),
 }
 
 
@@ -204,7 +204,7 @@ def main() -> None:
     ap.add_argument("--data-dir", required=True)
     ap.add_argument("--recipe", choices=sorted(RECIPES), default="94",
                     help="94: airbench94; 94-muon: airbench94_muon; 94-record: hiverge's cifar10_speedrun.py")
-    ap.add_argument("--airbench", help="airbench's script (default: external/airbench/<the recipe's script>)")
+    ap.add_argument("--airbench", help="the original script (default: external/airbench/airbench94.py, external/airbench/airbench94_muon.py or external/hiverge/cifar10_speedrun.py)")
     ap.add_argument("--only", choices=["hlb", "airbench"], help="run one side only")
     ap.add_argument("--pairs", type=int, default=1, help="back-to-back pairs, seeds 0, 1, ...")
     ap.add_argument("--widths", default="32,64,64")
@@ -217,7 +217,7 @@ def main() -> None:
     ap.add_argument("--json", help="write the rows here")
     a = ap.parse_args()
     preset, script, child, more = RECIPES[a.recipe]
-    src = Path(a.airbench or ROOT / "external/airbench" / script)
+    src = Path(a.airbench or ROOT / "external" / script)
     if not src.is_file():
         sys.exit(f"error: {src.resolve()} not found (lay out external/ as scripts/gpu_bench.sh says)")
     with tempfile.TemporaryDirectory() as tmp:
