@@ -8,10 +8,14 @@
 #   mkdir -p external/airbench && g=/work/.mirror/KellerJordan+cifar10-airbench/repo
 #   git --git-dir=$g show HEAD:legacy/airbench94.py > external/airbench/airbench94.py
 #   git --git-dir=$g show HEAD:airbench94_muon.py > external/airbench/airbench94_muon.py
+# and external/hiverge holds hiverge's record, from a fetched snapshot of hiverge/cifar10-speedrun:
+#   mkdir -p external/hiverge && git --git-dir=/work/.mirror/hiverge+cifar10-speedrun/repo \
+#       show HEAD:cifar10_speedrun.py > external/hiverge/cifar10_speedrun.py
 # Runs, in this order: hlb 94 compiled (preset default: fp16 weights, max-autotune), hlb 94 eager,
-# airbench94 (legacy, eager), hlb 94-muon (compiled), airbench94_muon (compiled); RUNS seeds each.
-# HLB_BENCH_STEPS picks some of them (a call lasts 10 minutes at most: split the five over two calls,
-# e.g. "hlb94 hlb94-eager airbench94" then "hlb94-muon airbench94-muon" with the same OUT).
+# airbench94 (legacy, eager), hlb 94-muon (compiled), airbench94_muon (compiled), hlb 94-record
+# (compiled), hiverge's cifar10_speedrun (compiled); RUNS seeds each. HLB_BENCH_STEPS picks some of them
+# (a call lasts 10 minutes at most: split the seven over calls, e.g. "hlb94 hlb94-eager airbench94",
+# then "hlb94-muon airbench94-muon", then "hlb94-record hiverge", with the same OUT).
 # Everything goes under $OUT (default ./gpu-out); the table of all that is there comes last.
 # Rehearse on the CPU: HLB_BENCH_PRESET=smoke HLB_BENCH_DEVICE=cpu HLB_BENCH_RUNS=2 bash scripts/gpu_bench.sh
 set -uo pipefail
@@ -21,7 +25,7 @@ DEVICE=${HLB_BENCH_DEVICE:-cuda}
 RUNS=${HLB_BENCH_RUNS:-10}
 AIRBENCH_RUNS=${HLB_AIRBENCH_RUNS:-$RUNS}
 EXTRA=${HLB_BENCH_SET:-}   # e.g. 'train.compile_mode="default"'
-STEPS=" ${HLB_BENCH_STEPS:-hlb94 hlb94-eager airbench94 hlb94-muon airbench94-muon} "
+STEPS=" ${HLB_BENCH_STEPS:-hlb94 hlb94-eager airbench94 hlb94-muon airbench94-muon hlb94-record hiverge} "
 want() { [[ "$STEPS" == *" $1 "* ]]; }
 mkdir -p "$OUT"
 {
@@ -33,6 +37,7 @@ sets=(); [ -n "$EXTRA" ] && sets=(--set "$EXTRA")
 want hlb94 && hlb bench --preset "$PRESET" --runs "$RUNS" --device "$DEVICE" "${sets[@]}" --out "$OUT/hlb-compiled" 2>&1 | tee "$OUT/hlb-compiled.txt"
 want hlb94-eager && hlb bench --preset "$PRESET" --runs "$RUNS" --device "$DEVICE" "${sets[@]}" --set 'train.compile="off"' --out "$OUT/hlb-eager" 2>&1 | tee "$OUT/hlb-eager.txt"
 [ "$PRESET" = 94 ] && want hlb94-muon && hlb bench --preset 94-muon --runs "$RUNS" --device "$DEVICE" "${sets[@]}" --out "$OUT/hlb-94-muon" 2>&1 | tee "$OUT/hlb-94-muon.txt"
+[ "$PRESET" = 94 ] && want hlb94-record && hlb bench --preset 94-record --runs "$RUNS" --target 0.94 --device "$DEVICE" "${sets[@]}" --out "$OUT/hlb-94-record" 2>&1 | tee "$OUT/hlb-94-record.txt"
 
 # airbench side by side, from an ignored folder (never committed), fed the same CIFAR-10
 if [ -d external/airbench ] && [ "$DEVICE" = cuda ]; then
@@ -46,6 +51,13 @@ if [ -d external/airbench ] && [ "$DEVICE" = cuda ]; then
     (cd external/airbench && timeout 400 python run_muon.py) > "$OUT/airbench94_muon.txt" 2>&1
   fi
 fi
+# hiverge's record: its own warm-up run on random data, then RUNS timed runs (a 3 s device sleep before each)
+if [ -f external/hiverge/cifar10_speedrun.py ] && [ "$DEVICE" = cuda ] && want hiverge; then
+  [ -f external/airbench/cifar10/test.pt ] || python -m hlbcli.bench airbench-data external/airbench/cifar10
+  ln -sfn ../airbench/cifar10 external/hiverge/cifar10
+  sed "s/for run in range(200)/for run in range($AIRBENCH_RUNS)/" external/hiverge/cifar10_speedrun.py > external/hiverge/run_record.py
+  (cd external/hiverge && timeout 500 python run_record.py) > "$OUT/hiverge.txt" 2>&1
+fi
 
 python - "$OUT" <<'PY'
 import json, re, statistics, sys
@@ -54,13 +66,13 @@ out = Path(sys.argv[1])
 print("\n== side by side ==")
 print((out / "env.txt").read_text().strip().replace("\n", ", "))
 print(f"{'what':28} {'n':>3} {'acc mean':>9} {'acc std':>8} {'time mean':>10} {'median':>8}  untimed")
-for name in ("hlb-compiled", "hlb-eager", "hlb-94-muon"):
+for name in ("hlb-compiled", "hlb-eager", "hlb-94-muon", "hlb-94-record"):
     f = out / name / "bench.json"
     if f.exists():
         b = json.loads(f.read_text())
         print(f"{name:28} {b['n']:>3} {100*b['accuracy_mean']:9.2f} {100*b['accuracy_std']:8.2f} {b['time_mean']:10.3f} "
               f"{b['time_median']:8.3f}  compile+warm-up {b['warmup_seconds'] or 0:.1f} s")
-for name in ("airbench94", "airbench94_muon"):
+for name in ("airbench94", "airbench94_muon", "hiverge"):
     f = out / f"{name}.txt"
     if not f.exists():
         continue
