@@ -69,13 +69,18 @@ def orthogonalize(g: torch.Tensor, steps: int = 3, dtype: torch.dtype = torch.fl
     x = g.to(dtype)
     x = x / (x.norm() + eps)  # every singular value <= 1
     tall = x.shape[0] > x.shape[1]
-    if tall:
-        x = x.T
+    x = newton_schulz(x.T if tall else x, steps, coeffs)
+    return x.T if tall else x
+
+
+def newton_schulz(x: torch.Tensor, steps: int, coeffs: tuple[float, float, float]) -> torch.Tensor:
+    """``steps`` quintic Newton-Schulz iterations on ``x``, a normalised wide matrix (rows <=
+    columns) or a batch of them (3-D): the one iteration both paths use."""
     a, b, c = coeffs
     for _ in range(steps):
-        A = x @ x.T
+        A = x @ x.mT
         x = a * x + (b * A + c * A @ A) @ x
-    return x.T if tall else x
+    return x
 
 
 def padded_shape(shapes) -> tuple[int, int]:
@@ -96,12 +101,7 @@ def orthogonalize_batched(mats: list[torch.Tensor], max_d: int, max_k: int, step
     x = torch.stack([F.pad(m.to(dtype), (0, max_k - m.shape[1], 0, max_d - m.shape[0])) for m in mats])
     x = x / (x.norm(dim=(1, 2), keepdim=True) + eps)
     tall = max_d > max_k
-    if tall:
-        x = x.mT
-    a, b, c = coeffs
-    for _ in range(steps):
-        A = x @ x.mT
-        x = a * x + (b * A + c * A @ A) @ x
+    x = newton_schulz(x.mT if tall else x, steps, coeffs)
     if tall:
         x = x.mT
     return [x[i, : m.shape[0], : m.shape[1]] for i, m in enumerate(mats)]
