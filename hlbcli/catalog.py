@@ -98,7 +98,15 @@ class Catalog:
                 f"trick name '{word}'{where} is ambiguous: {_and(e.origin for e in both)} each have a trick '{word}'",
                 f"write {_or(e.qualified for e in both)}",
             )
-        raise UsageError(f"unknown trick '{word}'{where}", f"known tricks: {', '.join(self.entries)}")
+        raise UsageError(self.unknown(word, where), f"known tricks: {', '.join(self.entries)}")
+
+    def unknown(self, word: str, where: str) -> str:
+        """'unknown trick 'emaa' in --disable, did you mean 'ema'?' (the ``--set`` keys' difflib
+        helper); without a close name, just the first part."""
+        from hlbcli.config import unknown_key_message
+
+        names = [*self.entries, *(e.qualified for e in self.entries.values() if e.qualified not in self.entries)]
+        return unknown_key_message(word, [], f"trick '{word}'{where}", names)
 
     def refs_of(self, words: Iterable[str], flag: str, extra: Iterable[str] = ()) -> list[str]:
         """The refs of ``words`` (names in ``extra``, given plugins, stay as they are)."""

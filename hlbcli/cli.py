@@ -11,7 +11,7 @@ from typing import List, Optional
 import typer
 
 from hlbcli.cli_options import (ConfigOpt, DataDirOpt, DeviceOpt, DisableOpt, EnableOpt, NoDownloadOpt, PresetOpt,
-                                ResumeOpt, SetOpt, VaryOpt)
+                                ResumeOpt, SetOpt, VaryOpt, global_options)
 from hlbcli.cli_show import config_app, tricks_app
 from hlbcli.config import MAX_RUNS, MAX_SEED
 from hlbcli.errors import ConfigError, HlbError, UsageError
@@ -44,6 +44,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    callback=global_options,
 )
 app.add_typer(tricks_app, name="tricks")
 app.add_typer(config_app, name="config")
@@ -129,7 +130,7 @@ def ablate(
     data_dir: Optional[Path] = DataDirOpt,
     no_download: bool = NoDownloadOpt,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="results folder (default: ./hlb-ablate-PRESET-TIME)"),
-    plot: bool = typer.Option(False, "--plot", help="also write accuracy.png (needs the 'plot' extra)"),
+    plot: bool = typer.Option(False, "--plot", help="also write accuracy.png"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="print only the table and errors"),
     dry_run: bool = typer.Option(False, "--dry-run", help="check everything, print the arms and their commands, train nothing"),
     resume: bool = typer.Option(False, "--resume", help="--out holds this ablation, stopped: keep its finished runs, train the rest"),

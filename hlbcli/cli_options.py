@@ -13,3 +13,34 @@ NoDownloadOpt = typer.Option(False, "--no-download", help="fail instead of downl
 ResumeOpt = typer.Option(False, "--resume", help="--out holds an earlier batch of this config: keep its finished runs, train the rest")
 VaryOpt = typer.Option(None, "--vary", help="KEY=VALUE: an arm with this setting changed (TOML value, as --set; "
                        "KEY=VALUE,KEY=VALUE changes several in one arm); repeatable")
+
+
+def version_line() -> str:
+    """``hlb 0.1.0 (torch 2.5.1)``: the installed distribution's version and torch's."""
+    import importlib.metadata as md
+
+    try:
+        hlb = md.version("hlbcli")
+    except md.PackageNotFoundError:  # run from a checkout that is not installed
+        from hlbcli import __version__ as hlb
+    try:
+        torch = md.version("torch")
+    except md.PackageNotFoundError:
+        torch = "not installed"
+    return f"hlb {hlb} (torch {torch})"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(version_line())
+        raise typer.Exit(0)
+
+
+def global_options(
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                 help="print hlb's and torch's versions and exit"),
+    debug: bool = typer.Option(False, "--debug", help="on an error, print the traceback behind its one-line message "
+                               "(goes anywhere on the line: hlb train --debug ...; or set HLB_DEBUG=1)"),
+) -> None:
+    """The options before a command. ``--debug`` is taken out of the words by ``hlbcli.cli.main``
+    before typer sees them (so it works after a command too); it is declared here to be shown."""

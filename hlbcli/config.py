@@ -8,6 +8,8 @@ Every model is frozen and forbids unknown keys. The core owns the ``data``, ``mo
 from __future__ import annotations
 
 import difflib
+import json
+import tomllib
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
@@ -202,19 +204,63 @@ def _rows_from(e: ValidationError, model: type[BaseModel], others: list[str] = (
         if err["type"] == "extra_forbidden" and loc:
             top = len(loc) == 1
             msg = unknown_key_message(str(loc[-1]), _keys_at(model, loc[:-1]), "section" if top else "key", others if top else [])
+        elif err["type"] in LIST_TYPES and not isinstance(err.get("input"), (dict, list, tuple)):
+            msg = f"takes a list (got {err['input']!r}; write it in brackets: {_bracketed(err['input'])})"
         elif "input" in err and not isinstance(err["input"], (dict, list)):
             msg += f" (got {err['input']!r})"
         rows.append((where, msg))
     return rows
 
 
-def validate(data: dict, sections: dict[str, type[BaseModel]], inactive: set[str]) -> BaseModel:
-    """Validate the merged dict. Sections of known but inactive tricks are dropped."""
+#: pydantic's error types for a value that is not the list (or tuple) a field takes
+LIST_TYPES = ("list_type", "tuple_type")
+
+
+def _bracketed(value: Any) -> str:
+    """A value that should have been a list, as the TOML list it was meant as: ``32,64,64`` ->
+    ``[32,64,64]``, ``a,b`` -> ``["a","b"]``."""
+
+    def item(part: str) -> str:
+        try:
+            v = tomllib.loads(f"v = {part}")["v"]
+        except tomllib.TOMLDecodeError:
+            v = None
+        return part if isinstance(v, (int, float)) else json.dumps(part)
+
+    parts = value.split(",") if isinstance(value, str) else [json.dumps(value)]
+    return "[" + ",".join(item(p.strip()) for p in parts) + "]"
+
+
+def _not_a_list(e: ValidationError, user: dict[str, str]) -> UsageError | None:
+    """A ``--set KEY=VALUE`` (or ``--vary``) whose key takes a list and whose value is none
+    (``--set model.widths=32,64,64``): one line saying to write the brackets."""
+    for err in e.errors():
+        key = ".".join(str(x) for x in err["loc"])
+        flag, _, written = user.get(key, "").partition(" ")
+        if (err["type"] not in LIST_TYPES or isinstance(err.get("input"), (list, tuple, dict))
+                or flag not in ("--set", "--vary") or written != key):
+            continue
+        got = err["input"] if isinstance(err["input"], str) else json.dumps(err["input"])
+        fix = f"{key}={_bracketed(err['input'])}"
+        fix = f"{flag} '{fix}'" if '"' in fix else f"{flag} {fix}"
+        if flag == "--vary":  # the arm's error names the --vary already
+            return UsageError(f"{key} takes a list", f"write {fix}")
+        return UsageError(f"--set {key}={got}: {key} takes a list", f"write {fix}")
+    return None
+
+
+def validate(data: dict, sections: dict[str, type[BaseModel]], inactive: set[str],
+             user: dict[str, str] | None = None) -> BaseModel:
+    """Validate the merged dict. Sections of known but inactive tricks are dropped. ``user``
+    maps each key the user wrote to where (``--set KEY``), for the messages."""
     data = {k: v for k, v in data.items() if k not in inactive}
     model = build_config_model(sections)
     try:
         return model.model_validate(data)
     except ValidationError as e:
+        lone = _not_a_list(e, user or {})
+        if lone is not None:
+            raise lone from None
         rows = _rows_from(e, model, sorted(inactive))
         first = rows[0][0].split(".")[0] if rows else ""
         if first in sections:  # a trick's section: its own listing has every key, enabled or not

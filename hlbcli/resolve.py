@@ -55,7 +55,7 @@ def resolve_data(
     tm = build_manager(active, extra=extra)
     check_overridden(user, {k: n for n in tm.trick_names() for k in getattr(tm.info(n), "overrides", ())})
     data["tricks"], data["replaced"] = active, replaced
-    cfg = validate(data, tm.settings_models(), inactive)
+    cfg = validate(data, tm.settings_models(), inactive, user)
     return cfg, tm
 
 
