@@ -329,9 +329,10 @@ def _path_error(e: OSError, args: list[str]) -> HlbError | None:
 
 
 def _from_the_cli_library(e: SystemExit) -> bool:
-    """A ``sys.exit`` of typer's or click's own (a closed pipe on stdout): its code, silently."""
+    """A ``sys.exit`` of typer's, click's or rich's own (a closed pipe on stdout, as in ``hlb
+    train --help | head``): its code, silently."""
     frames = traceback.extract_tb(e.__traceback__)
-    return bool(frames) and any(f"{os.sep}{lib}{os.sep}" in frames[-1].filename for lib in ("typer", "click"))
+    return bool(frames) and any(f"{os.sep}{lib}{os.sep}" in frames[-1].filename for lib in ("typer", "click", "rich"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -143,3 +143,19 @@ def test_readme_tells_a_cpu_user_to_install_the_cpu_torch_first():
     setup = readme.split("## Set up and run", 1)[1].split("\n## ", 1)[0]
     assert "pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu" in setup
     assert setup.index("download.pytorch.org/whl/cpu") < setup.rindex("pip install .")
+
+
+def test_a_closed_pipe_on_stdout_is_silent():
+    """`hlb train --help | head -2`: rich raises SystemExit when stdout closes; no error line."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).with_name("hlb")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "hlbcli.cli"]
+    p = subprocess.Popen([*cmd, "train", "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.read(20)
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    p.wait(timeout=60)
+    assert "error" not in err, err
