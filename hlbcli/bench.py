@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from hlbcli.layers import load_preset
+from hlbcli.output import SYNTHETIC, pct, pts, synthetic
 from hlbcli.contract import sgd_hparams
 from hlbcli.resolve import resolve
 from hlbcli.run import plan_run
@@ -303,15 +304,18 @@ def bench_report(summary: dict) -> dict:
         "compile_mode": runs[0].get("compile_mode") if runs else None,
         "eval_batch_size": runs[0].get("eval_batch_size") if runs else None,
         "host_memory": runs[0].get("host_memory") if runs else None,
+        "synthetic": synthetic(runs),
     }
 
 
 def format_report(rep: dict, preset: str) -> str:
+    """The report as printed: accuracies in percent (bench.json keeps fractions)."""
     lines = [
         f"bench {preset}: n={rep['n']} on {rep['device']}, precision {rep.get('precision')}"
         + (f", compiled ({rep.get('compile_mode')})" if rep["compiled"] else ", eager")
-        + (f", host memory {rep['host_memory']}" if rep.get("host_memory") else ""),
-        f"  accuracy  mean {rep['accuracy_mean']:.4f}  std {rep['accuracy_std']:.4f}  min {rep['accuracy_min']:.4f}",
+        + (f", host memory {rep['host_memory']}" if rep.get("host_memory") else "")
+        + (f" {SYNTHETIC}" if rep.get("synthetic") else ""),
+        f"  accuracy  mean {pct(rep['accuracy_mean'])}  std {pts(rep['accuracy_std'])} pts  min {pct(rep['accuracy_min'])}",
         f"  time (s)  mean {rep['time_mean']:.3f}  median {rep['time_median']:.3f}   (timed: init + train steps + final eval)",
         f"  phases    init {rep['phase_init_mean']:.3f}  train steps {rep['phase_train_mean']:.3f}  final eval {rep['phase_eval_mean']:.3f}"
         + (f" (batch {rep['eval_batch_size']})" if rep.get("eval_batch_size") else ""),

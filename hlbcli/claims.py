@@ -62,6 +62,7 @@ def folder_runs(out: Path, config: dict) -> list[dict]:
 
 def claim_report(runs: list[dict], target: float | None, device: str | None) -> dict:
     """The claim's fields over the completed runs of ``runs``; ``target`` None: no test."""
+    from hlbcli.output import synthetic
     from hlbcli.record import versions
 
     done = [r for r in runs if r.get("status") == "completed"]
@@ -77,7 +78,10 @@ def claim_report(runs: list[dict], target: float | None, device: str | None) -> 
         "seeds": [r["seed"] for r in done],
         "accuracy_mean": m,
         "accuracy_std": s,
-        "accuracy_ci95": list(stats.ci95(accs)),
+        "accuracy_ci95": list(stats.accuracy_ci95(accs)),
+        "accuracy_ci95_method": stats.ACCURACY_CI,
+        "accuracy_ci95_clipped": any(r == r and r != c for r, c in zip(stats.ci95(accs), stats.accuracy_ci95(accs))),
+        "synthetic": synthetic(done),
         "target": target,
         "test": TEST if target is not None else None,
         "p_value": stats.claim_p(accs, target) if target is not None else None,
@@ -107,7 +111,8 @@ def _p(p: float | None) -> str:
 def claim_line(rep: dict, preset: str) -> str:
     """The claim in one line, ready for a README."""
     lo, hi = rep["accuracy_ci95"]
-    line = f"{preset}: {_pct(rep['accuracy_mean'])}% mean over n={rep['n']} (95% CI {_pct(lo)}{' to ' if lo < 0 else '-'}{_pct(hi)})"
+    clipped = ", clipped to 0-100" if rep.get("accuracy_ci95_clipped") else ""
+    line = f"{preset}: {_pct(rep['accuracy_mean'])}% mean over n={rep['n']} (95% CI {_pct(lo)}-{_pct(hi)}{clipped})"
     if rep["target"] is not None:
         line += f", p={_p(rep['p_value'])} for mean < {100 * rep['target']:g}% (one-sided t-test)"
     if rep["diverged"]:
@@ -115,18 +120,20 @@ def claim_line(rep: dict, preset: str) -> str:
     tlo, thi = rep["time_ci95"]
     commit = rep["git_commit"]
     hlb = f"hlb {commit[:7]}{'+dirty' if rep['git_dirty'] else ''}" if commit != "not a git checkout" else "hlb (not a git checkout)"
-    return (f"{line}; {rep['time_mean']:.3g} s per run (95% CI {tlo:.3g}-{thi:.3g}) on {rep['device']}, "
+    data = " on synthetic data, not a CIFAR-10 result" if rep.get("synthetic") else ""
+    return (f"{line}{data}; {rep['time_mean']:.3g} s per run (95% CI {tlo:.3g}-{thi:.3g}) on {rep['device']}, "
             f"torch {rep['torch']}, {hlb}")
 
 
 def format_claim(rep: dict) -> str:
     """The claim's lines below ``hlb bench``'s report."""
     lo, hi = rep["accuracy_ci95"]
-    lines = [f"  claim     mean {rep['accuracy_mean']:.4f}  95% CI {lo:.4f}-{hi:.4f}  over {rep['n']} completed run(s)"
+    lines = [f"  claim     mean {_pct(rep['accuracy_mean'])}%  95% CI {_pct(lo)}%-{_pct(hi)}% ({stats.ACCURACY_CI_SHORT})  "
+             f"over {rep['n']} completed run(s)"
              + (f", {rep['diverged']} diverged" if rep["diverged"] else "")]
     if rep["target"] is not None:
         need = rep["runs_needed"]
-        lines.append(f"  test      p = {_p(rep['p_value'])} that the true mean is below {rep['target']:g} (one-sided t-test); "
+        lines.append(f"  test      p = {_p(rep['p_value'])} that the true mean is below {100 * rep['target']:g}% (one-sided t-test); "
                      + (f"p < {CLAIM_ALPHA:g} needs n = {need} at this mean and std" if need else
                         f"no n gives p < {CLAIM_ALPHA:g} at this mean and std"))
     tlo, thi = rep["time_ci95"]

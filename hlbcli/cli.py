@@ -80,7 +80,7 @@ def train(
     opts = TrainOptions(
         runs=runs, seed=seed, device=device, data_dir=str(data_dir) if data_dir else None,
         download=not no_download, out=out, quiet=quiet, deterministic=deterministic,
-        stop_on_failure=stop_on_failure, resume=resume, label=label,
+        stop_on_failure=stop_on_failure, resume=resume, label=label, preset=preset,
     )
     _, code = train_batch(cfg, tm, opts)
     raise typer.Exit(code)
@@ -272,7 +272,7 @@ def bench(
     cfg, tm = resolve(preset, str(config) if config else None, set_ or [], enable or [], disable or [])
     opts = TrainOptions(
         runs=runs, seed=seed, device=device, data_dir=str(data_dir) if data_dir else None,
-        download=not no_download, out=out, quiet=True, resume=resume,
+        download=not no_download, out=out, quiet=True, resume=resume, preset=preset, progress=True,
     )
     summary, code = train_batch(cfg, tm, opts)
     if out:  # the claim covers every record of the folder trained with this config

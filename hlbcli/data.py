@@ -16,37 +16,17 @@ import numpy as np
 import torch
 
 from hlbcli.contract import Dataset
-from hlbcli.errors import HlbError, UsageError
+from hlbcli.errors import HlbError
 from hlbcli.evaluation import normalize  # noqa: F401 (re-exported: the one copy is the trick API's)
-from hlbcli.paths import broken_link, expand_user, path_error
-from hlbcli.signals import Interrupted, held_signals
+from hlbcli.datadir import LAYOUT as _LAYOUT
+from hlbcli.datadir import data_root, default_data_dir, locate_cifar  # noqa: F401 (re-exported)
+from hlbcli.datadir import reraise_interrupt as _reraise_interrupt
+from hlbcli.signals import held_signals
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
-
-_LAYOUT = {
-    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels", 10),
-    "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels", 100),
-}
-
-
-def default_data_dir() -> Path:
-    return data_root(None)[0]
-
-
-def data_root(data_dir: str | Path | None) -> tuple[Path, str]:
-    """The data folder and where it came from (for messages): ``--data-dir``, else
-    ``$HLB_DATA_DIR``, else a user cache folder."""
-    if data_dir:
-        return expand_user(data_dir, "--data-dir"), "--data-dir"
-    env = os.environ.get("HLB_DATA_DIR")
-    if env:
-        return expand_user(env, "$HLB_DATA_DIR"), "$HLB_DATA_DIR"
-    base = os.environ.get("XDG_CACHE_HOME") or str(expand_user("~", "the default data folder", "set $HLB_DATA_DIR or pass --data-dir") / ".cache")
-    return Path(base) / "hlb" / "data", "the default data folder"
-
 
 def _get(d: dict, key: str):
     if key in d:
@@ -118,17 +98,6 @@ class _BatchUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _reraise_interrupt(e: BaseException) -> None:
-    """A Ctrl-C that a library turned into an ordinary error (torch's zip writer and reader
-    raise a RuntimeError from their cleanup, the interruption as its context) is raised again,
-    never taken for a bad file."""
-    ctx = e.__context__
-    while ctx is not None:
-        if isinstance(ctx, (KeyboardInterrupt, Interrupted)):
-            raise ctx
-        ctx = ctx.__context__
-
-
 def _read_batch(path: Path, label_key: str, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     try:
         with open(path, "rb") as f:
@@ -155,63 +124,6 @@ def _read_batch(path: Path, label_key: str, num_classes: int) -> tuple[torch.Ten
     if len(images) == 0:
         raise _bad(path, "holds no images")
     return images, labels
-
-
-def _download(name: str, root: Path) -> None:
-    import torchvision
-
-    cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
-    try:
-        cls(root=str(root), train=True, download=True)
-    except Exception as e:
-        raise HlbError(
-            f"could not download {name} into {root}: {e.__class__.__name__}: {e}",
-            f"put the upstream '{_LAYOUT[name][0]}' folder there and pass --data-dir {root}",
-        ) from None
-
-
-def locate_cifar(name: str, data_dir: str | Path | None = None, download: bool = True, fetch: bool = True) -> list[Path]:
-    """The dataset's batch files, downloaded first where missing and allowed (``fetch=False``
-    only checks: ``hlb ablate`` before its arms start). Missing files without ``download``, or
-    a data folder that is a file, are one-line errors."""
-    folder_name, train_files, test_files, _, _ = _LAYOUT[name]
-    root, source = data_root(data_dir)
-    folder = root / folder_name
-    files = [folder / f for f in train_files + test_files]
-    try:
-        for p in (root, folder):
-            if p.exists() and not p.is_dir():
-                raise UsageError(
-                    f"{source} {root} is not a folder: {p} is a file",
-                    f"point {source} at a folder that holds (or may receive) '{folder_name}'",
-                )
-        if all(f.is_file() for f in files):
-            return files
-    except OSError as e:
-        err = path_error(e, source, root)
-        if err:
-            raise err from None
-        raise
-    link = broken_link(root, source)
-    if link:
-        raise link
-    if not download:
-        missing = folder if not folder.is_dir() else next(f for f in files if not f.is_file())
-        raise UsageError(
-            f"{name} not found: {missing} is missing",
-            f"drop --no-download to fetch it into {root}, or pass --data-dir to a folder holding '{folder_name}'",
-        )
-    if not fetch:
-        return files
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(
-            f"cannot create the data folder {root} ({source}): {e.strerror or e}",
-            f"pass --data-dir to a folder you can write to, or put '{folder_name}' there",
-        ) from None
-    _download(name, root)
-    return files
 
 
 def load_cifar(name: str, data_dir: str | Path | None = None, download: bool = True) -> Dataset:

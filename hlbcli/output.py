@@ -1,28 +1,86 @@
-"""Terminal output: rich on a terminal, plain text otherwise, nothing with --quiet."""
+"""Terminal output: rich on a terminal, plain text otherwise, nothing with --quiet. Accuracies
+are printed in percent (run records and summaries on disk keep fractions)."""
 
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
+
 from rich.console import Console
 
+#: under the first run's per-epoch table: what its columns mean
+LEGEND = (
+    "val_acc: test accuracy after each epoch without TTA, '-' where not measured (train.eval_every_epoch=false), "
+    "the last row the final evaluation (with TTA when on); train_acc: the epoch's last batch; "
+    "seconds: timed seconds since the run began (per-epoch evaluation untimed)"
+)
+#: beside a result on synthetic data
+SYNTHETIC = "(synthetic data: not a CIFAR-10 result)"
 
-def _fmt(v, spec: str, width: int) -> str:
+
+def pct(x, digits: int = 2) -> str:
+    """An accuracy (a fraction) in percent: ``85.72%``; ``-`` when missing or NaN."""
+    if x is None or x != x:
+        return "-"
+    return f"{100 * x:.{digits}f}%"
+
+
+def pts(x, digits: int = 2, signed: bool = False) -> str:
+    """A spread or difference of accuracies in percentage points, without a unit: ``0.21``."""
+    if x is None or x != x:
+        return "-"
+    return format(100 * x, f"{'+' if signed else ''}.{digits}f")
+
+
+def synthetic(runs: list[dict]) -> bool:
+    """Whether these run records trained on the synthetic set."""
+    return any(((r.get("config") or {}).get("data") or {}).get("dataset") == "synthetic" for r in runs)
+
+
+def _cell(v, width: int, spec: str = "", percent: bool = False) -> str:
     if v is None:
         return "-".rjust(width)
-    return format(v, spec).rjust(width)
+    return (pct(v) if percent else format(v, spec)).rjust(width)
+
+
+def saved_line(out: Path | None, records: int) -> str:
+    """Where the results went, or that nothing was kept."""
+    if out is None:
+        return "nothing saved (add --out DIR to keep the run records)"
+    return f"results in {out} (summary.json, {records} run record(s); accuracies there are fractions)"
 
 
 class Printer:
-    def __init__(self, quiet: bool = False, console: Console | None = None):
+    """``progress``: show progress within runs (None: unless quiet); a quiet printer that shows
+    it (``hlb bench``) prints it, and its notes, on stderr."""
+
+    def __init__(self, quiet: bool = False, console: Console | None = None, progress: bool | None = None):
         self.quiet = quiet
         self.console = console or Console(highlight=False, soft_wrap=True)
         self.err = Console(stderr=True, highlight=False, soft_wrap=True)
+        self.show_progress = (not quiet) if progress is None else progress
+        self.progress_console = self.err if quiet else self.console
+        self.legend_shown = False
 
     def info(self, text: str) -> None:
         if not self.quiet:
             self.console.print(text, markup=False)
 
+    def note(self, text: str) -> None:
+        """A note worth a line where progress is shown (``note: ...``)."""
+        if self.show_progress:
+            self.progress_console.print(text, markup=False)
+
     def error(self, text: str) -> None:
         self.err.print(f"error: {text}", markup=False)
+
+    def steps(self, label: str):
+        """A context giving the ``on_step`` progress of one run (None when not shown)."""
+        if not self.show_progress:
+            return contextlib.nullcontext(None)
+        from hlbcli.progress import StepProgress
+
+        return StepProgress(self.progress_console, label)
 
     def run_header(self, i: int, n: int, seed: int) -> None:
         if self.quiet:
@@ -34,17 +92,22 @@ class Printer:
         if self.quiet:
             return
         self.console.print(
-            f"{row['epoch']:>6} {_fmt(row['train_loss'], '.4f', 10)} {_fmt(row['train_acc'], '.4f', 9)} "
-            f"{_fmt(row['val_acc'], '.4f', 8)} {_fmt(row['elapsed'], '.2f', 8)}",
+            f"{row['epoch']:>6} {_cell(row['train_loss'], 10, '.4f')} {_cell(row['train_acc'], 9, percent=True)} "
+            f"{_cell(row['val_acc'], 8, percent=True)} {_cell(row['elapsed'], 8, '.2f')}",
             markup=False,
         )
 
     def run_done(self, rec: dict) -> None:
-        if self.quiet or rec["status"] != "completed":
+        if self.quiet:
+            return
+        if not self.legend_shown and rec.get("epochs"):
+            self.legend_shown = True
+            self.console.print(LEGEND, markup=False)
+        if rec["status"] != "completed":
             return
         ph = rec.get("phases", {})
         self.console.print(
-            f"accuracy {rec['accuracy']:.4f} in {rec['train_seconds']:.2f}s "
+            f"accuracy {pct(rec['accuracy'])} in {rec['train_seconds']:.2f}s "
             f"(init {ph.get('init', 0):.2f}s, train {ph.get('train', 0):.2f}s, eval {ph.get('eval', 0):.2f}s)",
             markup=False,
         )
@@ -56,9 +119,17 @@ class Printer:
             self.console.print("no run completed", markup=False)
             return
         lo, hi = s["ci95"]
+        from hlbcli.stats import ACCURACY_CI_SHORT
+
         line = (
-            f"\n{s['n']} run(s): accuracy mean {s['mean_accuracy']:.4f} std {s['std_accuracy']:.4f} "
-            f"min {s['min_accuracy']:.4f} ci95 [{lo:.4f}, {hi:.4f}]; "
+            f"\n{s['n']} run(s): accuracy mean {pct(s['mean_accuracy'])} std {pts(s['std_accuracy'])} pts "
+            f"min {pct(s['min_accuracy'])} 95% CI [{pct(lo)}, {pct(hi)}] ({ACCURACY_CI_SHORT}); "
             f"time mean {s['mean_train_seconds']:.2f}s median {s['median_train_seconds']:.2f}s"
         )
+        if synthetic(s.get("runs", [])):
+            line += f" {SYNTHETIC}"
         self.console.print(line, markup=False)
+
+    def saved(self, out: Path | None, records: int) -> None:
+        if not self.quiet:
+            self.console.print(saved_line(out, records), markup=False)

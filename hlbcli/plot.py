@@ -1,5 +1,5 @@
-"""A picture of accuracy per arm: every run as a point, the mean as a bar, the 95% interval as
-a whisker. Needs matplotlib, an optional extra: ``pip install 'hlbcli[plot]'``."""
+"""A picture of accuracy per arm, in percent: every run as a point, the mean as a bar, the 95%
+interval (Student's t, clipped to 0-100%) as a whisker; the axis stays within 0-100%. Needs matplotlib, an optional extra: ``pip install 'hlbcli[plot]'``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 
 from hlbcli import record, stats
 from hlbcli.errors import UsageError
+from hlbcli.output import synthetic
 
 PNG_NAME = "accuracy.png"
 
@@ -47,7 +48,7 @@ def groups(summary: dict, label: str = "runs") -> list[dict[str, Any]]:
     for a in arms:
         accs = [r["accuracy"] for r in a.get("runs", []) if r.get("status") == "completed" and r.get("accuracy") is not None]
         mean, _ = stats.mean_std(accs)
-        out.append({"name": a["name"], "accs": accs, "mean": mean, "ci95": stats.ci95(accs),
+        out.append({"name": a["name"], "accs": accs, "mean": mean, "ci95": stats.accuracy_ci95(accs),
                     "verdict": (a.get("sequential") or {}).get("how")})  # --until-resolved
     return out
 
@@ -56,27 +57,37 @@ def plot_summary(summary: dict, path: Path, title: str | None = None) -> Path:
     plt = require_matplotlib()
     gs = groups(summary, label=Path(path).parent.name or "runs")
     fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(gs) + 2), 4.0), dpi=120)
+    shown: list[float] = []  # every value drawn, in percent: the axis's range
     for i, g in enumerate(gs):
         n = len(g["accs"])
         if n:
             # spread the points sideways by a fixed pattern (no randomness: same data, same picture)
             xs = [i + (0.3 * (k / (n - 1) - 0.5) if n > 1 else 0.0) for k in range(n)]
-            ax.scatter(xs, g["accs"], s=14, alpha=0.6, color="C0" if i == 0 else "C1", zorder=2)
-            lo, hi = g["ci95"]
-            ax.errorbar([i], [g["mean"]], yerr=[[g["mean"] - lo], [hi - g["mean"]]], fmt="_", color="black",
+            ys = [100 * a for a in g["accs"]]
+            ax.scatter(xs, ys, s=14, alpha=0.6, color="C0" if i == 0 else "C1", zorder=2)
+            mean, lo, hi = 100 * g["mean"], 100 * g["ci95"][0], 100 * g["ci95"][1]
+            ax.errorbar([i], [mean], yerr=[[mean - lo], [hi - mean]], fmt="_", color="black",
                         markersize=22, capsize=6, linewidth=1.5, zorder=3)
-    base = gs[0]["mean"] if gs and gs[0]["accs"] else None
+            shown += [*ys, lo, hi]
+    if shown:
+        lo, hi = min(shown), max(shown)
+        pad = max(0.05 * (hi - lo), 0.1)
+        ax.set_ylim(max(0.0, lo - pad), min(100.0, hi + pad))
+    base = 100 * gs[0]["mean"] if gs and gs[0]["accs"] else None
     if base is not None and len(gs) > 1:
         ax.axhline(base, color="C0", linewidth=0.8, linestyle="--", zorder=1)
     ax.set_xticks(range(len(gs)), [f"{g['name']}\nn={len(g['accs'])}" + (f"\n{g['verdict']}" if g.get("verdict") else "")
                                    for g in gs])
     ax.set_xlim(-0.6, len(gs) - 0.4)
-    ax.set_ylabel("test accuracy")
-    ax.set_title(title or (f"ablation of {summary.get('preset')}" if "arms" in summary else "accuracy per run"))
+    ax.set_ylabel("test accuracy (%)")
+    data = "\n(synthetic data: not a CIFAR-10 result)" if synthetic([r for a in summary.get("arms", [summary])
+                                                                    for r in a.get("runs", [])]) else ""
+    ax.set_title((title or (f"ablation of {summary.get('preset')}" if "arms" in summary else "accuracy per run")) + data)
     ax.grid(axis="y", alpha=0.3)
     seq = summary.get("sequential")
     saved = f"; until resolved: {seq['runs_spent']} runs of {seq['runs_max']}, {seq['runs_saved']} saved" if seq else ""
-    fig.text(0.01, 0.01, "points: runs; bar: mean; whiskers: 95% CI" + saved, fontsize=7, alpha=0.7)
+    fig.text(0.01, 0.01, f"points: runs; bar: mean; whiskers: 95% CI ({stats.ACCURACY_CI_SHORT})" + saved,
+             fontsize=7, alpha=0.7)
     fig.tight_layout()
     path = Path(path)
     fmt = path.suffix.lstrip(".").lower() or "png"

@@ -158,12 +158,14 @@ def fit(
     warmup: bool = False,
     ctx: RunContext | None = None,
     phases: dict | None = None,
+    on_step: Callable[[int, int, int, int], None] | None = None,
 ) -> RunResult:
     """Train one seed on the open session and evaluate it: the loop (:func:`run_seed` makes the
     run's record of it). ``warmup`` runs two steps per epoch on the same plan (it compiles every
     phase's graphs) and skips the per-epoch evaluation's output. ``ctx``: the run's context
     when the caller made it; ``phases``: a dict the timed seconds are kept in as they pass (so a
-    caller sees them when the run ends in an error)."""
+    caller sees them when the run ends in an error); ``on_step(step, total, epoch, epochs)``: after
+    each step, outside it (host-side progress, :class:`hlbcli.progress.StepProgress`)."""
     cfg, tm, dev, ds = session.cfg, session.tm, session.device, session.dataset
     timer = Timer(dev)
     phases = phases if phases is not None else {}
@@ -210,6 +212,8 @@ def fit(
             idx = perm[i * bs : (i + 1) * bs]
             step_fn(images[idx], labels[idx], step)
             step += 1
+            if on_step is not None:
+                on_step(step, total_steps, epoch + 1, num_epochs)
         train_loss, train_acc = steps.read(bs)
         dt = timer.now() - t0
         phases["train"] += dt
@@ -322,7 +326,8 @@ def run_end(session: Any, ctx: RunContext, status: str, metrics: dict | None, ph
 
 
 def run_seed(session: Any, seed: int, on_epoch: Callable[[dict], None] | None = None,
-             keep: Callable[[dict], None] | None = None, arm: str | None = None, out: Path | None = None) -> dict:
+             keep: Callable[[dict], None] | None = None, arm: str | None = None, out: Path | None = None,
+             on_step: Callable[[int, int, int, int], None] | None = None) -> dict:
     """Train one seed of an open session and return its run record: ``completed``, or
     ``diverged`` when a step overflowed. Any other error, and an interruption, first hand the
     record (``failed`` with the message, or ``interrupted``) to ``keep``, then go up: what a
@@ -330,7 +335,7 @@ def run_seed(session: Any, seed: int, on_epoch: Callable[[dict], None] | None = 
 
     ``hlb_run_end`` comes last, whatever the outcome, once the record is made; when it raises
     after a completed or diverged run, the record goes to ``keep`` before its error goes up.
-    ``arm`` and ``out`` become ``ctx.arm`` and ``ctx.out``."""
+    ``arm`` and ``out`` become ``ctx.arm`` and ``ctx.out``; ``on_step`` goes to :func:`fit`."""
     tm = session.tm
     tricks = list(tm.trick_names())
     rows: list[dict] = []
@@ -352,7 +357,7 @@ def run_seed(session: Any, seed: int, on_epoch: Callable[[dict], None] | None = 
     keep = keep or (lambda rec: None)
     ctx, phases = new_context(session, seed, arm=arm, out=out), {}
     try:
-        res = fit(session, seed, epoch, ctx=ctx, phases=phases)
+        res = fit(session, seed, epoch, ctx=ctx, phases=phases, on_step=on_step)
     except (Exception, SystemExit) as e:
         if not _numeric_failure(e):
             err = run_error(session, seed, e)

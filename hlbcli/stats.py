@@ -53,6 +53,21 @@ def ci95(xs: list[float]) -> tuple[float, float]:
     return m - half, m + half
 
 
+#: how an accuracy's interval is made (printed beside it; ``ci95_method`` in summary.json):
+#: accuracies are fractions in [0, 1], and at small n the t interval reaches past them (two runs
+#: at 0.80 and 0.90 give [0.21, 1.49]), so it is clipped to [0, 1]
+ACCURACY_CI = "95% t interval of the mean, clipped to [0, 1]"
+#: the same, said beside accuracies printed in percent
+ACCURACY_CI_SHORT = "t, clipped to 0-100%"
+
+
+def accuracy_ci95(xs: list[float]) -> tuple[float, float]:
+    """:func:`ci95` of accuracies (fractions), clipped to [0, 1] (:data:`ACCURACY_CI`); NaN
+    stays NaN."""
+    lo, hi = ci95(xs)
+    return (lo if lo != lo else max(0.0, lo)), (hi if hi != hi else min(1.0, hi))
+
+
 #: a spread below this (accuracies are fractions) is rounding, not variation: 0.8 - 0.9 and
 #: 0.7 - 0.8 differ in the 17th digit, and a t-test on that would report p = 1e-16
 TINY = 1e-12

@@ -110,7 +110,7 @@ def test_summary_statistics_and_markdown(tmp_path):
     assert a["mean_train_seconds"] == pytest.approx(1.5) and a["delta_train_seconds"] == pytest.approx(-0.5)
     assert a["status"] == "not started" and b["status"] == "completed"
     md = summaries.markdown(s)
-    assert "| -ema | 3/4 | 0.8100 |" in md and "-0.1000" in md and " *" in md and "PARTIAL" in md
+    assert "| -ema | 3/4 | 81.00% |" in md and "-10.00" in md and " *" in md and "PARTIAL" in md
 
 
 # --- fast failures, before any training ------------------------------------------------------
@@ -380,7 +380,7 @@ def test_progress_counts_runs_and_estimates_the_rest_in_plain_lines():
     lines = buf.getvalue().splitlines()
     assert lines[0] == "[3/10 runs, 1m00s elapsed, ETA 7m00s] arm -ema, seed 3: 85.12% in 180.3 s"
     assert lines[1] == "[4/10 runs, 2m00s elapsed, ETA 6m00s] arm -ema, seed 4: diverged"
-    assert lines[2].startswith("arm -ema done: n 1/2, accuracy 0.8512,") and "Δ acc -0.0100" in lines[2]
+    assert lines[2].startswith("arm -ema done: n 1/2, accuracy 85.12%,") and "Δ acc -1.00" in lines[2]
 
 
 def test_progress_on_a_terminal_is_a_live_table():

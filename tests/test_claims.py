@@ -82,7 +82,8 @@ def test_bench_claim_is_extended_by_resume_and_covers_the_whole_folder(cli, tmp_
     times = [r["train_seconds"] for r in recs]
     assert rep["accuracy_mean"] == pytest.approx(sum(accs) / 6)
     assert rep["p_value"] == pytest.approx(sp.ttest_1samp(accs, 0.05, alternative="greater").pvalue)
-    assert rep["accuracy_ci95"] == pytest.approx(list(stats.ci95(accs)))
+    assert rep["accuracy_ci95"] == pytest.approx(list(stats.accuracy_ci95(accs)))
+    assert rep["accuracy_ci95_method"] == stats.ACCURACY_CI
     assert rep["time_ci95"] == pytest.approx(list(stats.ci95(times)))
     assert rep["runs_needed"] == stats.runs_needed(*stats.mean_std(accs), 0.05)
     for key in ("test", "runs_needed_method", "timer", "torch", "git_commit", "device", "summary_line"):

@@ -191,7 +191,7 @@ def test_no_effect_within_delta_resolves_an_arm(seq_children, tmp_path):
     assert code == 0
     tta = summary["arms"][2]
     assert tta["sequential"]["how"] == "no effect" and tta["n"] < 12
-    assert "no effect (+-0.01) after" in (tmp_path / "summary.md").read_text()
+    assert "no effect (+-1 pts) after" in (tmp_path / "summary.md").read_text()
 
 
 def test_resume_mid_way_trains_only_what_is_missing(seq_children, tmp_path, monkeypatch):

@@ -198,10 +198,10 @@ def format_report(rep: dict) -> str:
     dlo, dhi = d["ci95"]
     lines = [f"A  {rep['A']}\nB  {rep['B']}\n  seed  A s       B s       B/A     A acc   B acc"]
     for p in rep["pairs"]:
-        lines.append(f"  {p['seed']:<4}  {p['A_seconds']:<8.3f}  {p['B_seconds']:<8.3f}  {p['ratio']:.4f}  {p['A_accuracy']:.4f}  {p['B_accuracy']:.4f}")
+        lines.append(f"  {p['seed']:<4}  {p['A_seconds']:<8.3f}  {p['B_seconds']:<8.3f}  {p['ratio']:.4f}  {100 * p['A_accuracy']:.2f}%  {100 * p['B_accuracy']:.2f}%")
     lines.append(f"  time      B/A mean {_g(rep['time_ratio_mean'], '.4f')}  95% CI {_g(lo, '.4f')} to {_g(hi, '.4f')}  over {rep['n']} pair(s)"
                  f"  (A {_g(rep['time_mean_A'], '.3f')} s, B {_g(rep['time_mean_B'], '.3f')} s per run)")
-    lines.append(f"  accuracy  B - A mean {_g(d['mean'], '+.4f')}  95% CI {_g(dlo, '+.4f')} to {_g(dhi, '+.4f')}"
+    lines.append(f"  accuracy  B - A mean {_g(100 * d['mean'], '+.2f')} pts  95% CI {_g(100 * dlo, '+.2f')} to {_g(100 * dhi, '+.2f')}"
                  f"  paired t-test p {_g(d['p_paired'], '.2g')}  Welch p {_g(d['p_welch'], '.2g')}")
     return "\n".join(lines)
 
@@ -238,13 +238,15 @@ def run_alternation(configs: dict[str, dict], labels: dict[str, str], runs: int,
         opts = {"device": device, "data_dir": data_dir, "download": download, "seed": seed, "out": out}
 
         def write(partial: bool) -> dict:
+            from hlbcli.experiments.batch import summarize
+
             rep = report(pairs, labels, ready, runs)
             rep["partial"] = partial
             rep["summary_line"] = summary_line(rep)
             if out:
                 for side in SIDES:
                     recs = [p[side] for p in pairs if side in p]
-                    record.write_json(root / side / "summary.json", record.summarize(recs, partial=partial, runs_requested=runs, first_seed=seed))
+                    record.write_json(root / side / "summary.json", summarize(recs, partial=partial, runs_requested=runs, first_seed=seed))
                 record.write_json(root / "bench.json", rep)
             return rep
 

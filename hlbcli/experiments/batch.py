@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hlbcli import readback, record
+from hlbcli import readback, record, stats
 from hlbcli.config import to_dict
 from hlbcli.errors import UsageError
 from hlbcli.output import Printer
@@ -34,6 +34,20 @@ class TrainOptions:
     #: the ablation arm these runs belong to (``ctx.arm``; ``hlb ablate``'s local backend passes
     #: it to each arm's ``hlb train`` with the hidden ``--label``); "" outside an ablation
     label: str = ""
+    #: the recipe's name, as the user gave it (``--preset``), for the notes printed
+    preset: str = ""
+    #: progress within each run: None shows it unless quiet; True shows it on stderr when quiet
+    #: (``hlb bench``)
+    progress: bool | None = None
+
+
+def summarize(runs: list[dict], **extra: Any) -> dict:
+    """:func:`hlbcli.record.summarize`, with the accuracies' interval clipped to [0, 1] and
+    named (``ci95_method``)."""
+    summary = record.summarize(runs, **extra)
+    accs = [r["accuracy"] for r in runs if r.get("status") == "completed"]
+    summary.update(ci95=list(stats.accuracy_ci95(accs)), ci95_method=stats.ACCURACY_CI)
+    return summary
 
 
 def earlier_runs(out: Path, config: dict, resume: bool, check: bool = True,
@@ -99,9 +113,9 @@ def rebuild_train_summary(out: Path) -> dict:
         raise UsageError(f"no run records in {out}", "point at the --out folder of hlb train or hlb ablate")
     requested = requested or len(runs)
     partial = any(r.get("status") not in FINISHED for r in runs) or len(runs) < requested
-    summary = record.summarize(runs, partial=partial, runs_requested=requested, rebuilt=True,
-                               rejected=[{"file": str(p), "why": why} for p, why in left],
-                               **({"first_seed": first} if first is not None else {}))
+    summary = summarize(runs, partial=partial, runs_requested=requested, rebuilt=True,
+                        rejected=[{"file": str(p), "why": why} for p, why in left],
+                        **({"first_seed": first} if first is not None else {}))
     record.write_json(out / "summary.json", summary)
     return summary
 
@@ -109,7 +123,7 @@ def rebuild_train_summary(out: Path) -> dict:
 def train_batch(cfg: Any, tm, opts: TrainOptions, printer: Printer | None = None) -> tuple[dict, int]:
     """Train ``opts.runs`` seeds; write records as each finishes. Returns (summary, exit code).
     ``opts.out`` is claimed for the whole batch (one hlb at a time per folder)."""
-    printer = printer or Printer(quiet=opts.quiet)
+    printer = printer or Printer(quiet=opts.quiet, progress=opts.progress)
     hold = record.claim(opts.out) if opts.out else None
     try:
         seeds = range(opts.seed, opts.seed + opts.runs)
@@ -137,7 +151,7 @@ def _train_claimed(cfg: Any, tm, opts: TrainOptions, printer: Printer, out: Path
                 warmup_seconds=session.warmup_seconds,
                 compiled=session.compiled,
             )
-        summary = record.summarize(runs, **extra)
+        summary = summarize(runs, **extra)
         if out:
             record.write_json(out / "summary.json", summary)
         return summary
@@ -150,6 +164,9 @@ def _train_claimed(cfg: Any, tm, opts: TrainOptions, printer: Printer, out: Path
                 f"{len(session.dataset.train_labels)} training images ({session.dataset.name}) on "
                 f"{device_name(session.device)}; tricks: {', '.join(tricks) or 'none'}; load {session.load_seconds:.2f}s"
             )
+            note = _cpu_note(session, opts)
+            if note:
+                printer.note(note)
             if session.compiled:
                 printer.info("compiling and warming up (untimed)...")
                 w = warm_up(session, opts.seed, opts.label or None, out)
@@ -171,7 +188,9 @@ def _train_claimed(cfg: Any, tm, opts: TrainOptions, printer: Printer, out: Path
                     if path:
                         record.write_json(path, rec)
 
-                rec = run_seed(session, seed, printer.epoch_row, keep, arm=opts.label or None, out=out)
+                with printer.steps(f"run {i + 1}/{opts.runs} (seed {seed})") as on_step:
+                    rec = run_seed(session, seed, printer.epoch_row, keep, arm=opts.label or None, out=out,
+                                   on_step=on_step)
                 runs.append(rec)
                 if path:
                     record.write_json(path, rec)
@@ -179,7 +198,7 @@ def _train_claimed(cfg: Any, tm, opts: TrainOptions, printer: Printer, out: Path
                 if rec["status"] != "completed":
                     exit_code = 1
                     then = "--stop-on-failure ends the batch here" if opts.stop_on_failure else "the batch goes on"
-                    printer.error(f"run {i + 1} (seed {seed}) {rec['status']}: {rec['message']} ({'its record says so; ' if out else ''}{then})")
+                    printer.error(f"run {i + 1} (seed {seed}) {rec['status']}: {rec['message']} ({f'its record: {path}; ' if out else ''}{then})")
                     if opts.stop_on_failure:
                         break
                 write_summary(partial=i + 1 < opts.runs)
@@ -197,4 +216,18 @@ def _train_claimed(cfg: Any, tm, opts: TrainOptions, printer: Printer, out: Path
     if summary.get("error"):
         printer.error(summary["error"])
     printer.summary(summary)
+    printer.saved(out, len(list(out.glob("run-*.json"))) if out else 0)
     return summary, code
+
+
+def _cpu_note(session: Any, opts: TrainOptions) -> str | None:
+    """A recipe made for a GPU, training on the CPU: roughly how long (:mod:`hlbcli.progress`)."""
+    if session.device.type != "cpu" or session.dataset.name == "synthetic":
+        return None
+    import torch
+
+    from hlbcli.progress import gpu_recipe_note
+
+    ds = session.dataset
+    return gpu_recipe_note(opts.preset or "this recipe", session.cfg.model, session.cfg.train.epochs,
+                           len(ds.train_labels), len(ds.test_labels), torch.get_num_threads(), opts.runs)

@@ -33,6 +33,21 @@ def child_command(opts: AblateOptions, arm: Arm, arm_dir: Path) -> list[str]:
     return cmd
 
 
+def cpu_note(opts: AblateOptions, config: dict, runs: int) -> str | None:
+    """The baseline is a recipe made for a GPU and the arms train on this CPU: roughly how long
+    a run and the battery take (:func:`hlbcli.progress.gpu_recipe_note`)."""
+    if opts.device == "cuda" or config["data"]["dataset"] == "synthetic":
+        return None
+    import torch
+
+    if opts.device == "auto" and torch.cuda.is_available():
+        return None
+    from hlbcli.progress import gpu_recipe_note
+
+    return gpu_recipe_note(opts.preset, config["model"], config["train"]["epochs"], 50000, 10000,
+                           torch.get_num_threads(), runs)
+
+
 def worker_slots(device: str, workers: int) -> list[dict[str, str]]:
     """The environment of each parallel slot: one GPU each on CUDA, else an equal share of
     the CPU cores."""
@@ -154,6 +169,9 @@ class LocalBackend:
             f"{len(b.arms)} arms x {opts.runs} seeds (seeds {opts.seed}..{opts.seed + opts.runs - 1}), "
             f"{len(slots)} at a time; results in {out}"
         )
+        note = cpu_note(opts, b.arms[0].config, len(b.arms) * opts.runs)
+        if note:
+            b.say(note)
         pending = list(b.arms)
         seen = {a.name: set(b.finished(a)) if opts.resume else set() for a in b.arms}
 

@@ -8,17 +8,7 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-
-def clock(seconds: float | None) -> str:
-    """``1h02m``, ``3m05s``, ``42s``; ``-`` when unknown."""
-    if seconds is None or seconds != seconds or seconds < 0:
-        return "-"
-    s = int(round(seconds))
-    if s >= 3600:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    if s >= 60:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s}s"
+from hlbcli.progress import clock
 
 
 class Progress:

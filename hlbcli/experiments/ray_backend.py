@@ -204,7 +204,7 @@ class RayBackend:
 
     def train(self, battery, got: list[int]) -> None:
         import hlbcli
-        from hlbcli.experiments.batch import earlier_runs
+        from hlbcli.experiments.batch import earlier_runs, summarize
         from hlbcli.experiments.summary import run_path
         from hlbcli.readback import FINISHED
 
@@ -248,7 +248,7 @@ class RayBackend:
                     b.fail(arm, f"failed ({len(bad)} run(s) {bad[0]['status']})")
                 else:
                     b.status[arm.name] = "completed"
-            record.write_json(b.arm_dir(arm) / "summary.json", record.summarize(
+            record.write_json(b.arm_dir(arm) / "summary.json", summarize(
                 sorted(runs, key=lambda r: r["seed"]), preset_tricks=list(arm.config["tricks"]),
                 partial=len(runs) < opts.runs, runs_requested=opts.runs, backend="ray"))
             b.arm_done(arm)

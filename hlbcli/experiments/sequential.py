@@ -77,14 +77,14 @@ def _num(v: float) -> float | None:
 
 
 def describe(v: dict, delta: float | None = None) -> str:
-    """``effect + after 9 runs``, ``no effect (+-0.002) after 12 runs``, ``open after 6 runs``."""
-    how = v["how"] + (f" (+-{delta:g})" if v["how"] == NO_EFFECT and delta else "")
+    """``effect + after 9 runs``, ``no effect (+-0.2 pts) after 12 runs``, ``open after 6 runs``."""
+    how = v["how"] + (f" (+-{100 * delta:g} pts)" if v["how"] == NO_EFFECT and delta else "")
     return f"{how} after {v['look']} runs" if v["look"] else how
 
 
 def interval_text(v: dict) -> str:
     lo, hi = v["interval"]
-    f = lambda x, inf: inf if x is None else f"{x:+.4f}"  # noqa: E731
+    f = lambda x, inf: inf if x is None else f"{100 * x:+.2f}"  # noqa: E731 (points)
     return "-" if not v["look"] else f"[{f(lo, '-inf')}, {f(hi, '+inf')}]"
 
 
@@ -128,7 +128,7 @@ def run_rounds(backend, battery, got: list[int]) -> None:
                     continue
                 v = verdict(battery.finished(base), battery.finished(arm), opts)
                 if v["resolved"]:
-                    battery.say(f"arm {arm.name}: {describe(v, opts.delta)}, paired difference in {interval_text(v)}")
+                    battery.say(f"arm {arm.name}: {describe(v, opts.delta)}, paired difference in {interval_text(v)} points")
                 else:
                     still.append(arm)
             active = still

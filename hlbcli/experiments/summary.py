@@ -10,6 +10,7 @@ from typing import Any
 from hlbcli import readback, record, stats
 from hlbcli.errors import UsageError
 from hlbcli.experiments import sequential
+from hlbcli.output import SYNTHETIC, pct, pts, synthetic
 from hlbcli.experiments.plan import BASELINE, AblateOptions, Arm, arm_records, options_of, plan_runs
 
 SIGNIFICANCE = 0.05
@@ -25,7 +26,7 @@ def arm_stats(arm: Arm, runs: list[dict], base: dict | None) -> dict:
     accs = [r["accuracy"] for r in done]
     times = [r["train_seconds"] for r in done if r.get("train_seconds") is not None]
     mean, std = stats.mean_std(accs)
-    lo, hi = stats.ci95(accs)
+    lo, hi = stats.accuracy_ci95(accs)
     tmean, _ = stats.mean_std(times)
     row: dict[str, Any] = {
         "name": arm.name,
@@ -91,6 +92,7 @@ def summarize(opts: AblateOptions, arms: list[Arm], out: Path, status: dict[str,
         "seeds": list(range(opts.seed, opts.seed + plan_runs(opts))),
         "baseline": BASELINE,
         "significance": SIGNIFICANCE,
+        "ci95_method": stats.ACCURACY_CI,
         "partial": partial,
         "arms": rows,
         "rejected": [{"file": str(p), "why": why} for p, why in left],
@@ -163,10 +165,10 @@ def table_rows(summary: dict) -> list[list[str]]:
         rows.append([
             a["name"],
             f"{a['n']}" + (f"/{a['n_started']}" if a.get("n_started", a["n"]) != a["n"] else ""),
-            _f(a["mean_accuracy"], ".4f"),
-            _f(a["std_accuracy"], ".4f"),
-            f"[{_f(lo, '.4f')}, {_f(hi, '.4f')}]" if a["n"] else "-",
-            _f(a["delta_accuracy"], ".4f", signed=True),
+            pct(a["mean_accuracy"]),
+            pts(a["std_accuracy"]),
+            f"[{pts(lo)}, {pts(hi)}]" if a["n"] else "-",
+            pts(a["delta_accuracy"], signed=True),
             _p(a.get("p_value"), alpha),
             _p(a.get("p_paired"), alpha),
             _f(a["mean_train_seconds"], ".2f"),
@@ -181,6 +183,7 @@ def table_rows(summary: dict) -> list[list[str]]:
 def footnote(summary: dict) -> str:
     alpha = summary.get("significance", SIGNIFICANCE)
     note = (
+        "accuracy and ci95 in %, std and Δ acc in points; ci95: the 95% t interval of the mean, clipped to 0-100%; "
         f"Δ: arm minus baseline; p Welch: Welch's t-test against the baseline; p paired: the paired "
         f"t-test of the per-seed differences (seeds both arms finished); * where p < {alpha:g}; "
         f"seeds {summary['seeds'][0]}..{summary['seeds'][-1]} in every arm"
@@ -188,10 +191,13 @@ def footnote(summary: dict) -> str:
     seq = summary.get("sequential")
     if seq and summary["seeds"]:
         note = note.replace(" in every arm", f" at most; {sequential.saved_line(seq)}; resolved: the "
-                            f"{seq['method']} of the paired differences ({1 - seq['alpha']:.0%}, valid at every look) "
-                            "excludes 0 (effect +/-)" + (f" or lies within +-{seq['delta']:g} (no effect)" if seq.get("delta") else ""))
+                            f"{seq['method']} of the paired differences ({1 - seq['alpha']:.0%}, valid at every look, "
+                            "in points) excludes 0 (effect +/-)"
+                            + (f" or lies within +-{100 * seq['delta']:g} points (no effect)" if seq.get("delta") else ""))
     if summary.get("partial"):
         note += "; PARTIAL: interrupted or failed before every run finished"
+    if synthetic([r for a in summary.get("arms", []) for r in a.get("runs", [])]):
+        note += f"; {SYNTHETIC[1:-1]}"
     return note
 
 

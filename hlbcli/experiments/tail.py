@@ -17,10 +17,10 @@ RESUME_HINT = "rerun the same command with --resume to train the rest"
 
 def kept_line(e: BaseException, kept: int, out: Path | None, hint: str) -> str:
     """The error line of a batch that ended early, with what it kept and how to go on."""
-    where = f" in {out}" if out else ""
+    where = f"kept in {out}" if out else "not saved (no --out)"
     if isinstance(e, Interrupted):
-        return f"interrupted by {signal.Signals(e.signum).name}: {kept} finished run(s) kept{where} ({hint})"
-    return f"{e.message}; {kept} finished run(s) kept{where} ({e.hint or hint})"
+        return f"interrupted by {signal.Signals(e.signum).name}: {kept} finished run(s) {where} ({hint})"
+    return f"{e.message}; {kept} finished run(s) {where} ({e.hint or hint})"
 
 
 def run_to_summary(
