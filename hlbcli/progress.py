@@ -47,7 +47,31 @@ def plain_every() -> float:
     return x
 
 
-class StepProgress:
+class LiveDisplay:
+    """A display that rich redraws in place while it is entered (``with``), where
+    :meth:`live_wanted` says so (a terminal); it renders itself (``__rich__``) from
+    ``self.console``. The one live display of both progress displays."""
+
+    live = None
+
+    def live_wanted(self) -> bool:
+        return False
+
+    def __enter__(self):
+        if self.live_wanted():
+            from rich.live import Live
+
+            self.live = Live(self, console=self.console, refresh_per_second=2, transient=True)
+            self.live.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+
+
+class StepProgress(LiveDisplay):
     """Progress within one run, fed ``(step, total, epoch, epochs)`` after each training step.
 
     On a terminal (``live``) a rich display updates in place and goes when the run ends; lines
@@ -97,18 +121,8 @@ class StepProgress:
 
         return Text(self.line())
 
-    def __enter__(self) -> "StepProgress":
-        if self.use_live:
-            from rich.live import Live
-
-            self.live = Live(self, console=self.console, refresh_per_second=2, transient=True)
-            self.live.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.live is not None:
-            self.live.stop()
-            self.live = None
+    def live_wanted(self) -> bool:
+        return self.use_live
 
 
 # --- a GPU recipe on the CPU: roughly how long --------------------------------------------------

@@ -8,10 +8,10 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from hlbcli.progress import clock
+from hlbcli.progress import LiveDisplay, clock
 
 
-class Progress:
+class Progress(LiveDisplay):
     """Fed by the backend as runs finish; renders itself.
 
     ``total`` counts every run of the battery; ``kept`` those already finished before this
@@ -48,18 +48,8 @@ class Progress:
 
     # --- events ----------------------------------------------------------------------------
 
-    def __enter__(self) -> "Progress":
-        if not self.quiet and self.console is not None and self.console.is_terminal:
-            from rich.live import Live
-
-            self.live = Live(self, console=self.console, refresh_per_second=2, transient=True)
-            self.live.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.live is not None:
-            self.live.stop()
-            self.live = None
+    def live_wanted(self) -> bool:
+        return not self.quiet and self.console is not None and self.console.is_terminal
 
     def say(self, text: str) -> None:
         """A line of its own (above the live display on a terminal)."""
