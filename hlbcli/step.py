@@ -41,10 +41,10 @@ def build_step(
     soft = bool(transforms)
     groups = [g for opt in optimizers for g in opt.param_groups]
     tables = tuple(lr_tables)
+    if forward_loss is None:
+        forward_loss = plain_forward_loss(forward, loss_fn, soft, ctx)
     zero_grads = tuple(opt.zero_grad for opt in optimizers)
     opt_steps = tuple(opt.step for opt in optimizers)
-    autocast = ctx.autocast
-    use_autocast = ctx.autocast_dtype is not None
     losses, last = record.losses, record.last
 
     def step(x: torch.Tensor, y: torch.Tensor, i: int) -> None:
@@ -56,15 +56,7 @@ def build_step(
             targets = F.one_hot(y, num_classes).float()
             for fn in transforms:
                 x, targets = fn(x, targets)
-        if forward_loss is not None:
-            loss, logits = forward_loss(x, targets)
-        else:
-            if use_autocast:
-                with autocast():
-                    logits = forward(x)
-            else:
-                logits = forward(x)
-            loss = loss_fn(logits.float() if soft else logits, targets).sum()
+        loss, logits = forward_loss(x, targets)
         for zero_grad in zero_grads:
             zero_grad(set_to_none=True)
         loss.backward()
@@ -85,19 +77,24 @@ def build_step(
     return step
 
 
-def fused_forward_loss(model: torch.nn.Module, loss_fn: Callable, soft: bool, ctx: RunContext, mode: str) -> Callable:
-    """The net's forward and the summed loss as one ``torch.compile``d graph (``fullgraph``,
-    ``mode``): ``(x, targets) -> (loss, logits)``, the same numbers the step computes in two
-    calls. ``model`` is the uncompiled module; ``soft``: a batch transform hands soft targets,
-    and the logits go to the loss in fp32."""
-    autocast_dtype, device_type = ctx.autocast_dtype, ctx.device.type
+def plain_forward_loss(forward: Callable, loss_fn: Callable, soft: bool, ctx: RunContext) -> Callable:
+    """``(x, targets) -> (summed loss, logits)``: the forward under the run's autocast, then the
+    loss (``soft``: a batch transform hands soft targets, and the logits go to it in fp32). The
+    one forward-and-loss of the step, eager or compiled whole (:func:`fused_forward_loss`)."""
+    autocast = ctx.autocast
 
     def forward_loss(x: torch.Tensor, targets: torch.Tensor):
-        with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            logits = model(x)
+        with autocast():
+            logits = forward(x)
         return loss_fn(logits.float() if soft else logits, targets).sum(), logits
 
-    return torch.compile(forward_loss, mode=mode, fullgraph=True)
+    return forward_loss
+
+
+def fused_forward_loss(model: torch.nn.Module, loss_fn: Callable, soft: bool, ctx: RunContext, mode: str) -> Callable:
+    """:func:`plain_forward_loss` of the uncompiled ``model`` as one ``torch.compile``d graph
+    (``fullgraph``, ``mode``): the same numbers the step computes in two calls."""
+    return torch.compile(plain_forward_loss(model, loss_fn, soft, ctx), mode=mode, fullgraph=True)
 
 
 def group_schedules(groups: list[dict], run_table: list[float], total_steps: int) -> list[list[float]]:
