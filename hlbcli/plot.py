@@ -1,5 +1,5 @@
 """A picture of accuracy per arm, in percent: every run as a point, the mean as a bar, the 95%
-interval (Student's t, clipped to 0-100%) as a whisker; the axis stays within 0-100%. Needs matplotlib, an optional extra: ``pip install 'hlbcli[plot]'``."""
+interval (Student's t, clipped to 0-100%) as a whisker; the axis stays within 0-100%. Needs matplotlib, which ``pip install .`` brings."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 
 from hlbcli import record, stats
 from hlbcli.errors import UsageError
+from hlbcli.experiments.sequential import saved_text
 from hlbcli.output import synthetic
 
 PNG_NAME = "accuracy.png"
@@ -85,7 +86,7 @@ def plot_summary(summary: dict, path: Path, title: str | None = None) -> Path:
     ax.set_title((title or (f"ablation of {summary.get('preset')}" if "arms" in summary else "accuracy per run")) + data)
     ax.grid(axis="y", alpha=0.3)
     seq = summary.get("sequential")
-    saved = f"; until resolved: {seq['runs_spent']} runs of {seq['runs_max']}, {seq['runs_saved']} saved" if seq else ""
+    saved = f"; until resolved: {seq['runs_spent']} runs of {seq['runs_max']}, {saved_text(seq)}" if seq else ""
     fig.text(0.01, 0.01, f"points: runs; bar: mean; whiskers: 95% CI ({stats.ACCURACY_CI_SHORT})" + saved,
              fontsize=7, alpha=0.7)
     fig.tight_layout()

@@ -236,3 +236,18 @@ def test_cli_flags_and_dry_run(cli, tmp_path):
                          "--delta", "0.002", "--dry-run")
     assert code == 0, err
     assert "until resolved: looks at 3, 6, 8 seeds per unresolved arm (alpha 0.05, no effect within +-0.002)" in out
+
+
+def test_a_partial_battery_counts_no_runs_as_saved():
+    """Runs an interrupted battery never reached were not saved by stopping early: the footer
+    says nothing was counted, where a finished battery gives the saving."""
+    from types import SimpleNamespace
+
+    from hlbcli.experiments.summary import footnote
+    opts = SimpleNamespace(max_runs=10, runs=3, alpha=0.05, delta=None, until_resolved=True)
+    rows = [{"n": 3}, {"n": 1}]
+    done, stopped = sequential.totals(rows, opts), sequential.totals(rows, opts, partial=True)
+    assert done["runs_saved"] == 16 and stopped["runs_saved"] is None
+    summary = {"seeds": list(range(10)), "partial": True, "sequential": stopped, "arms": []}
+    note = footnote(summary)
+    assert "4 runs of at most 20" in note and "none counted (stopped early)" in note and "saved" not in note.split("none counted")[0]

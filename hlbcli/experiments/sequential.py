@@ -88,20 +88,26 @@ def interval_text(v: dict) -> str:
     return "-" if not v["look"] else f"[{f(lo, '-inf')}, {f(hi, '+inf')}]"
 
 
-def totals(rows: list[dict], opts: AblateOptions) -> dict:
+def totals(rows: list[dict], opts: AblateOptions, partial: bool = False) -> dict:
     """The battery's runs spent, the most it could have spent (every arm at ``--max-runs``)
-    and the difference."""
+    and the difference; no saving (None) for a partial battery, whose missing runs were never
+    reached rather than saved."""
     spent = sum(r.get("n_started", r["n"]) for r in rows)
     most = len(rows) * (opts.max_runs or opts.runs)
     return {"method": METHOD, "reference": REFERENCE, "alpha": opts.alpha, "delta": opts.delta,
             "max_runs": opts.max_runs, "looks": looks(opts), "runs_spent": spent, "runs_max": most,
-            "runs_saved": most - spent}
+            "runs_saved": None if partial else most - spent}
+
+
+def saved_text(seq: dict) -> str:
+    """``12 saved``, or why nothing is counted as saved (the battery stopped early)."""
+    return "none counted (stopped early)" if seq["runs_saved"] is None else f"{seq['runs_saved']} saved"
 
 
 def saved_line(seq: dict) -> str:
     return (f"until resolved: {seq['runs_spent']} runs of at most {seq['runs_max']} "
             f"(--max-runs {seq['max_runs']} x {seq['runs_max'] // max(1, seq['max_runs'])} arms): "
-            f"{seq['runs_saved']} saved")
+            + saved_text(seq))
 
 
 def run_rounds(backend, battery, got: list[int]) -> None:

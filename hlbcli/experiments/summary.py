@@ -96,7 +96,7 @@ def summarize(opts: AblateOptions, arms: list[Arm], out: Path, status: dict[str,
         "partial": partial,
         "arms": rows,
         "rejected": [{"file": str(p), "why": why} for p, why in left],
-        **({"sequential": sequential.totals(rows, opts)} if opts.until_resolved else {}),
+        **({"sequential": sequential.totals(rows, opts, partial)} if opts.until_resolved else {}),
     }
 
 
