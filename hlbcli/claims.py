@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from hlbcli import readback, stats
-from hlbcli.readback import first_difference
+from hlbcli.readback import config_difference
 
 #: the significance level of the "runs needed" figure
 CLAIM_ALPHA = 0.01
@@ -44,15 +44,17 @@ def source_commit() -> tuple[str, bool]:
         return "not a git checkout", False
 
 
-def folder_runs(out: Path, config: dict) -> list[dict]:
-    """Every record in ``out`` that passes readback's checks and was trained with ``config``,
-    by seed; the others are named in a warning line each and left out."""
+def folder_runs(out: Path, config: dict, defaults: dict | None = None) -> list[dict]:
+    """Every record in ``out`` that passes readback's checks and was trained with ``config``
+    (a key the record predates reads as its ``defaults``), by seed; the others are named in a
+    warning line each and left out."""
     found = readback.read_records(Path(out))
     runs = []
     left = list(found.left_out())
     for p, rec in sorted(found.runs.values(), key=lambda pr: pr[1]["seed"]):
-        if rec.get("config") != config:
-            left.append((p, f"trained with another config ({first_difference(rec.get('config'), config)})"))
+        why = config_difference(rec.get("config"), config, defaults)
+        if why:
+            left.append((p, f"trained with another config ({why})"))
         else:
             runs.append(rec)
     for p, why in left:

@@ -264,7 +264,7 @@ def bench(
     from hlbcli import record
     from hlbcli.bench import bench_report, format_report
     from hlbcli.claims import claim_line, claim_report, folder_runs, format_claim
-    from hlbcli.config import to_dict
+    from hlbcli.config import config_defaults, to_dict
     from hlbcli.experiments.batch import TrainOptions, train_batch
     from hlbcli.resolve import resolve
 
@@ -276,7 +276,7 @@ def bench(
     )
     summary, code = train_batch(cfg, tm, opts)
     if out:  # the claim covers every record of the folder trained with this config
-        summary = {**summary, "runs": folder_runs(Path(out), to_dict(cfg))}
+        summary = {**summary, "runs": folder_runs(Path(out), to_dict(cfg), config_defaults(cfg))}
     rep = bench_report(summary)
     rep.update(claim_report(summary["runs"], target, summary.get("device")))
     rep.update(preset=preset, command="hlb " + " ".join(sys.argv[1:]) if sys.argv else "", summary_line=claim_line(rep, preset))

@@ -270,6 +270,12 @@ def validate(data: dict, sections: dict[str, type[BaseModel]], inactive: set[str
         raise ConfigError(rows, hint) from None
 
 
+def config_defaults(cfg: BaseModel) -> dict:
+    """Every setting of ``cfg``'s sections at its default, as :func:`to_dict` writes it: what a
+    record written before a setting existed ran with (see :func:`hlbcli.readback.with_defaults`)."""
+    return to_dict(type(cfg)())
+
+
 def to_dict(cfg: BaseModel) -> dict:
     """The config as plain data; ``replaced`` only where a trick took another's place."""
     out = cfg.model_dump(mode="json")

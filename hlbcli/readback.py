@@ -353,6 +353,23 @@ def plan_difference(old: dict, new: dict) -> str:
     return first_difference(keyed(old), keyed(new))
 
 
+def with_defaults(stored: Any, defaults: Any) -> Any:
+    """``stored`` (a record's config) with each key it lacks taken from ``defaults``, at every
+    depth. A record written before a setting existed ran with that setting's default: a new
+    setting's default keeps the runs as they were (CONTRIBUTING's rule for settings)."""
+    if not (isinstance(stored, dict) and isinstance(defaults, dict)):
+        return stored
+    return {**{k: v for k, v in defaults.items() if k not in stored},
+            **{k: with_defaults(v, defaults.get(k)) for k, v in stored.items()}}
+
+
+def config_difference(stored: Any, current: dict, defaults: dict | None = None) -> str | None:
+    """None where a record's config is ``current`` (keys it predates read as their
+    ``defaults``), else the first difference, as :func:`first_difference` words it."""
+    stored = with_defaults(stored, defaults)
+    return None if stored == current else first_difference(stored, current)
+
+
 def first_difference(a: Any, b: Any, where: str = "") -> str:
     """Where two resolved configs differ first, as ``train.lr: 0.5 vs 11.5``."""
     if isinstance(a, dict) and isinstance(b, dict):

@@ -169,6 +169,24 @@ def test_resume_refuses_another_config(cli, tmp_path):
     assert_one_line_error(code, err, 2, "--resume", "another config", "train.epochs: 2.0 vs 3.0")
 
 
+def test_resume_reads_a_setting_a_record_predates_as_its_default(cli, tmp_path):
+    """A record written before ``model.activation`` existed ran with its default (gelu): resume
+    keeps it; a run asking for another activation still refuses it."""
+    code, out, err = cli(*SMOKE, "--runs", "2", "--out", tmp_path, "--quiet")
+    assert code == 0, err
+    path = tmp_path / "run-000-seed0.json"
+    rec = json.loads(path.read_text())
+    del rec["config"]["model"]["activation"]
+    path.write_text(json.dumps(rec))
+    (tmp_path / "run-001-seed1.json").unlink()
+    code, out, err = cli(*SMOKE, "--set", 'model.activation="silu"', "--runs", "2", "--out", tmp_path, "--resume", "--quiet")
+    assert_one_line_error(code, err, 2, "--resume", "another config", "model.activation: 'gelu' vs 'silu'")
+    code, out, err = cli(*SMOKE, "--runs", "2", "--out", tmp_path, "--resume", "--quiet")
+    assert code == 0, err
+    assert [r["seed"] for r in _records(tmp_path)] == [0, 1]
+    assert "activation" not in json.loads(path.read_text())["config"]["model"]  # kept as it was
+
+
 # --- dataset contents, checked at load --------------------------------------------------------
 
 import pickle  # noqa: E402

@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from hlbcli import readback, record, stats
-from hlbcli.config import to_dict
+from hlbcli.config import config_defaults, to_dict
 from hlbcli.errors import UsageError
 from hlbcli.output import Printer
 from hlbcli.readback import FINISHED
-from hlbcli.readback import first_difference
+from hlbcli.readback import config_difference
 from hlbcli.run import run_seed, warm_up
 from hlbcli.session import device_name, open_session
 from hlbcli.experiments.tail import run_to_summary
@@ -51,11 +51,12 @@ def summarize(runs: list[dict], **extra: Any) -> dict:
 
 
 def earlier_runs(out: Path, config: dict, resume: bool, check: bool = True,
-                 seeds: range | None = None) -> dict[int, tuple[Path, dict]]:
+                 seeds: range | None = None, defaults: dict | None = None) -> dict[int, tuple[Path, dict]]:
     """The run records already in ``out``, by seed (of ``seeds``, the batch's, when given).
     Records there are refused without ``resume``; with it, a record that fails the checks of
-    :mod:`hlbcli.readback` or (``check``) of another config is refused, and records of other
-    seeds are named in a warning and left out."""
+    :mod:`hlbcli.readback` or (``check``) of another config is refused (a key the record
+    predates reads as its ``defaults``), and records of other seeds are named in a warning and
+    left out."""
     if not resume:
         if any(out.glob("run-*.json")) or (out / "summary.json").exists():
             raise UsageError(
@@ -66,9 +67,10 @@ def earlier_runs(out: Path, config: dict, resume: bool, check: bool = True,
     found = readback.read_records(out, seeds)
     readback.refuse_rejected([found])
     for p, rec in found.runs.values():
-        if check and rec.get("config") != config:
+        why = check and config_difference(rec.get("config"), config, defaults)
+        if why:
             raise UsageError(
-                f"--resume: {p} was trained with another config ({first_difference(rec.get('config'), config)})",
+                f"--resume: {p} was trained with another config ({why})",
                 "rerun with the same preset, --config, --set, --enable and --disable, or choose a new folder",
             )
     return found.runs
@@ -127,7 +129,8 @@ def train_batch(cfg: Any, tm, opts: TrainOptions, printer: Printer | None = None
     hold = record.claim(opts.out) if opts.out else None
     try:
         seeds = range(opts.seed, opts.seed + opts.runs)
-        earlier = earlier_runs(hold.folder, to_dict(cfg), opts.resume, seeds=seeds) if hold else {}
+        earlier = earlier_runs(hold.folder, to_dict(cfg), opts.resume, seeds=seeds,
+                               defaults=config_defaults(cfg)) if hold else {}
         return _train_claimed(cfg, tm, opts, printer, hold.folder if hold else None, earlier)
     finally:
         if hold:

@@ -40,6 +40,9 @@ class Arm:
     replaced: dict[str, str] = field(default_factory=dict)
     #: the arm's resolved config (what its run records carry), set by :func:`validate_arms`
     config: dict | None = field(default=None, repr=False)
+    #: every setting of its sections at its default (:func:`hlbcli.config.config_defaults`), set
+    #: with ``config``: what a record that predates a setting ran with
+    defaults: dict | None = field(default=None, repr=False)
     #: where each of its tricks comes from (``hlb tricks list``'s origin), set with ``config``
     sources: dict | None = field(default=None, repr=False)
     #: ``KEY=VALUE`` overrides on top of the common ``--set`` (``--vary``,
@@ -174,7 +177,7 @@ def validate_arms(opts: AblateOptions, arms: list[Arm], specs: dict | None = Non
     a trick another one needs fails now, not after hours of training. ``specs``: dataset ->
     the shape of its data on disk, where it was read (else the config's). Returns the
     baseline's active tricks."""
-    from hlbcli.config import to_dict
+    from hlbcli.config import config_defaults, to_dict
     from hlbcli.experiments import vary
     from hlbcli.resolve import resolve
     from hlbcli.session import check_session
@@ -191,7 +194,7 @@ def validate_arms(opts: AblateOptions, arms: list[Arm], specs: dict | None = Non
             own_data = tm.owners().get("hlb_dataset_build", "core") != "core"  # a trick brings its data
             # sizes, and each trick's hlb_validate against the data's shape and the model
             check_session(cfg, tm, None if own_data else (specs or {}).get(cfg.data.dataset))
-            arm.config = to_dict(cfg)
+            arm.config, arm.defaults = to_dict(cfg), config_defaults(cfg)
             arm.sources = {n: tm.origins[n] for n in tm.trick_names()}
         except HlbError as e:
             if arm.name == BASELINE:

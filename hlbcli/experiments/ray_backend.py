@@ -223,7 +223,7 @@ class RayBackend:
         for arm in b.arms:
             b.arm_dir(arm).mkdir(parents=True, exist_ok=True)
             if opts.resume:
-                earlier_runs(b.arm_dir(arm), arm.config, resume=True)  # a record of another config is refused
+                earlier_runs(b.arm_dir(arm), arm.config, resume=True, defaults=arm.defaults)  # a record of another config is refused
             have = b.finished(arm)
             todo = [s for s in range(opts.seed, opts.seed + opts.runs) if s not in have]
             tasks += [_Task(arm, blk) for blk in blocks(todo, size)]
