@@ -13,7 +13,7 @@ import torch
 from hlbcli.config import EVAL_BATCH
 
 #: The stages a trick can hook into, in pipeline order.
-STAGES = ("setup", "data", "model", "loss", "optimizer", "step", "run", "eval")
+STAGES = ("setup", "data", "model", "loss", "optimizer", "step", "select", "run", "eval")
 
 #: ``Transform.order`` of the built-in transforms (lower runs first): place a transform of your
 #: own between them, e.g. ``order=ORDER_TRANSLATE + 5`` runs after translation, before cutout.
@@ -237,6 +237,52 @@ class RunContext:
     def settings(self, name: str) -> Any:
         """The settings section of trick ``name`` (its pydantic model instance)."""
         return getattr(self.cfg, name)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which examples of each batch the step trains on, and with what weight (``hlb_select``),
+    for every step of the run, made before the loop. The step reads row ``step`` of each by a
+    Python int (a view: no host sync).
+
+    ``keep``: int64 positions in the batch (0 to ``batch_size - 1``), shape ``(total_steps, k)``:
+    step ``i`` gathers those k examples of its batch and trains on them alone (the forward,
+    batchnorm's statistics, the loss and its gradient see only them; batch transforms come
+    after). None: every example.
+    ``weights``: floats, shape ``(total_steps, k)`` (k the batch size without ``keep``): each
+    example's loss is multiplied by its weight before the sum. None: weight 1."""
+
+    keep: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
+
+
+@dataclass
+class ProxyNet:
+    """A second net for one run, built by the run's own hooks with other model settings
+    (``hlb_select``'s ``build_proxy``, :func:`hlbcli.stream.proxy_net`): the seed's weights,
+    initialised by ``hlb_model_init``, on the run's device and precision, with its loss,
+    optimizers and lr tables from the run's hooks. The trick that asked for it trains it:
+    the trainer never does."""
+
+    #: the net (``hlbcli.model``'s names), in training mode
+    model: torch.nn.Module
+    #: its forward: compiled when the run's net is (once per session), else ``model`` itself
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    #: ``loss(logits, targets) -> per-example loss`` (``hlb_loss_build``'s)
+    loss_fn: Callable
+    optimizers: list
+    #: each optimizer group's lr at build time, in the order of the groups of ``optimizers``
+    base_lrs: list[float]
+    #: each group's lr multiplier per step (the run's ``hlb_lr_schedule`` or its own)
+    lr_tables: list[list[float]]
+    #: the proxy's own context (its hooks saw this one: ``state`` apart from the run's)
+    ctx: "RunContext"
+
+    def set_lr(self, step: int) -> None:
+        """Every group's lr for step ``step``, as the trainer sets the run's (host numbers)."""
+        groups = [g for opt in self.optimizers for g in opt.param_groups]
+        for g, base, table in zip(groups, self.base_lrs, self.lr_tables):
+            g["lr"] = base * table[step]
 
 
 @dataclass(frozen=True)

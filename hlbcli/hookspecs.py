@@ -24,7 +24,7 @@ import torch
 from pydantic import BaseModel
 
 from hlbcli import hookspec
-from hlbcli.contract import Dataset, DataSpec, RunContext, StepAction, TrickInfo, Transform
+from hlbcli.contract import Dataset, DataSpec, ProxyNet, RunContext, Selection, StepAction, TrickInfo, Transform
 
 #: Which stage each hook belongs to, in the order of ``hlbcli.contract.STAGES``: the one source
 #: of the stage table (``hlb tricks list`` reports a trick's stages from it, leaving out setup;
@@ -42,6 +42,7 @@ HOOK_STAGES = {
     "hlb_optimizer_build": "optimizer",
     "hlb_lr_schedule": "optimizer",
     "hlb_step_actions": "step",
+    "hlb_select": "select",
     "hlb_train_start": "run",
     "hlb_epoch_start": "run",
     "hlb_epoch_end": "run",
@@ -201,6 +202,31 @@ def hlb_step_actions(
     after the last step (``at_end``). ``optimizer`` is the first optimizer, ``optimizers`` all
     of them. Called once per run, after ``hlb_lr_schedule``; results are concatenated (an
     action or a list of them per implementation)."""
+
+
+# --- select --------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def hlb_select(stream: Any, build_proxy: Callable[..., ProxyNet], cfg: Any, ctx: RunContext) -> Selection | None:
+    """Choose, before the run trains, which examples of each batch it trains on and with what
+    weight: return a :class:`~hlbcli.contract.Selection` (or None: every example, weight 1).
+    Example selection, pruning, reweighting and curricula live here.
+
+    Called once per run (the warm-up run too), after ``hlb_step_actions`` and before
+    ``hlb_train_start``; its time counts in the run's timed ``init`` phase, as work before
+    the first step. First non-None result wins.
+
+    ``stream`` (:class:`hlbcli.stream.BatchStream`) replays the batches the run will train on,
+    ``(step, images, labels)`` for each step, same order and same epoch-level augmentations,
+    from a copy of the run's generator (iterating it does not move the run's). Iterate it as
+    often as needed. ``build_proxy(model={...}, freeze=(names,), steps=N)`` returns a
+    :class:`~hlbcli.contract.ProxyNet`: a second net with ``cfg.model`` changed by ``model``,
+    set up by the run's own hooks (build, init, loss, groups, optimizer, lr schedule) on the
+    run's device and precision, built and compiled once per session, its lr schedule spread
+    over ``steps`` (default: the run's); the trick trains it.
+    Work here is per run, not per step; keep it on the device (no ``.item()`` per step): the
+    selection's tensors are read inside the step by row, with no hook call and no sync."""
 
 
 # --- run and epoch events --------------------------------------------------------------------

@@ -21,6 +21,7 @@ from hlbcli.errors import HlbError, TrickError, UsageError
 from hlbcli.session import Session, device_name, reset_weights
 from hlbcli.signals import Interrupted
 from hlbcli.step import StepRecord, build_step, group_schedules
+from hlbcli.stream import epoch_set, epoch_steps, run_selection
 
 
 class Timer:
@@ -61,11 +62,16 @@ class RunPlan:
     #: one multiplier list per optimizer group (:func:`hlbcli.step.group_schedules`)
     lr_tables: list[list[float]] = field(default_factory=list)
     record: StepRecord = field(default_factory=StepRecord)
+    #: the selection stage's (``hlb_select``): positions kept per step, weights per step, and k,
+    #: the examples each step trains on (the batch size without a selection)
+    keep: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
+    k: int = 0
 
     def step_fn(self, forward: torch.nn.Module, batch_transforms: list[Transform], forward_loss=None):
         return build_step(
             forward, self.loss_fn, self.optimizers, self.base_lrs, self.lr_tables, batch_transforms,
-            self.actions, self.ctx.dataset.num_classes, self.ctx, self.record, forward_loss,
+            self.actions, self.ctx.dataset.num_classes, self.ctx, self.record, forward_loss, self.weights,
         )
 
 
@@ -116,7 +122,7 @@ def new_context(session: Session, seed: int, warmup: bool = False, arm: str | No
 
 def plan_run(session: Session, seed: int, warmup: bool = False, ctx: RunContext | None = None) -> RunPlan:
     """Reset the weights to the seed's, then call the build-time hooks once: data-aware init,
-    transforms, loss, parameter groups, optimizer, lr table, step actions, train start.
+    transforms, loss, parameter groups, optimizer, lr table, step actions, selection, train start.
     ``ctx``: the run's context when the caller made it (:func:`new_context`)."""
     cfg, tm, dev, ds = session.cfg, session.tm, session.device, session.dataset
     ctx = ctx if ctx is not None else new_context(session, seed, warmup)
@@ -146,9 +152,11 @@ def plan_run(session: Session, seed: int, warmup: bool = False, ctx: RunContext 
         raise UsageError(f"the lr schedule has {len(lr_table)} values for {total_steps} steps", "fix the schedule hook")
     lr_table = [float(v) for v in lr_table.tolist()]
     actions = _flatten(tm.hook.hlb_step_actions(model=model, optimizer=optimizers[0], optimizers=optimizers, cfg=cfg, ctx=ctx))
+    keep, weights, k = run_selection(session, ctx, transforms)
     tm.hook.hlb_train_start(ctx=ctx)
     tables = group_schedules([g for opt in optimizers for g in opt.param_groups], lr_table, total_steps)
-    return RunPlan(ctx, transforms, loss_fn, optimizers, base_lrs, lr_table, actions, lr_tables=tables)
+    return RunPlan(ctx, transforms, loss_fn, optimizers, base_lrs, lr_table, actions, lr_tables=tables,
+                   keep=keep, weights=weights, k=k)
 
 
 def fit(
@@ -166,19 +174,18 @@ def fit(
     when the caller made it; ``phases``: a dict the timed seconds are kept in as they pass (so a
     caller sees them when the run ends in an error); ``on_step(step, total, epoch, epochs)``: after
     each step, outside it (host-side progress, :class:`hlbcli.progress.StepProgress`)."""
-    cfg, tm, dev, ds = session.cfg, session.tm, session.device, session.dataset
-    timer = Timer(dev)
+    cfg, tm, ds = session.cfg, session.tm, session.dataset
+    timer = Timer(session.device)
     phases = phases if phases is not None else {}
     phases.update(init=0.0, train=0.0, eval=0.0)
     t0 = timer.now()
     plan = plan_run(session, seed, warmup, ctx)
     phases["init"] = timer.now() - t0
-    ctx, transforms, actions = plan.ctx, plan.transforms, plan.actions
+    ctx, transforms, actions, keep = plan.ctx, plan.transforms, plan.actions, plan.keep
     steps = plan.record
     model, fwd, gen = session.model, session.forward_model, ctx.generator
     t = cfg.train
-    n = session.train_size
-    steps_per_epoch, total_steps, num_epochs = ctx.steps_per_epoch, ctx.total_steps, ctx.num_epochs
+    total_steps, num_epochs = ctx.total_steps, ctx.num_epochs
     labels = ds.train_labels
     epochs: list[dict] = []
     step_fn = None
@@ -196,25 +203,18 @@ def fit(
         if step_fn is None or key != phase_key or ctx.rebuild_step:
             step_fn = plan.step_fn(fwd, batch_tr, session.forward_loss(plan.loss_fn, bool(batch_tr), ctx))
             phase_key = key
-        images = ctx.train_images
-        for tr in transforms:
-            if tr.level == "epoch" and tr.active(epoch):
-                images = tr.fn(images, epoch, gen)
-        if t.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        perm = torch.randperm(n, device=dev, generator=gen)
-        n_steps = min(steps_per_epoch, total_steps - step)
-        if warmup:
-            n_steps = min(n_steps, 2)
+        images, perm = epoch_set(ctx, transforms, epoch, gen, t.channels_last)
         steps.clear()
         bs = t.batch_size
-        for i in range(n_steps):
+        for i in range(epoch_steps(ctx, step)):
             idx = perm[i * bs : (i + 1) * bs]
+            if keep is not None:  # the selection's examples of this batch (a device gather)
+                idx = idx[keep[step]]
             step_fn(images[idx], labels[idx], step)
             step += 1
             if on_step is not None:
                 on_step(step, total_steps, epoch + 1, num_epochs)
-        train_loss, train_acc = steps.read(bs)
+        train_loss, train_acc = steps.read(plan.k)
         dt = timer.now() - t0
         phases["train"] += dt
         elapsed += dt

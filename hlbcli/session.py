@@ -84,6 +84,9 @@ class Session:
     #: ``train.compile_loss``: the compiled forward+loss graphs, one per (loss, soft targets),
     #: kept for every seed of the session (:meth:`hlbcli.run.RunPlan.step_fn`)
     fused: dict = field(default_factory=dict)
+    #: the proxy nets of the selection stage (:func:`hlbcli.stream.proxy_net`), built and
+    #: compiled once per session and model settings, given each seed's weights per run
+    proxies: dict = field(default_factory=dict)
 
     @property
     def precision(self) -> str:
@@ -162,15 +165,17 @@ def open_session(
     )
 
 
-def reset_weights(session: Session, seed: int) -> None:
-    """Give the built model the seed's fresh initial weights in place (the compiled graph
-    keeps pointing at the same tensors)."""
+def reset_weights(session: Session, seed: int, model: torch.nn.Module | None = None, cfg: Any = None) -> None:
+    """Give the built model (or ``model``, a net of ``cfg``'s: a proxy net of
+    :func:`hlbcli.stream.proxy_net`) the seed's fresh initial weights in place (the compiled
+    graph keeps pointing at the same tensors)."""
     torch.manual_seed(seed)
-    cfg, ds = session.cfg, session.dataset
+    cfg, ds = cfg if cfg is not None else session.cfg, session.dataset
+    model = model if model is not None else session.model
     fresh = session.tm.hook.hlb_model_build(cfg=cfg, num_classes=ds.num_classes, in_channels=ds.in_channels)
     with torch.no_grad():
-        session.model.load_state_dict(fresh.state_dict())
-    for p, q in zip(session.model.parameters(), fresh.parameters()):
+        model.load_state_dict(fresh.state_dict())
+    for p, q in zip(model.parameters(), fresh.parameters()):
         p.requires_grad_(q.requires_grad)
         p.grad = None
 

@@ -24,6 +24,7 @@ def build_step(
     ctx: RunContext,
     record: "StepRecord",
     forward_loss: Callable | None = None,
+    weights: torch.Tensor | None = None,
 ) -> Callable[[torch.Tensor, torch.Tensor, int], None]:
     """Fuse one phase's transforms and actions into a plain step function.
 
@@ -33,7 +34,9 @@ def build_step(
     unless a batch transform is active, which gets one-hot targets and hands back soft ones.
     ``lr_tables``: one list of lr multipliers per group of ``optimizers`` (in order), made by
     :func:`group_schedules`. ``forward_loss``: ``(x, targets) -> (summed loss, logits)`` in
-    one call, in place of the forward and the loss (``train.compile_loss``: :func:`fused_forward_loss`)."""
+    one call, in place of the forward and the loss (``train.compile_loss``: :func:`fused_forward_loss`).
+    ``weights``: the selection stage's per-example weights, row ``i`` for step ``i``
+    (:class:`hlbcli.contract.Selection`), multiplying each example's loss before the sum."""
     before = tuple(a for a in actions if a.where == "before_forward")
     after_bwd = tuple(a for a in actions if a.where == "after_backward")
     after = tuple(a for a in actions if a.where == "after_step")
@@ -56,7 +59,7 @@ def build_step(
             targets = F.one_hot(y, num_classes).float()
             for fn in transforms:
                 x, targets = fn(x, targets)
-        loss, logits = forward_loss(x, targets)
+        loss, logits = forward_loss(x, targets) if weights is None else forward_loss(x, targets, weights[i])
         for zero_grad in zero_grads:
             zero_grad(set_to_none=True)
         loss.backward()
@@ -78,15 +81,17 @@ def build_step(
 
 
 def plain_forward_loss(forward: Callable, loss_fn: Callable, soft: bool, ctx: RunContext) -> Callable:
-    """``(x, targets) -> (summed loss, logits)``: the forward under the run's autocast, then the
-    loss (``soft``: a batch transform hands soft targets, and the logits go to it in fp32). The
-    one forward-and-loss of the step, eager or compiled whole (:func:`fused_forward_loss`)."""
+    """``(x, targets[, weights]) -> (summed loss, logits)``: the forward under the run's
+    autocast, then the loss (``soft``: a batch transform hands soft targets, and the logits go to
+    it in fp32), each example's times its weight when given. The one forward-and-loss of the
+    step, eager or compiled whole (:func:`fused_forward_loss`)."""
     autocast = ctx.autocast
 
-    def forward_loss(x: torch.Tensor, targets: torch.Tensor):
+    def forward_loss(x: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None):
         with autocast():
             logits = forward(x)
-        return loss_fn(logits.float() if soft else logits, targets).sum(), logits
+        loss = loss_fn(logits.float() if soft else logits, targets)
+        return (loss if weights is None else loss * weights).sum(), logits
 
     return forward_loss
 
@@ -133,7 +138,8 @@ class StepRecord:
         self.last.clear()
 
     def read(self, batch_size: int) -> tuple[float, float]:
-        """(mean train loss per example over the epoch, accuracy on its last batch): one sync."""
+        """(mean train loss per example over the epoch, accuracy on its last batch): one sync.
+        ``batch_size``: the examples each step trained on (a selection's k)."""
         if not self.losses:
             return float("nan"), float("nan")
         logits, y = self.last

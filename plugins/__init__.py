@@ -16,4 +16,5 @@ BUILTINS = {
     "ema": "hlb_plugins.ema",
     "tta": "hlb_plugins.tta",
     "muon": "hlb_plugins.muon",
+    "select": "hlb_plugins.select",
 }

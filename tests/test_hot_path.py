@@ -32,7 +32,8 @@ def guarded_build_step(state: dict):
 
 
 def _count_hook_calls(batch_size: int, extra=()):
-    cfg, tm = resolve("smoke", sets=tiny_sets(f"train.batch_size={batch_size}", *extra), enable=["cutmix", "weight_norm"])
+    cfg, tm = resolve("smoke", sets=tiny_sets(f"train.batch_size={batch_size}", "select.keep=8", *extra),
+                      enable=["cutmix", "weight_norm", "select"])
     s = open_session(cfg, tm, "cpu")
     calls: list[str] = []
     in_step = {"on": False, "steps": 0}
@@ -64,7 +65,7 @@ def test_no_hook_call_inside_a_step_and_calls_do_not_grow_with_steps():
 
 def test_no_host_sync_inside_a_step(monkeypatch):
     """Reading a tensor on the host inside a step raises: item(), tolist(), bool(), float()."""
-    cfg, tm = resolve("smoke", sets=tiny_sets(), enable=["cutmix", "weight_norm"])
+    cfg, tm = resolve("smoke", sets=tiny_sets("select.keep=8"), enable=["cutmix", "weight_norm", "select"])
     s = open_session(cfg, tm, "cpu")
     state = {"on": False, "steps": 0}
 
