@@ -11,7 +11,7 @@ from typing import List, Optional
 import typer
 
 from hlbcli.cli_options import (ConfigOpt, DataDirOpt, DeviceOpt, DisableOpt, EnableOpt, NoDownloadOpt, PresetOpt,
-                                ResumeOpt, SetOpt, VaryOpt, global_options)
+                                ResumeOpt, SetOpt, TrackOpt, VaryOpt, global_options)
 from hlbcli.cli_show import config_app, tricks_app
 from hlbcli.config import MAX_RUNS, MAX_SEED
 from hlbcli.errors import ConfigError, HlbError, UsageError
@@ -67,10 +67,12 @@ def train(
     stop_on_failure: bool = typer.Option(False, "--stop-on-failure", help="stop the batch at the first diverged run"),
     resume: bool = ResumeOpt,
     label: str = typer.Option("", "--label", hidden=True, help="the ablation arm these runs belong to (ctx.arm): set by hlb ablate"),
+    track: Optional[List[str]] = TrackOpt,
 ) -> None:
     """Train a preset for one or more seeds."""
     from hlbcli.experiments.batch import TrainOptions, train_batch
     from hlbcli.resolve import resolve
+    from hlbcli.tracking import open_trackers
 
     _threads_from_env()
     _check_seeds(seed, runs)
@@ -80,7 +82,7 @@ def train(
     opts = TrainOptions(
         runs=runs, seed=seed, device=device, data_dir=str(data_dir) if data_dir else None,
         download=not no_download, out=out, quiet=quiet, deterministic=deterministic,
-        stop_on_failure=stop_on_failure, resume=resume, label=label, preset=preset,
+        stop_on_failure=stop_on_failure, resume=resume, label=label, preset=preset, track=open_trackers(track or [], config, quiet),
     )
     _, code = train_batch(cfg, tm, opts)
     raise typer.Exit(code)
@@ -143,6 +145,7 @@ def ablate(
     max_runs: Optional[int] = typer.Option(None, "--max-runs", min=1, max=MAX_RUNS, help="--until-resolved: the most seeds per arm (default: 20)"),
     delta: Optional[float] = typer.Option(None, "--delta", help="--until-resolved: an interval within +-D resolves an arm as no effect (accuracy as a fraction, e.g. 0.002; default: never)"),
     alpha: float = typer.Option(0.05, "--alpha", help="--until-resolved: error rate of the confidence sequence (two-sided)"),
+    track: Optional[List[str]] = TrackOpt,
 ) -> None:
     """Baseline vs arms with tricks off, on or swapped, or settings changed, N paired seeds each, with statistics."""
     from rich.console import Console
@@ -150,6 +153,7 @@ def ablate(
     from hlbcli.experiments.battery import backend_for, dry_run_lines, run_ablation
     from hlbcli.experiments.plan import AblateOptions
     from hlbcli.experiments.summary import print_table
+    from hlbcli.tracking import open_trackers
 
     _check_seeds(seed, runs)
     _check_resume(resume, out)
@@ -161,12 +165,13 @@ def ablate(
         until_resolved=until_resolved, max_runs=max_runs, delta=delta, alpha=alpha,
     )
     backend_for(opts).check()  # an unknown backend, or options of another one
+    trackers = open_trackers(track or [], config, quiet)
     console = Console(highlight=False, soft_wrap=True)
     say = (lambda text: None) if quiet else (lambda text: console.print(text, markup=False))
     if dry_run:
         typer.echo("\n".join(dry_run_lines(opts, Path(str(out or "OUT")))))
         raise typer.Exit(0)
-    summary, code = run_ablation(opts, console=console)
+    summary, code = run_ablation(opts, console=console, track=trackers)
     print_table(summary, console)
     out_dir = Path(summary["out"])
     if plot and any(a["n"] for a in summary["arms"]):
@@ -250,6 +255,7 @@ def bench(
     against_set: Optional[List[str]] = typer.Option(None, "--against-set", help="like --set, side B only (B defaults to --preset); repeatable"),
     against_disable: Optional[List[str]] = typer.Option(None, "--against-disable", help="like --disable, side B only; repeatable"),
     against_enable: Optional[List[str]] = typer.Option(None, "--against-enable", help="like --enable, side B only; repeatable"),
+    track: Optional[List[str]] = TrackOpt,
 ) -> None:
     """Time a preset over N seeds: accuracy and time statistics, and each timed phase.
 
@@ -258,6 +264,8 @@ def bench(
     if against or against_set or against_disable or against_enable:
         from hlbcli.experiments.alternate import bench_against
 
+        if track:
+            raise UsageError("--track does not follow hlb bench --against yet", "drop --track, or bench each side with --track")
         raise typer.Exit(bench_against(preset, against or preset, config, set_ or [], enable or [], disable or [],
                                        against_set or [], against_enable or [], against_disable or [], runs, seed,
                                        device, data_dir, not no_download, out, resume, target))
@@ -267,12 +275,13 @@ def bench(
     from hlbcli.config import config_defaults, to_dict
     from hlbcli.experiments.batch import TrainOptions, train_batch
     from hlbcli.resolve import resolve
+    from hlbcli.tracking import open_trackers
 
     _check_resume(resume, out)
     cfg, tm = resolve(preset, str(config) if config else None, set_ or [], enable or [], disable or [])
     opts = TrainOptions(
-        runs=runs, seed=seed, device=device, data_dir=str(data_dir) if data_dir else None,
-        download=not no_download, out=out, quiet=True, resume=resume, preset=preset, progress=True,
+        runs=runs, seed=seed, device=device, data_dir=str(data_dir) if data_dir else None, download=not no_download,
+        out=out, quiet=True, resume=resume, preset=preset, progress=True, command="bench", track=open_trackers(track or [], config),
     )
     summary, code = train_batch(cfg, tm, opts)
     if out:  # the claim covers every record of the folder trained with this config
@@ -305,27 +314,12 @@ def _invoke(cmd, args: list[str]):
     try:
         return cmd.main(args=args, prog_name="hlb", standalone_mode=False)
     except OSError as e:
-        err = _path_error(e, args)
+        from hlbcli.paths import argument_path_error
+
+        err = argument_path_error(e, args)
         if err is None:
             raise
         raise err from None
-
-
-def _path_error(e: OSError, args: list[str]) -> HlbError | None:
-    import errno
-
-    from hlbcli.paths import path_error
-
-    if e.errno not in (errno.ENAMETOOLONG, errno.ELOOP) or not e.filename:
-        return None
-    name = os.fsdecode(e.filename)
-    for i, a in enumerate(args):
-        opt, eq, val = a.partition("=") if a.startswith("--") else ("", "", a)
-        norm = str(Path(val)) if val else ""
-        if norm and (name == norm or name.startswith(norm.rstrip("/") + "/")):
-            what = opt if eq else args[i - 1] if i and args[i - 1].startswith("-") else f"hlb {args[0]}"
-            return path_error(e, what, val)
-    return path_error(e, "path", name)
 
 
 def _from_the_cli_library(e: SystemExit) -> bool:

@@ -11,6 +11,8 @@ DeviceOpt = typer.Option("auto", "--device", help="auto, cpu or cuda")
 DataDirOpt = typer.Option(None, "--data-dir", help="dataset folder (default: $HLB_DATA_DIR, else a user cache)")
 NoDownloadOpt = typer.Option(False, "--no-download", help="fail instead of downloading a missing dataset")
 ResumeOpt = typer.Option(False, "--resume", help="--out holds an earlier batch of this config: keep its finished runs, train the rest")
+TrackOpt = typer.Option(None, "--track", help="NAME[:TARGET]: also log the runs to a tracker (mlflow, tensorboard, or an "
+                        "installed one; TARGET: its store or folder, default in --out); repeatable")
 VaryOpt = typer.Option(None, "--vary", help="KEY=VALUE: an arm with this setting changed (TOML value, as --set; "
                        "KEY=VALUE,KEY=VALUE changes several in one arm); repeatable")
 

@@ -191,6 +191,11 @@ def leaf_keys(data: Any, prefix: str = "") -> list[str]:
     return [k for key, v in data.items() for k in leaf_keys(v, f"{prefix}.{key}" if prefix else str(key))]
 
 
+#: the ``--config`` file's table of trackers (:mod:`hlbcli.tracking` reads it): not a setting
+#: of what a run trains, so never part of the resolved config
+TRACK_SECTION = "track"
+
+
 def layered_sources(preset: str, config_file: str | None, sets: list[str]) -> tuple[dict, dict[str, str]]:
     """The merged dict, and each key the user wrote (not the preset), dotted
     (``train.epochs``), with where: ``--config FILE`` or ``--set KEY``."""
@@ -199,6 +204,7 @@ def layered_sources(preset: str, config_file: str | None, sets: list[str]) -> tu
     user: dict[str, str] = {}
     if config_file:
         over = load_toml_file(config_file, "config file")
+        over.pop(TRACK_SECTION, None)
         check_depth(over, f"config file {config_file}")
         data = deep_merge(data, over)
         user.update({k: f"--config {config_file}" for k in leaf_keys(over)})

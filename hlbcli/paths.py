@@ -83,3 +83,19 @@ def expand_user(path: str | Path, what: str, hint: str = "write the folder's ful
         head = str(p).split(os.sep, 1)[0]
         who = f"no user '{head[1:]}'" if head != "~" else "no home folder ($HOME is not set)"
         raise UsageError(f"{what} {path}: cannot expand {head}: {who}", hint) from None
+
+
+def argument_path_error(e: OSError, args: list[str]) -> UsageError | None:
+    """:func:`path_error` for an ``OSError`` a command got for a path's shape (a name longer
+    than the filesystem takes, a link loop), naming the option of the command line ``args``
+    that gave the path; None for any other error."""
+    if e.errno not in (errno.ENAMETOOLONG, errno.ELOOP) or not e.filename:
+        return None
+    name = os.fsdecode(e.filename)
+    for i, a in enumerate(args):
+        opt, eq, val = a.partition("=") if a.startswith("--") else ("", "", a)
+        norm = str(Path(val)) if val else ""
+        if norm and (name == norm or name.startswith(norm.rstrip("/") + "/")):
+            what = opt if eq else args[i - 1] if i and args[i - 1].startswith("-") else f"hlb {args[0]}"
+            return path_error(e, what, val)
+    return path_error(e, "path", name)

@@ -3,6 +3,7 @@ epochs finish, a record per run and the summary on disk."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,9 @@ class TrainOptions:
     #: progress within each run: None shows it unless quiet; True shows it on stderr when quiet
     #: (``hlb bench``)
     progress: bool | None = None
+    #: the command (``train`` or ``bench``) and its trackers (:mod:`hlbcli.tracking`; None: none)
+    command: str = "train"
+    track: Any = None
 
 
 def summarize(runs: list[dict], **extra: Any) -> dict:
@@ -186,17 +190,29 @@ def _train_claimed(cfg: Any, tm, opts: TrainOptions, printer: Printer, out: Path
                         continue
                 printer.run_header(i, opts.runs, seed)
 
+                run = tracked_run(session, seed, opts.label or None) if track else None
+
                 def keep(rec, path=path):  # a run that failed or was stopped: its record first
                     runs.append(rec)
                     if path:
                         record.write_json(path, rec)
+                    if run:
+                        track.run_end(run, rec, path)
 
+                def on_epoch(row, run=run):
+                    printer.epoch_row(row)
+                    if run:
+                        track.epoch(run, row)
+
+                if run:
+                    track.run_start(run)
                 with printer.steps(f"run {i + 1}/{opts.runs} (seed {seed})") as on_step:
-                    rec = run_seed(session, seed, printer.epoch_row, keep, arm=opts.label or None, out=out,
-                                   on_step=on_step)
+                    rec = run_seed(session, seed, on_epoch, keep, arm=opts.label or None, out=out, on_step=on_step)
                 runs.append(rec)
                 if path:
                     record.write_json(path, rec)
+                if run:
+                    track.run_end(run, rec, path)
                 printer.run_done(rec)
                 if rec["status"] != "completed":
                     exit_code = 1
@@ -215,12 +231,31 @@ def _train_claimed(cfg: Any, tm, opts: TrainOptions, printer: Printer, out: Path
             return f"rerun the same command with --resume to train the other {opts.runs - done} seed(s) into {out}"
         return f"the rest: --seed {opts.seed + done} --runs {opts.runs - done}"
 
-    summary, code = run_to_summary(train, write_summary, finish, out=out, hint=rest)
+    track = opts.track
+    if track:
+        from hlbcli.tracking import Command
+
+        track.start(Command(opts.command, opts.preset, out, opts.runs, opts.seed, [], to_dict(cfg), sys.argv[1:]))
+    try:
+        summary, code = run_to_summary(train, write_summary, finish, out=out, hint=rest)
+    except BaseException:
+        if track:  # what ended the batch goes up; the trackers close what they opened
+            track.end(summarize(runs, partial=True), 1)
+        raise
     if summary.get("error"):
         printer.error(summary["error"])
     printer.summary(summary)
     printer.saved(out, len(list(out.glob("run-*.json"))) if out else 0)
+    if track:
+        track.end(summary, code)
     return summary, code
+
+
+def tracked_run(session: Any, seed: int, arm: str | None):
+    """The :class:`hlbcli.tracking.Run` of a seed about to train on ``session``."""
+    from hlbcli.tracking import Run
+
+    return Run(seed, arm, to_dict(session.cfg), list(session.tm.trick_names()), device_name(session.device))
 
 
 def _cpu_note(session: Any, opts: TrainOptions) -> str | None:

@@ -19,6 +19,7 @@ Layout of ``--out DIR``::
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,9 @@ class Battery:
     #: the whole plan (options, arms) while a round of ``--until-resolved`` trains part of it
     #: (:mod:`hlbcli.experiments.sequential`): what the summary is of
     whole: tuple[AblateOptions, list[Arm]] | None = None
+    #: the trackers (:class:`hlbcli.tracking.Trackers`; None: none): each finished run is
+    #: reported from its record, here in the parent, whichever backend trained it
+    track: object = None
 
     def _plan(self) -> tuple[AblateOptions, list[Arm]]:
         return self.whole or (self.opts, self.arms)
@@ -70,6 +74,9 @@ class Battery:
         """A run finished: the progress line and the live table."""
         self.progress.run_finished(arm.name, rec)
         self.progress.update(summarize(*self._plan(), self.out, dict(self.status), True))
+        if self.track:
+            path = next(iter(sorted(self.arm_dir(arm).glob(f"run-*-seed{rec.get('seed')}.json"))), None)
+            self.track.replay(arm.name, rec, path)
 
     def arm_done(self, arm: Arm) -> None:
         """An arm has all its runs (or has stopped): the summary, and its row."""
@@ -139,10 +146,11 @@ def dry_run_lines(opts: AblateOptions, out: Path) -> list[str]:
     return lines
 
 
-def run_ablation(opts: AblateOptions, say=None, console=None) -> tuple[dict, int]:
+def run_ablation(opts: AblateOptions, say=None, console=None, track=None) -> tuple[dict, int]:
     """Check, train every arm on the chosen backend, write and return the summary (and the
     exit code). Whatever ends this process, what trains for it ends too. ``console`` (rich)
-    shows the progress; ``say`` gets the lines worth a log."""
+    shows the progress; ``say`` gets the lines worth a log; ``track``: the trackers
+    (:class:`hlbcli.tracking.Trackers`), told of the battery, each finished run and the end."""
     from hlbcli.experiments.progress import Progress
 
     backend = backend_for(opts)
@@ -158,14 +166,27 @@ def run_ablation(opts: AblateOptions, say=None, console=None) -> tuple[dict, int
                                 render=lambda summary: rich_table(summary, live=True))
             if say is not None:
                 progress.say = say
-            battery = Battery(opts, arms, out, progress)
+            battery = Battery(opts, arms, out, progress, track=track)
+            if track:
+                from hlbcli.tracking import Command
+
+                track.start(Command("ablate", opts.preset, out, opts.runs, opts.seed, [a.name for a in arms],
+                                    arms[0].config or {}, sys.argv[1:]))
             with progress:
                 train = lambda got: backend.train(battery, got)  # noqa: E731
                 if opts.until_resolved:
                     from hlbcli.experiments.sequential import run_rounds
 
                     train = lambda got: run_rounds(backend, battery, got)  # noqa: E731
-                return run_to_summary(train, battery.write, battery.end, stop=backend.stop, out=out)
+                try:
+                    summary, code = run_to_summary(train, battery.write, battery.end, stop=backend.stop, out=out)
+                except BaseException:
+                    if track:  # what ended the battery goes up; the trackers close what they opened
+                        track.end({}, 1)
+                    raise
+                if track:
+                    track.end(summary, code)
+                return summary, code
         finally:
             hold.release()
     finally:

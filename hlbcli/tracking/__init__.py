@@ -1,0 +1,303 @@
+"""Trackers: where a command's runs are logged besides their records (MLflow, TensorBoard, a
+third party's). A tracker is not a trick: it is never registered with the trick plugin manager,
+``--disable`` and ``--leave-one-out`` never see it, and it changes nothing a run trains.
+
+Chosen with ``--track NAME[:TARGET]`` (repeatable) on ``hlb train``, ``hlb bench`` and ``hlb
+ablate``, or a ``[track]`` table in the ``--config`` file (``NAME = true`` or ``NAME =
+"TARGET"``; read here, never part of the resolved config). Built-ins: :data:`BUILTINS`; a
+third party adds one through the entry-point group :data:`GROUP`.
+
+Every call goes through :class:`Trackers`: per command (:meth:`Tracker.start`,
+:meth:`Tracker.end`), per run and per epoch, never inside a step. A tracker that raises says
+so in one line on stderr and is left out for the rest of the process; the run and its record
+go on."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import importlib.util
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from hlbcli.errors import UsageError
+
+#: the entry-point group a third-party tracker is declared in: ``NAME = "module:Class"``
+GROUP = "hlb.trackers"
+
+#: the built-in trackers (their extras: ``pip install 'hlbcli[NAME]'``)
+BUILTINS = {
+    "mlflow": "hlbcli.tracking.mlflow_tracker:MlflowTracker",
+    "tensorboard": "hlbcli.tracking.tensorboard_tracker:TensorBoardTracker",
+}
+
+
+@dataclass(frozen=True)
+class Command:
+    """What a tracker is told at :meth:`Tracker.start`: the command whose runs follow."""
+
+    #: ``train``, ``bench`` or ``ablate``
+    kind: str
+    #: ``--preset`` as the user gave it
+    preset: str
+    #: the ``--out`` folder (None: ``hlb train`` without ``--out``)
+    out: Path | None
+    #: seeds per arm (``--runs``) and the first seed
+    runs: int
+    seed: int
+    #: the arms' names (``hlb ablate``), ``[]`` for ``hlb train`` and ``hlb bench``
+    arms: list[str] = field(default_factory=list)
+    #: the baseline's resolved config (a run record's ``config``)
+    config: dict = field(default_factory=dict)
+    #: the command line, as typed
+    argv: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One seed's run, as :meth:`Tracker.run_start`, :meth:`Tracker.epoch` and
+    :meth:`Tracker.run_end` see it."""
+
+    seed: int
+    #: the arm it belongs to (``hlb ablate``), else None
+    arm: str | None
+    #: the resolved config it trains (its record's ``config``)
+    config: dict
+    #: its active tricks, in order
+    tricks: list[str]
+    #: where it trains (``cpu``, the GPU's name)
+    device: str | None = None
+
+
+class Tracker:
+    """The tracker interface: subclass it and override what you need (every method does
+    nothing by default). Called in this order, from one thread: ``start``, then for each run
+    ``run_start``, ``epoch`` per finished epoch, ``run_end``; ``end`` last. ``hlb ablate``
+    reports each run once it has finished (its record's epochs, in order), so the runs of
+    different arms may interleave."""
+
+    #: the Python packages it needs (checked when the command starts: a missing one is a
+    #: one-line error, exit 2, before anything trains), and the extra that brings them
+    requires: tuple[str, ...] = ()
+    extra: str | None = None
+
+    def __init__(self, target: str | None = None):
+        #: ``TARGET`` of ``--track NAME:TARGET`` (None: the tracker's default)
+        self.target = target
+        #: where it tracks, once it has started (said at the end of the command)
+        self.where: str | None = None
+
+    def start(self, command: Command) -> None:
+        """The command starts, before its first run."""
+
+    def run_start(self, run: Run) -> None:
+        """A run starts."""
+
+    def epoch(self, run: Run, metrics: dict) -> None:
+        """An epoch ended: ``metrics`` is the record's row (``epoch`` from 1, ``steps``,
+        ``train_loss``, ``train_acc``, ``val_acc`` (test accuracy; None where the epoch was
+        not evaluated; the last epoch's is the final accuracy), ``elapsed`` (seconds))."""
+
+    def run_end(self, run: Run, record: dict, path: Path | None) -> None:
+        """A run ended: its record (``status``, ``accuracy``, ``train_seconds``, ``phases``,
+        ``epochs`` ...) and the file it is written to (None without ``--out``)."""
+
+    def end(self, summary: dict, exit_code: int) -> None:
+        """The command ended: its summary (``summary.json``'s) and its exit code."""
+
+
+def parse(words: Iterable[str]) -> list[tuple[str, str | None]]:
+    """``NAME[:TARGET]`` words as (name, target); a TARGET may hold ``:`` itself."""
+    out = []
+    for word in words:
+        name, colon, target = word.partition(":")
+        name = name.strip()
+        if not name or (colon and not target.strip()):
+            raise UsageError(f"--track {word!r}: not NAME[:TARGET]", "write e.g. --track mlflow or --track tensorboard:runs/tb")
+        out.append((name, target.strip() or None))
+    return out
+
+
+def from_config(path: str | Path | None) -> list[tuple[str, str | None]]:
+    """The ``[track]`` table of a ``--config`` file as (name, target): ``NAME = true`` (its
+    default target), ``NAME = "TARGET"``, ``NAME = false`` (off)."""
+    from hlbcli.layers import TRACK_SECTION, load_toml_file
+
+    if path is None:
+        return []
+    table = load_toml_file(path, "config file").get(TRACK_SECTION, {})
+    if not isinstance(table, dict):
+        raise UsageError(f"[{TRACK_SECTION}] in {path} is not a table", 'write e.g. [track] then mlflow = true or tensorboard = "runs/tb"')
+    out = []
+    for name, v in table.items():
+        if v is False:
+            continue
+        if v is not True and not (isinstance(v, str) and v.strip()):
+            raise UsageError(f"[{TRACK_SECTION}] {name} = {v!r} in {path}: not true, false or a target",
+                             f'write {name} = true (its default) or {name} = "TARGET"')
+        out.append((str(name), None if v is True else v.strip()))
+    return out
+
+
+def _entry_points() -> dict[str, Any]:
+    return {ep.name: ep for ep in md.entry_points(group=GROUP)}
+
+
+def known() -> dict[str, str]:
+    """Every tracker there is, name -> where it comes from (``builtin`` or its distribution);
+    a built-in's name is never taken by an entry point."""
+    out = {n: "builtin" for n in BUILTINS}
+    for name, ep in sorted(_entry_points().items()):
+        dist = getattr(getattr(ep, "dist", None), "name", None)
+        out.setdefault(name, dist or ep.value)
+    return out
+
+
+def _has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _load(name: str) -> type:
+    if name in BUILTINS:
+        module, _, attr = BUILTINS[name].partition(":")
+        return getattr(importlib.import_module(module), attr)
+    eps = _entry_points()
+    if name not in eps:
+        raise UsageError(f"--track {name}: unknown tracker", f"known trackers: {', '.join(known())}")
+    try:
+        return eps[name].load()
+    except Exception as e:  # a third party's broken package: named, one line
+        raise UsageError(f"--track {name}: its entry point {eps[name].value} cannot be loaded: {e.__class__.__name__}: {e}",
+                         f"fix or reinstall the package that declares it in the {GROUP} group") from None
+
+
+def open_trackers(words: Iterable[str], config_file: str | Path | None = None, quiet: bool = False) -> "Trackers":
+    """The trackers of ``--track`` words and the ``--config`` file's ``[track]`` table (a
+    ``--track`` of the same name wins), each loaded and checked for its packages: an unknown
+    name or a missing package is a one-line error before anything trains."""
+    chosen: dict[str, str | None] = {}
+    for name, target in [*from_config(config_file), *parse(words)]:
+        chosen[name] = target
+    trackers = []
+    for name, target in chosen.items():
+        cls = _load(name)
+        missing = [p for p in getattr(cls, "requires", ()) if not _has_module(p)]
+        if missing:
+            extra = getattr(cls, "extra", None)
+            fix = f"pip install 'hlbcli[{extra}]'" if extra else f"pip install {' '.join(missing)}"
+            raise UsageError(f"--track {name} needs the {missing[0]} package", fix)
+        try:
+            trackers.append((name, cls(target)))
+        except Exception as e:
+            raise UsageError(f"--track {name}{':' + target if target else ''}: {e.__class__.__name__}: {e}",
+                             "check its TARGET") from None
+    return Trackers(trackers, quiet)
+
+
+def one_line(e: BaseException) -> str:
+    text = f"{e.__class__.__name__}: {e}".strip()
+    return " ".join("".join(c if c.isprintable() else " " for c in text).split())[:500]
+
+
+class Trackers:
+    """The chosen trackers, each call made for each: a tracker that raises is named in one
+    warning line on stderr and left out from then on; the command goes on."""
+
+    def __init__(self, trackers: list[tuple[str, Tracker]] = (), quiet: bool = False):
+        self.trackers = list(trackers)
+        self.quiet = quiet
+        self.failed: dict[str, str] = {}
+        self.ended = False
+
+    def __bool__(self) -> bool:
+        return bool(self.trackers)
+
+    def names(self) -> list[str]:
+        return [n for n, _ in self.trackers]
+
+    def _each(self, method: str, *args: Any) -> None:
+        for name, t in self.trackers:
+            if name in self.failed:
+                continue
+            try:
+                getattr(t, method)(*args)
+            except (Exception, SystemExit) as e:  # never KeyboardInterrupt or a stop signal
+                self.failed[name] = one_line(e)
+                print(f"warning: tracker {name} failed: {self.failed[name]} (the run and its record are kept; "
+                      f"{name} tracks nothing more in this command)", file=sys.stderr, flush=True)
+
+    def start(self, command: Command) -> None:
+        self._each("start", command)
+
+    def run_start(self, run: Run) -> None:
+        self._each("run_start", run)
+
+    def epoch(self, run: Run, metrics: dict) -> None:
+        self._each("epoch", run, dict(metrics))
+
+    def run_end(self, run: Run, record: dict, path: Path | None) -> None:
+        self._each("run_end", run, record, path)
+
+    def replay(self, arm: str | None, record: dict, path: Path | None) -> None:
+        """A finished run from its record alone (``hlb ablate``: the parent reports each run
+        its arm's process or task wrote): start, its epochs in order, end."""
+        run = run_of(record, arm)
+        self.run_start(run)
+        for row in record.get("epochs") or []:
+            if isinstance(row, dict):
+                self.epoch(run, row)
+        self.run_end(run, record, path)
+
+    def end(self, summary: dict, exit_code: int) -> None:
+        """Once per command (a second call does nothing); then where each tracker wrote."""
+        if self.ended:
+            return
+        self.ended = True
+        self._each("end", summary, exit_code)
+        if not self.quiet:
+            for name, t in self.trackers:
+                if name not in self.failed and getattr(t, "where", None):
+                    print(f"tracked: {name}: {t.where}", file=sys.stderr, flush=True)
+
+
+def run_of(record: dict, arm: str | None = None) -> Run:
+    """The :class:`Run` a record is of."""
+    return Run(seed=int(record.get("seed", 0)), arm=arm, config=dict(record.get("config") or {}),
+               tricks=list(record.get("tricks") or []), device=record.get("device"))
+
+
+def flat_config(config: dict, prefix: str = "") -> dict[str, Any]:
+    """A resolved config as flat ``section.key`` -> value (a list as JSON; an empty table is
+    left out): what trackers log as parameters."""
+    out: dict[str, Any] = {}
+    for k, v in config.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flat_config(v, key + "."))
+        elif isinstance(v, (list, tuple)):
+            out[key] = json.dumps(v)
+        else:
+            out[key] = v
+    return out
+
+
+def source_commit() -> str | None:
+    """The git commit of hlb's own source, when it runs from a git checkout (None otherwise,
+    an installed copy inside some other repository's folder included)."""
+    import subprocess
+
+    here = Path(__file__).resolve().parents[1]  # hlbcli/
+    try:
+        res = subprocess.run(["git", "-C", str(here), "rev-parse", "--show-toplevel", "HEAD"],
+                             capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = res.stdout.split()
+    if res.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != here.parent:
+        return None
+    return lines[1] if len(lines[1]) == 40 else None
