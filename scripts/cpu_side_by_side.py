@@ -1,7 +1,7 @@
-"""hlb against airbench94 (or airbench94_muon, or hiverge's record) on the CPU, narrowed the same way, back to back.
+"""hlb against airbench94 (or airbench94_muon, hiverge's record, airbench96_faster) on the CPU, narrowed the same way, back to back.
 
-    python scripts/cpu_side_by_side.py --data-dir DIR [--recipe 94|94-muon|94-record] [--pairs 1] [--widths 32,64,64] [--epochs 4]
-                                      [--airbench-host-memory system|keep|both]
+    python scripts/cpu_side_by_side.py --data-dir DIR [--recipe 94|94-muon|94-record|96-faster] [--pairs 1] [--widths 32,64,64]
+                                      [--epochs 4] [--proxy-widths 16,32,32] [--airbench-host-memory system|keep|both]
 
 DIR holds the real CIFAR-10 (``cifar-10-batches-py``; ``python ../shared/data/cifar10/materialize.py
 DIR`` writes it). airbench's own script is read from ``external/airbench/airbench94.py`` (an
@@ -10,7 +10,9 @@ memory for the CPU (fp32 instead of fp16, no .cuda(), host clocks instead of CUD
 widths and epochs narrowed) and run in a fresh process; hlb runs ``hlb train --preset 94`` with
 the same widths and epochs. ``--recipe 94-record`` runs hiverge's ``cifar10_speedrun.py`` from
 ``external/hiverge/`` (fetched from github hiverge/cifar10-speedrun into that ignored folder) against
-``hlb train --preset 94-record``. Each process: seed 0 (then 1, ... per pair), the same thread count.
+``hlb train --preset 94-record``. ``--recipe 96-faster`` runs ``external/airbench/airbench96_faster.py``
+against ``hlb train --preset 96-faster``, both networks narrowed (the main one to ``--widths``, the
+proxy to ``--proxy-widths``). Each process: seed 0 (then 1, ... per pair), the same thread count.
 Both report their own timed seconds (whitening init + training steps + final evaluation with
 TTA). Run it alone: anything else on the machine skews the ratio.
 """
@@ -124,6 +126,45 @@ json.dump({"accuracy": float(tta_acc), "seconds": float(seconds), "wall": time.p
            "phases": {"no-tta accuracy": float(val_acc)}}, open(out, "w"))
 '''
 
+# the same for airbench96_faster.py: fp32 instead of fp16, CPU tensors instead of CUDA, no torch.compile
+# (the script's __main__ is not run: the three nets are built here as it builds them), both nets and the
+# epochs narrowed; python's random seeded with the seed (the script draws its data seed from it)
+AIRBENCH96_FASTER_CHILD = r'''
+import json, random, sys, time, torch
+src_path, widths, epochs, seed, threads, out = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+torch.set_num_threads(threads)
+main_w, proxy_w = ([int(v) for v in part.split(",")] for part in widths.split("/"))
+src = open(src_path).read()
+patches = [
+    ("map_location='cuda'", "map_location='cpu'"),
+    ("(self.images.half() / 255)", "(self.images.float() / 255)"),
+    ("torch.tensor([True]*len(self.images)).cuda()", "torch.tensor([True]*len(self.images))"),
+    ("torch.zeros(len(inputs)).cuda().bool()", "torch.zeros(len(inputs)).bool()"),
+    ("net = net.half().cuda()", "net = net.float()"),
+    ("model._orig_mod[0]", "model[0]"),
+    ("model_trainbias._orig_mod[0]", "model_trainbias[0]"),
+]
+for old, new in patches:
+    assert old in src, "airbench96_faster.py changed: " + old
+    src = src.replace(old, new)
+
+%(shim)s
+ns = {"__name__": "airbench96_faster_cpu"}
+sys.argv = [src_path]
+exec(compile(src, src_path, "exec"), ns)
+hyp = ns["hyp"]
+hyp["net"]["widths"] = dict(block1=main_w[0], block2=main_w[1], block3=main_w[2])
+hyp["proxy"]["widths"] = dict(block1=proxy_w[0], block2=proxy_w[1], block3=proxy_w[2])
+hyp["opt"]["train_epochs"] = epochs
+torch.manual_seed(seed)
+random.seed(seed)
+proxy = ns["make_net"](hyp["proxy"])
+proxy[0].bias.requires_grad = False
+trainbias, freezebias = ns["make_net"](hyp["net"]), ns["make_net"](hyp["net"])
+freezebias[0].bias.requires_grad = False
+run = lambda: ns["main"](seed, hyp, proxy, trainbias, freezebias)
+%(capture)s'''
+
 # CUDA events and synchronize, for the host clock (both children)
 HOST_CLOCK = """
 class HostEvent:
@@ -159,6 +200,8 @@ AIRBENCH_CHILD = AIRBENCH_CHILD.replace("%(shim)s", HOST_CLOCK).replace(
 AIRBENCH_MUON_CHILD = AIRBENCH_MUON_CHILD.replace("%(shim)s", HOST_CLOCK).replace(
     "%(capture)s", CAPTURE.replace("TIME_KEY", '"time_seconds"'))
 HIVERGE_CHILD = HIVERGE_CHILD.replace("%(shim)s", HOST_CLOCK)
+AIRBENCH96_FASTER_CHILD = AIRBENCH96_FASTER_CHILD.replace("%(shim)s", HOST_CLOCK).replace(
+    "%(capture)s", CAPTURE.replace("TIME_KEY", '"total_time_seconds"'))
 
 RECIPES = {
     # name: (hlb preset, the original script under external/, its child, extra hlb settings given widths)
@@ -167,6 +210,8 @@ RECIPES = {
     "94-muon": ("94-muon", "airbench/airbench94_muon.py", AIRBENCH_MUON_CHILD, lambda w: [f"model.scaling_factor={1 / w[-1]}"]),
     # hiverge's record (external/hiverge/cifar10_speedrun.py): logits / last width, as 94-muon
     "94-record": ("94-record", "hiverge/cifar10_speedrun.py", HIVERGE_CHILD, lambda w: [f"model.scaling_factor={1 / w[-1]}"]),
+    # airbench96_faster keeps its 1/9 logit scale at any width; the proxy is narrowed by --proxy-widths
+    "96-faster": ("96-faster", "airbench/airbench96_faster.py", AIRBENCH96_FASTER_CHILD, lambda w: []),
 }
 
 
@@ -203,12 +248,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", required=True)
     ap.add_argument("--recipe", choices=sorted(RECIPES), default="94",
-                    help="94: airbench94; 94-muon: airbench94_muon; 94-record: hiverge's cifar10_speedrun.py")
+                    help="94: airbench94; 94-muon: airbench94_muon; 94-record: hiverge's cifar10_speedrun.py; 96-faster: airbench96_faster")
     ap.add_argument("--airbench", help="the original script (default: external/airbench/airbench94.py, external/airbench/airbench94_muon.py or external/hiverge/cifar10_speedrun.py)")
     ap.add_argument("--only", choices=["hlb", "airbench"], help="run one side only")
     ap.add_argument("--pairs", type=int, default=1, help="back-to-back pairs, seeds 0, 1, ...")
     ap.add_argument("--widths", default="32,64,64")
     ap.add_argument("--epochs", type=float, default=4)
+    ap.add_argument("--proxy-widths", default="16,32,32", help="96-faster: the proxy net's widths, on both sides")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--set", action="append", default=[], help="extra --set for hlb")
     ap.add_argument("--airbench-host-memory", choices=["system", "keep", "both"], default="system",
@@ -226,7 +272,9 @@ def main() -> None:
 
         write_airbench_data(str(Path(tmp) / "cifar10"), a.data_dir)
         widths = [int(v) for v in a.widths.split(",")]
-        extra = [x for s in [*more(widths), *a.set] for x in ("--set", s)]
+        proxy = [f"select.proxy_widths=[{a.proxy_widths}]"] if a.recipe == "96-faster" else []
+        extra = [x for s in [*more(widths), *proxy, *a.set] for x in ("--set", s)]
+        child_widths = a.widths + (f"/{a.proxy_widths}" if a.recipe == "96-faster" else "")
         rows = []
         name = "hiverge" if a.recipe == "94-record" else "airbench" + a.recipe
         arms = {}
@@ -235,7 +283,7 @@ def main() -> None:
         if a.only != "hlb":
             for keep in {"system": [False], "keep": [True], "both": [False, True]}[a.airbench_host_memory]:
                 arms[name + ("+keep" if keep else "")] = lambda seed, keep=keep: run_airbench(
-                    child, src, Path(tmp), a.widths, a.epochs, seed, a.threads, keep)
+                    child, src, Path(tmp), child_widths, a.epochs, seed, a.threads, keep)
         for seed in range(a.pairs):
             row = {"seed": seed}
             # the order turns round every pair, so that a drifting machine favours no side
@@ -249,7 +297,7 @@ def main() -> None:
                 flush=True)
     n = len(rows)
     mean = {k: (sum(r[k]["seconds"] for r in rows) / n, sum(r[k]["accuracy"] for r in rows) / n) for k in arms}
-    line = f"{a.recipe}, widths {a.widths}, {a.epochs:g} epochs, {a.threads} threads, {n} seed(s): " + ", ".join(
+    line = f"{a.recipe}, widths {a.widths}" + (f" (proxy {a.proxy_widths})" if a.recipe == "96-faster" else "") + f", {a.epochs:g} epochs, {a.threads} threads, {n} seed(s): " + ", ".join(
         f"{k} {100 * acc:.2f}% {t:.1f} s" for k, (t, acc) in mean.items())
     if "hlb" in mean:
         ht, ha = mean["hlb"]
