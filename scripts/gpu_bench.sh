@@ -8,14 +8,17 @@
 #   mkdir -p external/airbench && g=/work/.mirror/KellerJordan+cifar10-airbench/repo
 #   git --git-dir=$g show HEAD:legacy/airbench94.py > external/airbench/airbench94.py
 #   git --git-dir=$g show HEAD:airbench94_muon.py > external/airbench/airbench94_muon.py
+#   git --git-dir=$g show HEAD:airbench96_faster.py > external/airbench/airbench96_faster.py
 # and external/hiverge holds hiverge's record, from a fetched snapshot of hiverge/cifar10-speedrun:
 #   mkdir -p external/hiverge && git --git-dir=/work/.mirror/hiverge+cifar10-speedrun/repo \
 #       show HEAD:cifar10_speedrun.py > external/hiverge/cifar10_speedrun.py
 # Runs, in this order: hlb 94 compiled (preset default: fp16 weights, max-autotune), hlb 94 eager,
 # airbench94 (legacy, eager), hlb 94-muon (compiled), airbench94_muon (compiled), hlb 94-record
-# (compiled), hiverge's cifar10_speedrun (compiled); RUNS seeds each. HLB_BENCH_STEPS picks some of them
-# (a call lasts 10 minutes at most: split the seven over calls, e.g. "hlb94 hlb94-eager airbench94",
-# then "hlb94-muon airbench94-muon", then "hlb94-record hiverge", with the same OUT).
+# (compiled), hiverge's cifar10_speedrun (compiled), hlb 96-faster (compiled), airbench96_faster
+# (compiled, max-autotune); RUNS seeds each. HLB_BENCH_STEPS picks some of them (a call lasts 10 minutes
+# at most: split the nine over calls, e.g. "hlb94 hlb94-eager airbench94", then "hlb94-muon
+# airbench94-muon", then "hlb94-record hiverge", then "hlb96-faster", then "airbench96-faster" with
+# HLB_BENCH_RUNS=5, with the same OUT).
 # Everything goes under $OUT (default ./gpu-out); the table of all that is there comes last.
 # Rehearse on the CPU: HLB_BENCH_PRESET=smoke HLB_BENCH_DEVICE=cpu HLB_BENCH_RUNS=2 bash scripts/gpu_bench.sh
 set -uo pipefail
@@ -25,7 +28,7 @@ DEVICE=${HLB_BENCH_DEVICE:-cuda}
 RUNS=${HLB_BENCH_RUNS:-10}
 AIRBENCH_RUNS=${HLB_AIRBENCH_RUNS:-$RUNS}
 EXTRA=${HLB_BENCH_SET:-}   # e.g. 'train.compile_mode="default"'
-STEPS=" ${HLB_BENCH_STEPS:-hlb94 hlb94-eager airbench94 hlb94-muon airbench94-muon hlb94-record hiverge} "
+STEPS=" ${HLB_BENCH_STEPS:-hlb94 hlb94-eager airbench94 hlb94-muon airbench94-muon hlb94-record hiverge hlb96-faster airbench96-faster} "
 want() { [[ "$STEPS" == *" $1 "* ]]; }
 mkdir -p "$OUT"
 {
@@ -38,6 +41,7 @@ want hlb94 && hlb bench --preset "$PRESET" --runs "$RUNS" --device "$DEVICE" "${
 want hlb94-eager && hlb bench --preset "$PRESET" --runs "$RUNS" --device "$DEVICE" "${sets[@]}" --set 'train.compile="off"' --out "$OUT/hlb-eager" 2>&1 | tee "$OUT/hlb-eager.txt"
 [ "$PRESET" = 94 ] && want hlb94-muon && hlb bench --preset 94-muon --runs "$RUNS" --device "$DEVICE" "${sets[@]}" --out "$OUT/hlb-94-muon" 2>&1 | tee "$OUT/hlb-94-muon.txt"
 [ "$PRESET" = 94 ] && want hlb94-record && hlb bench --preset 94-record --runs "$RUNS" --target 0.94 --device "$DEVICE" "${sets[@]}" --out "$OUT/hlb-94-record" 2>&1 | tee "$OUT/hlb-94-record.txt"
+[ "$PRESET" = 94 ] && want hlb96-faster && hlb bench --preset 96-faster --runs "$RUNS" --target 0.96 --device "$DEVICE" "${sets[@]}" --out "$OUT/hlb-96-faster" 2>&1 | tee "$OUT/hlb-96-faster.txt"
 
 # airbench side by side, from an ignored folder (never committed), fed the same CIFAR-10
 if [ -d external/airbench ] && [ "$DEVICE" = cuda ]; then
@@ -49,6 +53,10 @@ if [ -d external/airbench ] && [ "$DEVICE" = cuda ]; then
   if [ -f external/airbench/airbench94_muon.py ] && want airbench94-muon; then
     sed "s/for run in range(200)/for run in range($AIRBENCH_RUNS)/" external/airbench/airbench94_muon.py > external/airbench/run_muon.py
     (cd external/airbench && timeout 400 python run_muon.py) > "$OUT/airbench94_muon.txt" 2>&1
+  fi
+  if [ -f external/airbench/airbench96_faster.py ] && want airbench96-faster; then
+    sed "s/for run in range(200)/for run in range($AIRBENCH_RUNS)/" external/airbench/airbench96_faster.py > external/airbench/run96_faster.py
+    (cd external/airbench && timeout 550 python run96_faster.py) > "$OUT/airbench96_faster.txt" 2>&1
   fi
 fi
 # hiverge's record: its own warm-up run on random data, then RUNS timed runs (a 3 s device sleep before each)
@@ -66,13 +74,13 @@ out = Path(sys.argv[1])
 print("\n== side by side ==")
 print((out / "env.txt").read_text().strip().replace("\n", ", "))
 print(f"{'what':28} {'n':>3} {'acc mean':>9} {'acc std':>8} {'time mean':>10} {'median':>8}  untimed")
-for name in ("hlb-compiled", "hlb-eager", "hlb-94-muon", "hlb-94-record"):
+for name in ("hlb-compiled", "hlb-eager", "hlb-94-muon", "hlb-94-record", "hlb-96-faster"):
     f = out / name / "bench.json"
     if f.exists():
         b = json.loads(f.read_text())
         print(f"{name:28} {b['n']:>3} {100*b['accuracy_mean']:9.2f} {100*b['accuracy_std']:8.2f} {b['time_mean']:10.3f} "
               f"{b['time_median']:8.3f}  compile+warm-up {b['warmup_seconds'] or 0:.1f} s")
-for name in ("airbench94", "airbench94_muon", "hiverge"):
+for name in ("airbench94", "airbench94_muon", "hiverge", "airbench96_faster"):
     f = out / f"{name}.txt"
     if not f.exists():
         continue
