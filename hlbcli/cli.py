@@ -11,32 +11,16 @@ from typing import List, Optional
 import typer
 
 from hlbcli.cli_options import (ConfigOpt, DataDirOpt, DeviceOpt, DisableOpt, EnableOpt, NoDownloadOpt, PresetOpt,
-                                ResumeOpt, SetOpt, TrackOpt, VaryOpt, global_options)
+                                ResumeOpt, SetOpt, TrackOpt, VaryOpt, click_classes, global_options)
 from hlbcli.cli_show import config_app, tricks_app
 from hlbcli.config import MAX_RUNS, MAX_SEED
 from hlbcli.errors import ConfigError, HlbError, UsageError
 
 
-def _click_classes(name: str) -> tuple[type, ...]:
-    """``name`` from click and from the click that typer vendors (typer >= 0.2x raises its
-    own ``typer._click`` exceptions, which ``click.ClickException`` does not catch)."""
-    import importlib
-
-    found: list[type] = []
-    for mod in ("click.exceptions", "typer.exceptions", "typer._click.exceptions"):
-        try:
-            cls = getattr(importlib.import_module(mod), name, None)
-        except ImportError:
-            cls = None
-        if isinstance(cls, type) and cls not in found:
-            found.append(cls)
-    return tuple(found)
-
-
-_CLICK_EXIT = _click_classes("Exit")
-_CLICK_ABORT = _click_classes("Abort")
-_CLICK_NO_ARGS = _click_classes("NoArgsIsHelpError")
-_CLICK_ERROR = _click_classes("ClickException")
+_CLICK_EXIT = click_classes("Exit")
+_CLICK_ABORT = click_classes("Abort")
+_CLICK_NO_ARGS = click_classes("NoArgsIsHelpError")
+_CLICK_ERROR = click_classes("ClickException")
 
 app = typer.Typer(
     name="hlb",
@@ -234,6 +218,17 @@ def compare_cmd(
 
     rep = compare(dir_a, dir_b)
     typer.echo(to_json(rep) if json_ else format_table(rep))
+
+
+@app.command("report")
+def report_cmd(
+    folder: Path = typer.Argument(..., help="an --out folder of hlb train, hlb bench or hlb ablate"),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="the HTML file to write, or a folder for report.html (default: FOLDER/report.html)"),
+) -> None:
+    """Write one self-contained HTML page of a folder's results (opens offline): table, pictures, configs, environment, records."""
+    from hlbcli.report import write_report
+
+    typer.echo(str(write_report(folder, out)))
 
 
 @app.command()

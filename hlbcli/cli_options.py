@@ -17,6 +17,22 @@ VaryOpt = typer.Option(None, "--vary", help="KEY=VALUE: an arm with this setting
                        "KEY=VALUE,KEY=VALUE changes several in one arm); repeatable")
 
 
+def click_classes(name: str) -> tuple[type, ...]:
+    """``name`` from click and from the click that typer vendors (typer >= 0.2x raises its
+    own ``typer._click`` exceptions, which ``click.ClickException`` does not catch)."""
+    import importlib
+
+    found: list[type] = []
+    for mod in ("click.exceptions", "typer.exceptions", "typer._click.exceptions"):
+        try:
+            cls = getattr(importlib.import_module(mod), name, None)
+        except ImportError:
+            cls = None
+        if isinstance(cls, type) and cls not in found:
+            found.append(cls)
+    return tuple(found)
+
+
 def version_line() -> str:
     """``hlb 0.1.0 (torch 2.5.1)``: the installed distribution's version and torch's."""
     import importlib.metadata as md

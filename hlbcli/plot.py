@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +55,11 @@ def groups(summary: dict, label: str = "runs") -> list[dict[str, Any]]:
     return out
 
 
-def plot_summary(summary: dict, path: Path, title: str | None = None) -> Path:
+def plot_summary(summary: dict, path: Path, title: str | None = None, label: str | None = None) -> Path:
+    """Draw ``summary`` into ``path`` (its suffix: the format); ``label`` names a ``hlb train``
+    summary's one group (default: the folder ``path`` is in)."""
     plt = require_matplotlib()
-    gs = groups(summary, label=Path(path).parent.name or "runs")
+    gs = groups(summary, label=label or Path(path).parent.name or "runs")
     fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(gs) + 2), 4.0), dpi=120)
     shown: list[float] = []  # every value drawn, in percent: the axis's range
     for i, g in enumerate(gs):
@@ -87,9 +90,11 @@ def plot_summary(summary: dict, path: Path, title: str | None = None) -> Path:
     ax.grid(axis="y", alpha=0.3)
     seq = summary.get("sequential")
     saved = f"; until resolved: {seq['runs_spent']} runs of {seq['runs_max']}, {saved_text(seq)}" if seq else ""
-    fig.text(0.01, 0.01, f"points: runs; bar: mean; whiskers: 95% CI ({stats.ACCURACY_CI_SHORT})" + saved,
-             fontsize=7, alpha=0.7)
-    fig.tight_layout()
+    # the legend wrapped to the figure's width (about 19 characters an inch at 7 points), room kept below
+    foot = textwrap.wrap(f"points: runs; bar: mean; whiskers: 95% CI ({stats.ACCURACY_CI_SHORT})" + saved,
+                         int(19 * fig.get_figwidth()))
+    fig.text(0.01, 0.01, "\n".join(foot), fontsize=7, alpha=0.7)
+    fig.tight_layout(rect=(0, 0.03 * len(foot), 1, 1))
     path = Path(path)
     fmt = path.suffix.lstrip(".").lower() or "png"
     try:
@@ -101,17 +106,19 @@ def plot_summary(summary: dict, path: Path, title: str | None = None) -> Path:
     return path
 
 
-def plot_target(folder: Path, out: str | Path | None) -> Path:
-    """Where the picture goes: ``--out FILE``; ``--out DIR`` or ``DIR/`` is ``DIR/accuracy.png``;
-    none is ``FOLDER/accuracy.png``. A folder that does not exist is an error, not created."""
+def plot_target(folder: Path, out: str | Path | None, name: str = PNG_NAME) -> Path:
+    """Where the picture (or ``hlb report``'s page, ``name``) goes: ``--out FILE``; ``--out DIR``
+    or ``DIR/`` is ``DIR/NAME``; none is ``FOLDER/NAME``. A folder that does not exist is an
+    error, not created."""
     if out is None:
-        return (folder if folder.is_dir() else folder.parent) / PNG_NAME
+        return (folder if folder.is_dir() else folder.parent) / name
     text = str(out)
     p = Path(text)
     if text.endswith(("/", os.sep)) or p.is_dir():
         if not p.is_dir():
-            raise UsageError(f"--out {text}: no such folder", f"create it first, or write --out {text.rstrip('/' + os.sep)}.png")
-        return p / PNG_NAME
+            raise UsageError(f"--out {text}: no such folder",
+                             f"create it first, or write --out {text.rstrip('/' + os.sep)}{Path(name).suffix}")
+        return p / name
     parent = p.parent
     if not parent.is_dir():
         raise UsageError(f"--out {p}: the folder {parent} does not exist", "create it first, or choose another --out")
