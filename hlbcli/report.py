@@ -37,25 +37,43 @@ ENVIRONMENT = [("device", ("device",)), ("hlbcli", ("versions", "hlbcli")), ("to
 # --- reading the folder ------------------------------------------------------------------------
 
 
-def _read(path: Path, folder: Path, what: str) -> Any:
+def _read(path: Path, fix: str) -> Any:
+    """A JSON file hlb wrote, None where there is none; one that cannot be read: ``fix``."""
     try:
         return readback.read_json(path)
     except FileNotFoundError:
         return None
     except (OSError, readback.Bad) as e:
-        raise UsageError(f"{path}: {getattr(e, 'strerror', None) or e}", f"rerun hlb summary {folder} to write {what} again") from None
+        raise UsageError(f"{path}: {getattr(e, 'strerror', None) or e}", fix) from None
+
+
+#: the numbers (or nulls) the summary table reads, of an arm or of a train summary
+NUMBERS = ("mean_accuracy", "std_accuracy", "mean_train_seconds")
+ARM_NUMBERS = NUMBERS + ("delta_accuracy", "delta_train_seconds")
+
+
+def _number(v: Any) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
 
 
 def _check_summary(s: Any, ablation: bool) -> str | None:
+    """Why ``s`` is not a summary.json hlb wrote, or None (what the page reads, checked)."""
     if not isinstance(s, dict):
         return "not a summary (not a JSON object)"
     rows = s.get("arms") if ablation else [s]
     if not isinstance(rows, list) or not rows:
         return "no arms"
+    if ablation and not (isinstance(s.get("seeds"), list) and all(isinstance(x, int) for x in s["seeds"])):
+        return "no list of seeds"
     for a in rows:
+        name = f"arm {a['name']!r}: " if ablation and isinstance(a, dict) and isinstance(a.get("name"), str) else ""
         if not (isinstance(a, dict) and isinstance(a.get("runs"), list) and isinstance(a.get("n"), int)
-                and isinstance(a.get("ci95"), list) and len(a["ci95"]) == 2):
-            return "an arm without n, ci95 or runs" if ablation else "no n, ci95 or runs"
+                and (not ablation or isinstance(a.get("name"), str))
+                and isinstance(a.get("ci95"), list) and len(a["ci95"]) == 2 and all(map(_number, a["ci95"]))):
+            return f"{name}no name, n, ci95 or runs" if ablation else "no n, ci95 or runs"
+        bad = [k for k in (ARM_NUMBERS if ablation else NUMBERS) if not _number(a.get(k))]
+        if bad:
+            return f"{name}{bad[0]} {a.get(bad[0])!r} is not a number"
     return None
 
 
@@ -68,10 +86,11 @@ def load(folder: Path) -> dict:
     ablation = (folder / readback.PLAN_NAME).exists() or readback.arms_hold_records(folder)
     if ablation:
         readback.read_plan(folder)  # says what is wrong with the plan, or that it is missing
-    summary = _read(folder / "summary.json", folder, "summary.json")
+    summary = _read(folder / "summary.json", f"rerun hlb summary {folder} to write it again")
     if summary is None:
         if ablation or any(folder.glob("run-*.json")):
-            raise UsageError(f"{folder} has run records but no summary.json", f"run hlb summary {folder} to write it from them")
+            what = "run records" if readback.arms_hold_records(folder) or any(folder.glob("run-*.json")) else "an ablation plan"
+            raise UsageError(f"{folder} has {what} but no summary.json", f"run hlb summary {folder} to write it")
         if (folder / "A" / "summary.json").exists() and (folder / "bench.json").exists():
             raise UsageError(f"{folder} is a hlb bench --against folder", f"run hlb report on {folder / 'A'} and on {folder / 'B'}, one page per side")
         raise UsageError(f"{folder} holds no hlb results (no summary.json)",
@@ -79,13 +98,13 @@ def load(folder: Path) -> dict:
     why = _check_summary(summary, ablation)
     if why:
         raise UsageError(f"{folder / 'summary.json'}: {why}", f"rerun hlb summary {folder} to write it again")
-    bench = None if ablation else _read(folder / "bench.json", folder, "bench.json")
+    bench = None if ablation else _read(folder / "bench.json", "rerun the hlb bench command with --resume to write it again")
     arms = []
     for a in summary["arms"] if ablation else [{**summary, "name": folder.resolve().name or "runs", "dir": "."}]:
         d = str(a.get("dir", ""))
         where = folder / d if d and ".." not in Path(d).parts and not Path(d).is_absolute() else None
         found = readback.read_records(where, strict=False) if where and where.is_dir() else readback.Records(folder)
-        config = _read(where / "config.json", folder, "the arm's config.json") if where and ablation else None
+        config = _read(where / "config.json", "rerun the hlb ablate command with --resume to write it again") if where and ablation else None
         runs = a["runs"]
         if not isinstance(config, dict):
             config = next((r["config"] for r in runs if isinstance(r, dict) and isinstance(r.get("config"), dict)), {})

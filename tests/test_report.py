@@ -238,6 +238,10 @@ def test_a_folder_without_results_is_one_line_naming_the_fix(cli, tmp_path, fold
     (half / "summary.json").write_text("[1, 2]")
     code, _, err = cli("report", half)
     assert code == 2 and "summary.json: not a summary" in err and "hlb summary" in err
+    s = {**json.loads((folders / "train" / "summary.json").read_text()), "mean_accuracy": "high"}
+    (half / "summary.json").write_text(json.dumps(s))
+    code, _, err = cli("report", half)
+    assert code == 2 and "summary.json: mean_accuracy 'high' is not a number" in err
     arms = tmp_path / "arms-only"
     shutil.copytree(folders / "ablate", arms)
     (arms / "ablation.json").unlink()
