@@ -6,6 +6,7 @@ trains only what is missing."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -74,9 +75,13 @@ def test_same_seeds_same_records_on_both_backends(head, hlb_proc, tmp_path):
     env = {"HLB_THREADS": "1", "OMP_NUM_THREADS": "1"}
     loc = hlb_proc(*common, "--out", tmp_path / "local", env=env)
     assert loc.returncode == 0, loc.stderr
-    r = hlb_proc(*common, "--backend", "ray", "--address", head, "--block", "2", "--out", tmp_path / "ray", env=env)
+    # the driver tracks the runs its tasks stream back (the tensorboard extra, when installed)
+    track = ["--track", "tensorboard"] if importlib.util.find_spec("tensorboard") else []
+    r = hlb_proc(*common, "--backend", "ray", "--address", head, "--block", "2", "--out", tmp_path / "ray", *track, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Ray task(s)" in r.stdout and "3/6 runs" in r.stdout and "ETA" in r.stdout
+    for arm in ("baseline", "-ema") if track else ():
+        assert [len(list((tmp_path / "ray" / "tensorboard" / arm / f"seed{i}").glob("events.out.tfevents.*"))) for i in range(3)] == [1, 1, 1]
     for arm in ("baseline", "no-ema"):
         a, b = _records(tmp_path / "local" / "arms" / arm), _records(tmp_path / "ray" / "arms" / arm)
         assert sorted(a) == sorted(b) == [f"run-00{i}-seed{i}.json" for i in range(3)]

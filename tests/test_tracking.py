@@ -209,13 +209,17 @@ def test_config_track_section_is_not_a_setting(cli, tmp_path, third_party):
 
 
 def test_a_tracker_that_cannot_start_keeps_the_run(cli, tmp_path):
+    """A log folder that cannot be made, a tracking server that is down (nothing listens on
+    the loopback's port 9): a line each, and the run as without them."""
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder\n")
     out = tmp_path / "out"
-    code, _, err = cli("train", *SMOKE, "--set", "train.epochs=1", "--out", out, "--track", f"tensorboard:{blocker}/tb")
+    code, _, err = cli("train", *SMOKE, "--set", "train.epochs=1", "--out", out, "--track", f"tensorboard:{blocker}/tb",
+                       "--track", "mlflow:http://127.0.0.1:9")
     assert code == 0, err
     lines = [line for line in err.splitlines() if line.startswith("warning: tracker")]
-    assert len(lines) == 1 and lines[0].startswith("warning: tracker tensorboard failed:")
+    assert len(lines) == 2 and lines[0].startswith("warning: tracker tensorboard failed:")
+    assert lines[1].startswith("warning: tracker mlflow failed: MlflowException") and "Connection refused" in lines[1]
     rec = json.loads(next(out.glob("run-*.json")).read_text())
     assert rec["status"] == "completed" and json.loads((out / "summary.json").read_text())["n"] == 1
 

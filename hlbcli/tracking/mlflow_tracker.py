@@ -31,6 +31,9 @@ _MAX_PARAMS, _MAX_METRICS, _MAX_VALUE = 100, 1000, 6000
 
 #: what an epoch row's keys are called in MLflow
 EPOCH_METRICS = {"train_loss": "train_loss", "train_acc": "train_accuracy", "val_acc": "test_accuracy", "elapsed": "seconds"}
+#: MLflow's HTTP settings hlb sets unless the environment has them
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
 #: a run's end status -> MLflow's
 RUN_STATUS = {"completed": "FINISHED", "interrupted": "KILLED"}
 
@@ -63,6 +66,10 @@ class MlflowTracker(Tracker):
     extra = "mlflow"
 
     def start(self, command: Command) -> None:
+        # a tracking server that is down fails within seconds, not after MLflow's default minutes
+        # of retries (7, backoff factor 2, 120 s a request); what the user set stays
+        for var, value in HTTP_DEFAULTS.items():
+            os.environ.setdefault(var, value)
         from mlflow.tracking import MlflowClient
 
         for name in ("mlflow", "alembic"):  # its database set-up says INFO lines on stderr
