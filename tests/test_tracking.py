@@ -208,6 +208,15 @@ def test_config_track_section_is_not_a_setting(cli, tmp_path, third_party):
     assert code == 2 and err.count("\n") == 1 and "[track] mlflow = 3" in err
 
 
+def test_bench_is_tracked_as_it_trains(cli, third_party):
+    code, out, err = cli("bench", *SMOKE, "--set", "train.epochs=1", "--runs", "2", "--track", "memo")
+    assert code == 0, err
+    calls = MemoTracker.calls
+    assert calls[0] == ("start", "bench", None) and calls[-1] == ("end", 0)
+    assert [c for c in calls if c[0] == "run_end"] == [("run_end", None, 0, "completed", None), ("run_end", None, 1, "completed", None)]
+    assert [c[0] for c in calls[1:4]] == ["run_start", "epoch", "run_end"]
+
+
 def test_a_tracker_that_cannot_start_keeps_the_run(cli, tmp_path):
     """A log folder that cannot be made, a tracking server that is down (nothing listens on
     the loopback's port 9): a line each, and the run as without them."""
