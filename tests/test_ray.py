@@ -80,7 +80,7 @@ def test_same_seeds_same_records_on_both_backends(head, hlb_proc, tmp_path):
     r = hlb_proc(*common, "--backend", "ray", "--address", head, "--block", "2", "--out", tmp_path / "ray", *track, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Ray task(s)" in r.stdout and "3/6 runs" in r.stdout and "ETA" in r.stdout
-    for arm in ("baseline", "-ema") if track else ():
+    for arm in ("baseline", "no-ema") if track else ():
         assert [len(list((tmp_path / "ray" / "tensorboard" / arm / f"seed{i}").glob("events.out.tfevents.*"))) for i in range(3)] == [1, 1, 1]
     for arm in ("baseline", "no-ema"):
         a, b = _records(tmp_path / "local" / "arms" / arm), _records(tmp_path / "ray" / "arms" / arm)

@@ -176,9 +176,9 @@ def test_ablate_is_a_parent_run_with_arms_and_seeds_nested(cli, tmp_path, third_
             assert rec_file == [f"run-00{r.data.params['seed']}-seed{r.data.params['seed']}.json"]
     assert len(runs) == 1 + 2 + 4
 
-    for arm in ("baseline", "-ema"):
+    for arm, folder in (("baseline", "baseline"), ("-ema", "no-ema")):  # the arms' folders, as under arms/
         for seed in (0, 1):
-            ea = events(out / "tensorboard" / arm / f"seed{seed}")
+            ea = events(out / "tensorboard" / folder / f"seed{seed}")
             assert [e.step for e in ea.Scalars("train/loss")] == [1, 2]
             assert session_hparams(ea)["arm"] == arm
 

@@ -76,7 +76,7 @@ class Battery:
         self.progress.update(summarize(*self._plan(), self.out, dict(self.status), True))
         if self.track:
             path = next(iter(sorted(self.arm_dir(arm).glob(f"run-*-seed{rec.get('seed')}.json"))), None)
-            self.track.replay(arm.name, rec, path)
+            self.track.replay(arm.name, rec, path, arm.folder)
 
     def arm_done(self, arm: Arm) -> None:
         """An arm has all its runs (or has stopped): the summary, and its row."""

@@ -69,6 +69,8 @@ class Run:
     tricks: list[str]
     #: where it trains (``cpu``, the GPU's name)
     device: str | None = None
+    #: its arm's folder under ``OUT/arms/`` (``no-ema`` for the arm ``-ema``), else None
+    folder: str | None = None
 
 
 class Tracker:
@@ -243,10 +245,11 @@ class Trackers:
     def run_end(self, run: Run, record: dict, path: Path | None) -> None:
         self._each("run_end", run, record, path)
 
-    def replay(self, arm: str | None, record: dict, path: Path | None) -> None:
+    def replay(self, arm: str | None, record: dict, path: Path | None, folder: str | None = None) -> None:
         """A finished run from its record alone (``hlb ablate``: the parent reports each run
-        its arm's process or task wrote): start, its epochs in order, end."""
-        run = run_of(record, arm)
+        its arm's process or task wrote): start, its epochs in order, end. ``folder``: the
+        arm's folder under ``OUT/arms/``."""
+        run = run_of(record, arm, folder)
         self.run_start(run)
         for row in record.get("epochs") or []:
             if isinstance(row, dict):
@@ -265,10 +268,10 @@ class Trackers:
                     print(f"tracked: {name}: {t.where}", file=sys.stderr, flush=True)
 
 
-def run_of(record: dict, arm: str | None = None) -> Run:
+def run_of(record: dict, arm: str | None = None, folder: str | None = None) -> Run:
     """The :class:`Run` a record is of."""
     return Run(seed=int(record.get("seed", 0)), arm=arm, config=dict(record.get("config") or {}),
-               tricks=list(record.get("tricks") or []), device=record.get("device"))
+               tricks=list(record.get("tricks") or []), device=record.get("device"), folder=folder)
 
 
 def flat_config(config: dict, prefix: str = "") -> dict[str, Any]:
@@ -287,17 +290,9 @@ def flat_config(config: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def source_commit() -> str | None:
-    """The git commit of hlb's own source, when it runs from a git checkout (None otherwise,
-    an installed copy inside some other repository's folder included)."""
-    import subprocess
+    """The git commit of hlb's own source (:func:`hlbcli.claims.source_commit`), None when it
+    does not run from a git checkout."""
+    from hlbcli.claims import source_commit as checkout
 
-    here = Path(__file__).resolve().parents[1]  # hlbcli/
-    try:
-        res = subprocess.run(["git", "-C", str(here), "rev-parse", "--show-toplevel", "HEAD"],
-                             capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    lines = res.stdout.split()
-    if res.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != here.parent:
-        return None
-    return lines[1] if len(lines[1]) == 40 else None
+    commit, _ = checkout()
+    return None if commit == "not a git checkout" else commit

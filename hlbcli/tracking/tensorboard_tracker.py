@@ -2,7 +2,8 @@
 with ``torch.utils.tensorboard``.
 
 The log folder: DIR, else ``tensorboard/`` in the ``--out`` folder (the working folder without
-one). A run is the folder ``ARM/seedN`` in it (ARM: the arm's name for ``hlb ablate``, else the
+one). A run is the folder ``ARM/seedN`` in it (ARM: the arm's folder for ``hlb ablate``, as under
+``OUT/arms/``: ``baseline``, ``no-ema``; else the
 command, ``train`` or ``bench``), so TensorBoard groups the runs by arm. Per epoch: the scalars
 ``train/loss``, ``train/accuracy``, ``test/accuracy`` (the epochs evaluated), ``time/seconds``;
 per run: ``final/accuracy``, ``final/train_seconds`` and an hparams summary (the arm, the seed,
@@ -52,7 +53,7 @@ class TensorBoardTracker(Tracker):
         self.where = f"{self.root} (see it: tensorboard --logdir {self.root})"
 
     def run_dir(self, run: Run) -> Path:
-        return self.root / _folder_name(run.arm or self.group) / f"seed{run.seed}"
+        return self.root / _folder_name(run.folder or run.arm or self.group) / f"seed{run.seed}"
 
     def run_start(self, run: Run) -> None:
         from torch.utils.tensorboard import SummaryWriter
