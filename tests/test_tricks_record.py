@@ -131,8 +131,10 @@ def test_host_watch_sees_a_sync_and_a_copy_to_the_cpu():
     with HostWatch() as w:
         torch.ones(3).sum().item()
     assert "_local_scalar_dense" in w.moves
-    with HostWatch() as w, pytest.raises(NotImplementedError):
-        torch.ones(3, device="meta").cpu()  # a meta tensor has no data to copy: it raises
+    with HostWatch() as w:
+        torch.ones(3, device="meta").to(torch.float16)  # stays on meta: not a move
+        torch.zeros(2, device="cpu")  # a tensor made on the CPU: a move
+    assert w.moves == ["zeros"], w.moves
 
 
 def test_color_jitter_moves_nothing_to_the_host():
