@@ -7,12 +7,12 @@ The statistics are :mod:`hlbcli.stats`'s; the records are read by :mod:`hlbcli.r
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
 from hlbcli import readback, stats
 from hlbcli.readback import config_difference
+from hlbcli.record import source_commit
 
 #: the significance level of the "runs needed" figure
 CLAIM_ALPHA = 0.01
@@ -23,25 +23,6 @@ TIMER = ("wall clock (time.perf_counter) around the timed phases: data-aware ini
 TEST = "one-sided one-sample t-test (scipy.stats.ttest_1samp, alternative='greater'); H0: the true mean is below the target"
 NEEDED = (f"smallest n with sqrt(n) (mean - target) / std > t.ppf(1 - {CLAIM_ALPHA}, n - 1) at the observed mean "
           "and std (Student's t, bisection; a plug-in figure, not a power analysis)")
-
-
-def source_commit() -> tuple[str, bool]:
-    """``git rev-parse HEAD`` of the source hlbcli runs from and whether tracked files differ
-    from it, when that source is the top of a git checkout; else ("not a git checkout", False)."""
-    import hlbcli
-
-    src = Path(hlbcli.__file__).resolve().parent.parent
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(src), *args], capture_output=True, text=True, timeout=10,
-                              check=True).stdout.strip()
-
-    try:
-        if Path(git("rev-parse", "--show-toplevel")).resolve() != src:
-            return "not a git checkout", False  # an installed copy inside some other repository
-        return git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no"))
-    except (OSError, subprocess.SubprocessError):
-        return "not a git checkout", False
 
 
 def folder_runs(out: Path, config: dict, defaults: dict | None = None) -> list[dict]:
@@ -62,6 +43,21 @@ def folder_runs(out: Path, config: dict, defaults: dict | None = None) -> list[d
     return runs
 
 
+def runs_source(runs: list[dict], here: tuple[str, bool] | None = None) -> tuple[str, bool] | None:
+    """The commit that trained ``runs``, as their records name it (several: joined by " + "),
+    and whether any ran with uncommitted changes. A record written before records named their
+    commit counts as ``here`` (left out when None); None when no record names one."""
+    seen: dict[str, None] = {}
+    dirty = False
+    for r in runs:
+        commit = r.get("git_commit")
+        if isinstance(commit, str) and commit:
+            seen[commit], dirty = None, dirty or bool(r.get("git_dirty"))
+        elif here is not None:
+            seen[here[0]], dirty = None, dirty or here[1]
+    return (" + ".join(seen), dirty) if seen else here
+
+
 def claim_report(runs: list[dict], target: float | None, device: str | None) -> dict:
     """The claim's fields over the completed runs of ``runs``; ``target`` None: no test."""
     from hlbcli.output import synthetic
@@ -72,7 +68,7 @@ def claim_report(runs: list[dict], target: float | None, device: str | None) -> 
     times = [r["train_seconds"] for r in done if r.get("train_seconds") is not None]
     m, s = stats.mean_std(accs)
     tm, ts = stats.mean_std(times)
-    commit, dirty = source_commit()
+    commit, dirty = runs_source(done, source_commit())
     devices = sorted({str(r.get("device")) for r in done})
     rep = {
         "n": len(done),
@@ -121,7 +117,8 @@ def claim_line(rep: dict, preset: str) -> str:
         line += f", {rep['diverged']} diverged run(s) left out"
     tlo, thi = rep["time_ci95"]
     commit = rep["git_commit"]
-    hlb = f"hlb {commit[:7]}{'+dirty' if rep['git_dirty'] else ''}" if commit != "not a git checkout" else "hlb (not a git checkout)"
+    short = " + ".join(c[:7] if c != "not a git checkout" else c for c in commit.split(" + "))
+    hlb = f"hlb {short}{'+dirty' if rep['git_dirty'] else ''}" if commit != "not a git checkout" else "hlb (not a git checkout)"
     data = " on synthetic data, not a CIFAR-10 result" if rep.get("synthetic") else ""
     return (f"{line}{data}; {rep['time_mean']:.3g} s per run (95% CI {tlo:.3g}-{thi:.3g}) on {rep['device']}, "
             f"torch {rep['torch']}, {hlb}")

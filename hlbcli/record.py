@@ -7,6 +7,7 @@ import json
 import math
 import os
 import platform
+import subprocess
 import tempfile
 from pathlib import Path
 from stat import S_ISREG
@@ -39,6 +40,25 @@ def versions() -> dict[str, str]:
         "python": platform.python_version(),
         "cuda": torch.version.cuda or "",
     }
+
+
+def source_commit() -> tuple[str, bool]:
+    """``git rev-parse HEAD`` of the source hlbcli runs from and whether tracked files differ
+    from it, when that source is the top of a git checkout; else ("not a git checkout", False)."""
+    import hlbcli
+
+    src = Path(hlbcli.__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(src), *args], capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+
+    try:
+        if Path(git("rev-parse", "--show-toplevel")).resolve() != src:
+            return "not a git checkout", False  # an installed copy inside some other repository
+        return git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return "not a git checkout", False
 
 
 def _clean(obj: Any) -> Any:

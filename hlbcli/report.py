@@ -261,18 +261,21 @@ def _shown(v: Any) -> str:
 
 def environment_section(rep: dict) -> str:
     from hlbcli import __version__
-    from hlbcli.claims import source_commit
+    from hlbcli.claims import runs_source
+    from hlbcli.record import source_commit
 
     recs = [r for a in rep["arms"] for r in a["runs"]]
     rows = []
     for title, path in ENVIRONMENT:
         seen = list(dict.fromkeys(_shown(_get(r, path)) for r in recs))
         rows.append([title, "; ".join(seen) if seen else "-"])
-    b = rep["bench"]
-    if b and b.get("git_commit"):
+    b, ran = rep["bench"], runs_source(recs)
+    if ran:
+        rows.append(["commit", ran[0] + (" (with uncommitted changes)" if ran[1] else "") + " (run records)"])
+    elif b and b.get("git_commit"):
         rows.append(["commit", f"{b['git_commit']}" + (" (with uncommitted changes)" if b.get("git_dirty") else "") + " (bench.json)"])
     else:
-        rows.append(["commit", "not in the records (hlb bench --out writes it to bench.json)"])
+        rows.append(["commit", "not in the records (written by an hlb that did not record it)"])
     commit, dirty = source_commit()
     rows.append(["this page", f"hlb report {__version__}, {commit}" + (" (with uncommitted changes)" if dirty else "")])
     return _table(None, rows, "environment") + f'<p class="note">from the {len(recs)} run record(s) summarised (values apart by ; where they differ)</p>'

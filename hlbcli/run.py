@@ -346,10 +346,10 @@ def run_seed(session: Any, seed: int, on_epoch: Callable[[dict], None] | None = 
             on_epoch(row)
 
     rec = {
-        "seed": seed, "status": "interrupted", "accuracy": None, "train_seconds": None,
+        "seed": seed, "arm": arm, "status": "interrupted", "accuracy": None, "train_seconds": None,
         "tricks": tricks, "trick_sources": {n: tm.origins[n] for n in tricks}, "config": to_dict(session.cfg),
         "device": device_name(session.device), "versions": record.versions(),
-        "deterministic": session.deterministic, "compiled": session.compiled,
+        "git_commit": session.source[0], "git_dirty": session.source[1], "deterministic": session.deterministic, "compiled": session.compiled,
         "precision": session.precision, "compile_mode": session.cfg.train.compile_mode if session.compiled else None,
         "eval_batch_size": session.eval_batch_size, "host_memory": session.host_memory,
         "epochs": rows,

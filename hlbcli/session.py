@@ -18,6 +18,7 @@ from hlbcli.errors import UsageError
 from hlbcli.hostmem import apply_host_memory
 from hlbcli.model import check_fits, half_weights
 from hlbcli.plugins import TrickManager
+from hlbcli.record import source_commit
 
 
 def resolve_device(device: str) -> torch.device:
@@ -87,6 +88,9 @@ class Session:
     #: the proxy nets of the selection stage (:func:`hlbcli.stream.proxy_net`), built and
     #: compiled once per session and model settings, given each seed's weights per run
     proxies: dict = field(default_factory=dict)
+    #: :func:`hlbcli.record.source_commit`, read once when the session opens: each run record
+    #: says which code trained it
+    source: tuple = ("not a git checkout", False)
 
     @property
     def precision(self) -> str:
@@ -161,7 +165,7 @@ def open_session(
     build_s = time.perf_counter() - t0
     return Session(
         cfg, tm, dev, dtype, autocast_dtype, dataset, model, forward_model, compile_on,
-        deterministic or dev.type == "cpu", load_s, build_s, host_memory,
+        deterministic or dev.type == "cpu", load_s, build_s, host_memory, source=source_commit(),
     )
 
 

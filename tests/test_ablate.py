@@ -238,6 +238,11 @@ def test_ablate_disable_ema_three_runs(cli, tmp_path):
     by_seed = lambda a: {r["seed"]: r["accuracy"] for r in a["runs"]}  # noqa: E731
     assert arm["p_paired"] == pytest.approx(stats.paired(by_seed(base), by_seed(arm))[1], nan_ok=True)
     assert arm["n_paired"] == 3 and base["p_paired"] is None
+    # each record names its arm and the code that trained it
+    from hlbcli.record import source_commit
+
+    assert [r["arm"] for a in s["arms"] for r in a["runs"]] == ["baseline"] * 3 + ["-ema"] * 3
+    assert {(r["git_commit"], r["git_dirty"]) for a in s["arms"] for r in a["runs"]} == {source_commit()}
     # progress over the battery, as plain lines (not a terminal): one per run, one per arm
     assert sum(1 for ln in out.splitlines() if re.match(r"\[\d/6 runs, \S+ elapsed, ETA \S+\] arm ", ln)) == 6
     assert "[6/6 runs" in out and "arm -ema done: n 3, accuracy" in out

@@ -94,6 +94,26 @@ def test_bench_claim_is_extended_by_resume_and_covers_the_whole_folder(cli, tmp_
     assert "for mean < 5% (one-sided t-test)" in line and f"torch {rep['torch']}" in line
 
 
+def test_bench_claim_names_the_commit_its_records_were_trained_with(cli, tmp_path):
+    from hlbcli.claims import claim_line
+    from hlbcli.record import source_commit
+
+    rep, _, _ = _bench(cli, tmp_path, "--runs", "2")
+    assert (rep["git_commit"], rep["git_dirty"]) == source_commit()
+    recs = sorted(tmp_path.glob("run-*.json"))
+    assert all(json.loads(p.read_text())["arm"] is None for p in recs)
+    # a claim extended with --resume by a later commit names both; one from a record that
+    # predates the field counts as this checkout's
+    old = json.loads(recs[0].read_text())
+    write_json(recs[0], {**old, "git_commit": "a" * 40, "git_dirty": True})
+    rep, _, _ = _bench(cli, tmp_path, "--runs", "3", "--resume")
+    assert rep["n"] == 3 and rep["git_commit"] == f"{'a' * 40} + {source_commit()[0]}" and rep["git_dirty"]
+    assert f"hlb {'a' * 7} + " in claim_line(rep, "smoke") and "+dirty" in claim_line(rep, "smoke")
+    write_json(recs[0], {k: v for k, v in old.items() if k not in ("git_commit", "git_dirty")})
+    rep, _, _ = _bench(cli, tmp_path, "--runs", "3", "--resume")
+    assert (rep["git_commit"], rep["git_dirty"]) == source_commit()
+
+
 def test_bench_claim_leaves_out_records_of_another_config(cli, tmp_path):
     code, _, err = cli("train", "--preset", "smoke", "-q", *set_args(tiny_sets("train.epochs=1")), "--seed", "3", "--out", tmp_path)
     assert code == 0, err

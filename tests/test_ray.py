@@ -65,7 +65,7 @@ def _records(arm_dir: Path) -> dict[str, dict]:
 
 def _same_run(a: dict) -> dict:
     """The parts of a record that must not depend on where it ran (not times, not the host)."""
-    keep = ("seed", "status", "accuracy", "tricks", "config", "precision", "compiled", "deterministic")
+    keep = ("seed", "arm", "status", "accuracy", "tricks", "config", "precision", "compiled", "deterministic", "git_commit")
     epochs = [{k: v for k, v in e.items() if k != "elapsed" and "time" not in k and "seconds" not in k} for e in a["epochs"]]
     return {**{k: a.get(k) for k in keep}, "epochs": epochs}
 

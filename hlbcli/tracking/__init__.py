@@ -290,9 +290,9 @@ def flat_config(config: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def source_commit() -> str | None:
-    """The git commit of hlb's own source (:func:`hlbcli.claims.source_commit`), None when it
+    """The git commit of hlb's own source (:func:`hlbcli.record.source_commit`), None when it
     does not run from a git checkout."""
-    from hlbcli.claims import source_commit as checkout
+    from hlbcli.record import source_commit as checkout
 
     commit, _ = checkout()
     return None if commit == "not a git checkout" else commit
