@@ -273,3 +273,42 @@ def test_readme_set_up_and_run_come_first():
     block = re.search(r"```bash\n(.*?)```", _section(text, "Set up and run"), flags=re.S).group(1)
     commands = [ln.split("#")[0].strip() for ln in block.splitlines() if ln.strip()]
     assert commands == ["pip install .", "hlb train --preset 94"]
+
+
+# --- the guide's examples run as written ---------------------------------------------------------
+
+
+def _code_blocks(text: str, lang: str) -> list[str]:
+    return re.findall(rf"^```{lang}\n(.*?)^```", text, flags=re.M | re.S)
+
+
+def test_the_guides_own_tracker_runs_as_written(cli, tmp_path, monkeypatch):
+    """docs/tricks.md "A tracker of your own": its entry point and its class, as a third party
+    would ship them, track a real ``hlb train``; what it wrote matches the run's record."""
+    import importlib.metadata as md
+    import json
+    import tomllib
+
+    import hlbcli.tracking as tracking
+
+    section = _section(_text(TRICKS_GUIDE), "A tracker of your own")
+    (toml,), (source,) = _code_blocks(section, "toml"), _code_blocks(section, "python")
+    ((name, target),) = tomllib.loads(toml)["project"]["entry-points"][tracking.GROUP].items()
+    module = target.split(":")[0]
+    (tmp_path / f"{module}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(__import__("sys").modules, module, raising=False)
+    real = md.entry_points
+    ep = md.EntryPoint(name, target, tracking.GROUP)
+    monkeypatch.setattr(md, "entry_points", lambda **kw: md.EntryPoints([ep]) if kw.get("group") == tracking.GROUP else real(**kw))
+
+    out = tmp_path / "run"
+    code, _, err = cli("train", "--preset", "smoke", "-q", "--set", "train.epochs=2", "--set", "data.synthetic_train=1024",
+                       "--track", name, "--out", out)
+    assert code == 0, err
+    rows = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    (rec_path,) = out.glob("run-*.json")
+    rec = json.loads(rec_path.read_text())
+    assert [r["epoch"] for r in rows[:-1]] == [1, 2] and all(r["arm"] is None and r["seed"] == 0 for r in rows)
+    assert [r["val_acc"] for r in rows[:-1]] == [e["val_acc"] for e in rec["epochs"]]
+    assert rows[-1] == {"arm": None, "seed": 0, "status": "completed", "accuracy": rec["accuracy"]}
