@@ -8,7 +8,6 @@ import os
 import pickle
 import re
 import signal
-import tempfile
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 
 from hlbcli.contract import Dataset
 from hlbcli.errors import HlbError
+from hlbcli.record import write_bytes_with
 from hlbcli.evaluation import normalize  # noqa: F401 (re-exported: the one copy is the trick API's)
 from hlbcli.datadir import LAYOUT as _LAYOUT
 from hlbcli.datadir import data_root, default_data_dir, locate_cifar  # noqa: F401 (re-exported)
@@ -235,23 +235,10 @@ def _write_cache(cache: Path, tensors: dict) -> None:
 
 
 def _write_cache_file(cache: Path, tensors: dict) -> None:
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f"{cache.name}.{os.getpid()}.", suffix=".tmp", dir=cache.parent)
-    except OSError:
-        return
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(tensors, f)
-        os.replace(tmp, cache)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(e, Exception):
-            _reraise_interrupt(e)
-        if not isinstance(e, (OSError, RuntimeError)):  # torch's writer reports a full disk as a RuntimeError
-            raise
+    try:  # the temporary is named with this process's pid (remove_leftovers reads it)
+        write_bytes_with(cache, lambda f: torch.save(tensors, f), prefix=f"{cache.name}.{os.getpid()}.")
+    except (HlbError, RuntimeError) as e:  # a disk that cannot take it; torch's writer says "full" as a RuntimeError
+        _reraise_interrupt(e)
         return
     for old in cache.parent.glob(f"{CACHE_PREFIX}*.pt"):
         if old != cache:

@@ -81,14 +81,15 @@ def _read_umask() -> int:
 _UMASK = _read_umask()  # read once, at import: os.umask can only be read by setting it
 
 
-def _write_atomic(path: Path, write, mode: str = "w") -> None:
+def _write_atomic(path: Path, write, mode: str = "w", prefix: str | None = None) -> None:
     """Write through ``write(file)`` to a temporary file in the same folder, flush it to disk,
     then rename it over ``path``: a reader (or a killed process) never sees a half-written
     file, and a failure leaves no temporary behind. A failing disk (full, read-only, gone) is
-    an :class:`HlbError` naming the path."""
+    an :class:`HlbError` naming the path. ``prefix``: the temporary's name before its random
+    part (default ``.NAME.``)."""
     path = Path(path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=prefix or f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
         raise _write_error(path, e) from None
     try:
@@ -125,9 +126,9 @@ def write_text(path: Path, text: str) -> None:
     _write_atomic(path, lambda f: f.write(text))
 
 
-def write_bytes_with(path: Path, write) -> None:
+def write_bytes_with(path: Path, write, prefix: str | None = None) -> None:
     """Write a binary file atomically through ``write(file)`` (a figure's ``savefig``, say)."""
-    _write_atomic(path, write, mode="wb")
+    _write_atomic(path, write, mode="wb", prefix=prefix)
 
 
 # --- claiming an output folder ---------------------------------------------------------------

@@ -259,14 +259,14 @@ def _hlb_files(folder: Path) -> list[str]:
 
 def test_a_data_folder_that_takes_no_cache_still_trains(cli, tmp_path, monkeypatch):
     """Read-only (no temporary file can be made there): train without the cache."""
-    import hlbcli.data
+    import hlbcli.record
 
     folder = _write_cifar(tmp_path / "d")
 
     def read_only(*a, **k):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(hlbcli.data.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(hlbcli.record.tempfile, "mkstemp", read_only)
     code, out, err = cli(*CIFAR, "--data-dir", tmp_path / "d")
     assert code == 0, err
     assert _hlb_files(folder) == []
