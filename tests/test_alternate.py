@@ -42,6 +42,7 @@ def test_alternation_pairs_seeds_keeps_one_session_per_side_and_reports_paired_s
     assert set(recs["A"]) == set(recs["B"]) == {3, 4}
     assert {r["config"]["train"]["epochs"] for r in recs["A"].values()} == {2}
     assert {r["config"]["train"]["epochs"] for r in recs["B"].values()} == {1}
+    assert {side: {r["arm"] for r in recs[side].values()} for side in "AB"} == {"A": {"A"}, "B": {"B"}}
     # the figures are stats.py's over the records
     ratios = [recs["B"][s]["train_seconds"] / recs["A"][s]["train_seconds"] for s in (3, 4)]
     assert rep["time_ratios"] == pytest.approx(ratios)

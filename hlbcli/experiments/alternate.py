@@ -43,6 +43,7 @@ def worker(argv: list[str]) -> int:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--no-download", action="store_true")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--arm", default=None, help="the side's name, written into each record")
     a = p.parse_args(argv)
     proto = os.fdopen(os.dup(1), "w", encoding="utf-8")  # the protocol's own copy of stdout
     os.dup2(2, 1)  # prints of tricks and libraries go to the log
@@ -59,7 +60,7 @@ def worker(argv: list[str]) -> int:
     try:
         cfg, tm = resolve(a.preset)
         session = open_session(cfg, tm, a.device, a.data_dir, not a.no_download)
-        warm_up(session, a.seed)
+        warm_up(session, a.seed, a.arm)
     except HlbError as e:
         send({"error": e.line()})
         return e.exit_code
@@ -73,7 +74,7 @@ def worker(argv: list[str]) -> int:
             kept: list[dict] = []
             started = time.time()
             try:
-                rec = run_seed(session, seed, keep=kept.append)
+                rec = run_seed(session, seed, keep=kept.append, arm=a.arm)
             except HlbError as e:
                 send({"record": kept[-1] if kept else None, "error": e.line(), "pid": os.getpid()})
                 return 1
@@ -121,7 +122,7 @@ def _start(name: str, label: str, folder: Path, config: dict, opts: dict) -> _Si
     folder.mkdir(parents=True, exist_ok=True)
     record.write_json(folder / "config.json", config)
     cmd = [sys.executable, "-m", "hlbcli.experiments.alternate", "worker", "--preset", str(folder / "config.json"),
-           "--device", opts["device"], "--seed", str(opts["seed"])]
+           "--device", opts["device"], "--seed", str(opts["seed"]), "--arm", name]
     if opts.get("data_dir"):
         cmd += ["--data-dir", str(opts["data_dir"])]
     if not opts.get("download", True):
