@@ -258,12 +258,12 @@ def bench(
     _check_seeds(seed, runs)
     if against or against_set or against_disable or against_enable:
         from hlbcli.experiments.alternate import bench_against
+        from hlbcli.tracking import open_trackers
 
-        if track:
-            raise UsageError("--track does not follow hlb bench --against yet", "drop --track, or bench each side with --track")
         raise typer.Exit(bench_against(preset, against or preset, config, set_ or [], enable or [], disable or [],
                                        against_set or [], against_enable or [], against_disable or [], runs, seed,
-                                       device, data_dir, not no_download, out, resume, target))
+                                       device, data_dir, not no_download, out, resume, target,
+                                       open_trackers(track or [], config)))
     from hlbcli import record
     from hlbcli.bench import bench_report, format_report
     from hlbcli.claims import claim_line, claim_report, folder_runs, format_claim

@@ -217,6 +217,36 @@ def test_bench_is_tracked_as_it_trains(cli, third_party):
     assert [c[0] for c in calls[1:4]] == ["run_start", "epoch", "run_end"]
 
 
+def test_bench_against_tracks_each_side_as_an_arm_in_the_order_they_ran(cli, tmp_path, third_party):
+    """The sides' processes write records; this process tells the trackers of each, as arm A
+    or B, in the order of the alternation."""
+    out = tmp_path / "alt"
+    code, _, err = cli("bench", *SMOKE, "--against-set", "train.epochs=1", "--runs", "2", "--out", out,
+                       "--track", "mlflow", "--track", "tensorboard", "--track", "memo")
+    assert code == 0, err
+    calls = MemoTracker.calls
+    assert calls[0] == ("start", "bench", None) and calls[-1] == ("end", 0)
+    ends = [c for c in calls if c[0] == "run_end"]
+    assert [c[1:3] for c in ends] == [("A", 0), ("B", 0), ("B", 1), ("A", 1)]
+    assert [c[4] for c in ends] == ["run-000-seed0.json", "run-000-seed0.json", "run-001-seed1.json", "run-001-seed1.json"]
+    assert [c[3] for c in calls if c[0] == "epoch" and c[1] == "A"] == [1, 2, 1, 2]
+    assert [c[3] for c in calls if c[0] == "epoch" and c[1] == "B"] == [1, 1]
+
+    c = client_of(out / "mlflow.db")
+    runs = all_runs(c)
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.data.tags["hlb.kind"] == "bench" and parent.info.status == "FINISHED"
+    arms = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert sorted(arms) == ["A", "B"] and float(arms["B"].data.params["train.epochs"]) == 1
+    for name, arm in arms.items():
+        seeds = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == arm.info.run_id]
+        assert sorted(int(r.data.params["seed"]) for r in seeds) == [0, 1]
+        assert all(r.data.tags["arm"] == name and r.info.status == "FINISHED" for r in seeds)
+    for side, epochs in (("A", [1, 2]), ("B", [1])):
+        ea = events(out / "tensorboard" / side / "seed1")
+        assert [e.step for e in ea.Scalars("train/loss")] == epochs
+
+
 def test_a_tracker_that_cannot_start_keeps_the_run(cli, tmp_path):
     """A log folder that cannot be made, a tracking server that is down (nothing listens on
     the loopback's port 9): a line each, and the run as without them."""

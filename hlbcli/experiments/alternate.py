@@ -219,10 +219,11 @@ def summary_line(rep: dict) -> str:
 
 def run_alternation(configs: dict[str, dict], labels: dict[str, str], runs: int, seed: int, device: str = "auto",
                     data_dir: str | None = None, download: bool = True, out: Path | None = None,
-                    say=lambda text: None) -> tuple[dict, int]:
+                    say=lambda text: None, track=None, preset: str = "") -> tuple[dict, int]:
     """Time ``configs["A"]`` and ``configs["B"]`` (resolved, checked) in alternation for ``runs``
     pairs; returns (the report, the exit code). With ``out``: records in out/A and out/B,
-    bench.json in out."""
+    bench.json in out. ``track`` (:class:`hlbcli.tracking.Trackers`): told of each finished run
+    from its record here, in this process, as arm A or B."""
     from hlbcli.experiments.tail import run_to_summary
     from hlbcli.signals import interruptible
 
@@ -266,8 +267,11 @@ def run_alternation(configs: dict[str, dict], labels: dict[str, str], runs: int,
                         pair = {"seed": seed + i, "order": []}
                     got_ = by[side].ask({"seed": seed + i})
                     rec = got_["record"]
-                    if rec is not None and out:
-                        record.write_json(root / side / f"run-{i:03d}-seed{seed + i}.json", rec)
+                    path = root / side / f"run-{i:03d}-seed{seed + i}.json" if out else None
+                    if rec is not None and path:
+                        record.write_json(path, rec)
+                    if rec is not None and track:
+                        track.replay(side, rec, path, side)
                     if "error" in got_:
                         raise UsageError(f"side {side} ({labels[side]}), seed {seed + i}: {got_['error']}",
                                          by[side].hint, exit_code=1)
@@ -287,7 +291,19 @@ def run_alternation(configs: dict[str, dict], labels: dict[str, str], runs: int,
         def hint(rep: dict) -> str:
             return f"the rest: --seed {seed + rep['pairs_started']} --runs {runs - rep['pairs_started']}"
 
-        return run_to_summary(train, write, finish, stop=lambda status: _stop(sides), out=out, hint=hint)
+        if track:
+            from hlbcli.tracking import Command
+
+            track.start(Command("bench", preset, out, runs, seed, list(SIDES), configs["A"], sys.argv[1:]))
+        try:
+            rep, code = run_to_summary(train, write, finish, stop=lambda status: _stop(sides), out=out, hint=hint)
+        except BaseException:
+            if track:  # what ended the alternation goes up; the trackers close what they opened
+                track.end({}, 1)
+            raise
+        if track:
+            track.end(rep, code)
+        return rep, code
     finally:
         if hold:
             hold.release()
@@ -297,7 +313,7 @@ def run_alternation(configs: dict[str, dict], labels: dict[str, str], runs: int,
 
 def bench_against(preset: str, against: str, config, sets: list[str], enable: list[str], disable: list[str],
                   b_sets: list[str], b_enable: list[str], b_disable: list[str], runs: int, seed: int, device: str,
-                  data_dir, download: bool, out, resume: bool, target) -> int:
+                  data_dir, download: bool, out, resume: bool, target, track=None) -> int:
     """``hlb bench --against``: both sides resolved and checked here, before any process starts
     (a bad side is one line naming it); then :func:`run_alternation`, its report printed."""
     from hlbcli.config import to_dict
@@ -321,7 +337,8 @@ def bench_against(preset: str, against: str, config, sets: list[str], enable: li
     import typer  # the command line's printer, as cli.py's
 
     rep, code = run_alternation(configs, labels, runs, seed, device, str(data_dir) if data_dir else None, download,
-                                Path(out) if out else None, say=lambda text: typer.echo(text, err=True))
+                                Path(out) if out else None, say=lambda text: typer.echo(text, err=True), track=track,
+                                preset=preset)
     if rep.get("error"):
         typer.echo(f"error: {rep['error']}", err=True)
     typer.echo(f"{format_report(rep)}\n{rep['summary_line']}")

@@ -47,7 +47,8 @@ class Command:
     #: seeds per arm (``--runs``) and the first seed
     runs: int
     seed: int
-    #: the arms' names (``hlb ablate``), ``[]`` for ``hlb train`` and ``hlb bench``
+    #: the arms' names (``hlb ablate``; ``A`` and ``B`` for ``hlb bench --against``), ``[]`` for
+    #: ``hlb train`` and ``hlb bench``
     arms: list[str] = field(default_factory=list)
     #: the baseline's resolved config (a run record's ``config``)
     config: dict = field(default_factory=dict)
@@ -61,7 +62,7 @@ class Run:
     :meth:`Tracker.run_end` see it."""
 
     seed: int
-    #: the arm it belongs to (``hlb ablate``), else None
+    #: the arm it belongs to (``hlb ablate``; ``A`` or ``B`` for ``hlb bench --against``), else None
     arm: str | None
     #: the resolved config it trains (its record's ``config``)
     config: dict

@@ -90,7 +90,7 @@ class MlflowTracker(Tracker):
         self.arms: dict[str, str] = {}
         self.runs: dict[tuple[str | None, int], str] = {}
         self.parent = None
-        if command.kind == "ablate" or command.runs > 1:
+        if command.arms or command.runs > 1:
             label = f"{command.kind} {command.preset}" + (f" ({command.out.name})" if command.out else "")
             self.parent = self._create(label, None, {"hlb.kind": command.kind, "preset": command.preset,
                                                      "out": str(command.out or ""), "command": " ".join(command.argv)},
@@ -126,7 +126,7 @@ class MlflowTracker(Tracker):
 
     def run_start(self, run: Run) -> None:
         parent = self.parent
-        if run.arm is not None and self.command.kind == "ablate":
+        if run.arm is not None and self.command.arms:
             if run.arm not in self.arms:
                 self.arms[run.arm] = self._create(run.arm, self.parent, {"arm": run.arm, "tricks": ", ".join(run.tricks)}, run.config)
             parent = self.arms[run.arm]
