@@ -187,6 +187,15 @@ def paired_difference(a: dict[int, float], b: dict[int, float]) -> dict:
 CS_RHO = 0.5
 
 
+def cs_bounded_from(alpha: float = 0.05, rho: float = CS_RHO) -> int:
+    """The fewest values from which :func:`t_confidence_sequence` can be bounded (t > k): a
+    look before it resolves nothing (4 at alpha 0.05, 5 at 0.01)."""
+    t = 1
+    while t <= (t + rho) * (1 - (alpha * alpha * rho / (t + rho)) ** (1 / t)):
+        t += 1
+    return t
+
+
 def t_confidence_sequence(xs: list[float], alpha: float = 0.05, rho: float = CS_RHO) -> tuple[float, float]:
     """The anytime-valid (1 - alpha) confidence interval of the mean of ``xs`` after ``len(xs)``
     observations: the Gaussian-mixture t confidence sequence of Lai (1976), "On confidence

@@ -236,6 +236,19 @@ def test_cli_flags_and_dry_run(cli, tmp_path):
                          "--delta", "0.002", "--dry-run")
     assert code == 0, err
     assert "until resolved: looks at 3, 6, 8 seeds per unresolved arm (alpha 0.05, no effect within +-0.002)" in out
+    assert "bounded from 4 seeds on, so the look at 3 resolves nothing (--runs 4 makes it count)" in out
+    code, out, err = cli("ablate", "--preset", "smoke", "--disable", "ema", "--until-resolved", "--runs", "4", "--dry-run")
+    assert code == 0, err
+    assert "looks at 4, 8, 12, 16, 20 seeds" in out and "resolves nothing" not in out
+
+
+def test_cs_bounded_from_is_the_first_count_with_a_finite_interval():
+    for alpha in (0.2, 0.05, 0.01, 0.001):
+        first = stats.cs_bounded_from(alpha)
+        xs = [1.0, 1.3, 0.8, 1.1, 0.9, 1.2, 1.05, 0.95]
+        assert stats.t_confidence_sequence(xs[:first - 1], alpha) == (-np.inf, np.inf)
+        assert all(np.isfinite(stats.t_confidence_sequence(xs[:first], alpha))), alpha
+    assert (stats.cs_bounded_from(0.05), stats.cs_bounded_from(0.01)) == (4, 5)
 
 
 def test_a_partial_battery_counts_no_runs_as_saved():

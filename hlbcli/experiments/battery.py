@@ -140,9 +140,13 @@ def dry_run_lines(opts: AblateOptions, out: Path) -> list[str]:
     lines = backend_for(opts).describe(plan_battery(opts), out)
     if opts.until_resolved:
         from hlbcli.experiments.sequential import looks
+        from hlbcli.stats import cs_bounded_from
 
-        lines.append(f"until resolved: looks at {', '.join(map(str, looks(opts)))} seeds per unresolved arm (alpha {opts.alpha:g}"
-                     + (f", no effect within +-{opts.delta:g})" if opts.delta else ")"))
+        at, first = looks(opts), cs_bounded_from(opts.alpha)
+        lines.append(f"until resolved: looks at {', '.join(map(str, at))} seeds per unresolved arm (alpha {opts.alpha:g}"
+                     + (f", no effect within +-{opts.delta:g})" if opts.delta else ")")
+                     + (f"; the interval is bounded from {first} seeds on, so the look at {at[0]} resolves nothing"
+                        f" (--runs {first} makes it count)" if at[0] < first else ""))
     return lines
 
 
