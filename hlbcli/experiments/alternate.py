@@ -291,19 +291,10 @@ def run_alternation(configs: dict[str, dict], labels: dict[str, str], runs: int,
         def hint(rep: dict) -> str:
             return f"the rest: --seed {seed + rep['pairs_started']} --runs {runs - rep['pairs_started']}"
 
-        if track:
-            from hlbcli.tracking import Command
+        from hlbcli.tracking import Command, around
 
-            track.start(Command("bench", preset, out, runs, seed, list(SIDES), configs["A"], sys.argv[1:]))
-        try:
-            rep, code = run_to_summary(train, write, finish, stop=lambda status: _stop(sides), out=out, hint=hint)
-        except BaseException:
-            if track:  # what ended the alternation goes up; the trackers close what they opened
-                track.end({}, 1)
-            raise
-        if track:
-            track.end(rep, code)
-        return rep, code
+        return around(track, Command("bench", preset, out, runs, seed, list(SIDES), configs["A"], sys.argv[1:]),
+                      lambda: run_to_summary(train, write, finish, stop=lambda status: _stop(sides), out=out, hint=hint))
     finally:
         if hold:
             hold.release()

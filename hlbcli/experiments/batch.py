@@ -232,23 +232,19 @@ def _train_claimed(cfg: Any, tm, opts: TrainOptions, printer: Printer, out: Path
         return f"the rest: --seed {opts.seed + done} --runs {opts.runs - done}"
 
     track = opts.track
-    if track:
-        from hlbcli.tracking import Command
 
-        track.start(Command(opts.command, opts.preset, out, opts.runs, opts.seed, [], to_dict(cfg), sys.argv[1:]))
-    try:
+    def body() -> tuple[dict, int]:
         summary, code = run_to_summary(train, write_summary, finish, out=out, hint=rest)
-    except BaseException:
-        if track:  # what ended the batch goes up; the trackers close what they opened
-            track.end(summarize(runs, partial=True), 1)
-        raise
-    if summary.get("error"):
-        printer.error(summary["error"])
-    printer.summary(summary)
-    printer.saved(out, len(list(out.glob("run-*.json"))) if out else 0)
-    if track:
-        track.end(summary, code)
-    return summary, code
+        if summary.get("error"):
+            printer.error(summary["error"])
+        printer.summary(summary)
+        printer.saved(out, len(list(out.glob("run-*.json"))) if out else 0)
+        return summary, code
+
+    from hlbcli.tracking import Command, around
+
+    return around(track, Command(opts.command, opts.preset, out, opts.runs, opts.seed, [], to_dict(cfg), sys.argv[1:]),
+                  body, lambda: summarize(runs, partial=True))
 
 
 def tracked_run(session: Any, seed: int, arm: str | None):

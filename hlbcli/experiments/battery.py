@@ -30,6 +30,7 @@ from hlbcli.experiments.plan import (AblateOptions, Arm, claim_out, default_out,
                                      plan_runs)
 from hlbcli.experiments.summary import rich_table, summarize, write_summary
 from hlbcli.experiments.tail import run_to_summary
+from hlbcli.tracking import Command, around
 
 
 @dataclass
@@ -171,26 +172,16 @@ def run_ablation(opts: AblateOptions, say=None, console=None, track=None) -> tup
             if say is not None:
                 progress.say = say
             battery = Battery(opts, arms, out, progress, track=track)
-            if track:
-                from hlbcli.tracking import Command
-
-                track.start(Command("ablate", opts.preset, out, opts.runs, opts.seed, [a.name for a in arms],
-                                    arms[0].config or {}, sys.argv[1:]))
+            command = Command("ablate", opts.preset, out, opts.runs, opts.seed, [a.name for a in arms],
+                              arms[0].config or {}, sys.argv[1:])
             with progress:
                 train = lambda got: backend.train(battery, got)  # noqa: E731
                 if opts.until_resolved:
                     from hlbcli.experiments.sequential import run_rounds
 
                     train = lambda got: run_rounds(backend, battery, got)  # noqa: E731
-                try:
-                    summary, code = run_to_summary(train, battery.write, battery.end, stop=backend.stop, out=out)
-                except BaseException:
-                    if track:  # what ended the battery goes up; the trackers close what they opened
-                        track.end({}, 1)
-                    raise
-                if track:
-                    track.end(summary, code)
-                return summary, code
+                return around(track, command, lambda: run_to_summary(train, battery.write, battery.end,
+                                                                     stop=backend.stop, out=out))
         finally:
             hold.release()
     finally:

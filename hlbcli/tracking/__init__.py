@@ -20,7 +20,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from hlbcli.errors import UsageError
 
@@ -267,6 +267,23 @@ class Trackers:
             for name, t in self.trackers:
                 if name not in self.failed and getattr(t, "where", None):
                     print(f"tracked: {name}: {t.where}", file=sys.stderr, flush=True)
+
+
+def around(track: Trackers | None, command: Command, body: Callable[[], tuple[dict, int]],
+           partial: Callable[[], dict] = dict) -> tuple[dict, int]:
+    """``body()`` (a command's runs: its summary and exit code) between ``track.start(command)``
+    and ``track.end(summary, code)``. An error that ends it goes up after ``track.end(partial(),
+    1)``: the trackers close what they opened. Without trackers, ``body()`` alone."""
+    if not track:
+        return body()
+    track.start(command)
+    try:
+        summary, code = body()
+    except BaseException:
+        track.end(partial(), 1)
+        raise
+    track.end(summary, code)
+    return summary, code
 
 
 def run_of(record: dict, arm: str | None = None, folder: str | None = None) -> Run:
