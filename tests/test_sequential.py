@@ -154,8 +154,12 @@ def _calls(out):
 
 
 def test_rounds_stop_a_resolved_arm_and_run_the_other_to_its_budget(seq_children, tmp_path):
-    summary, code = battery.run_ablation(_opts(tmp_path))
+    said: list[str] = []
+    summary, code = battery.run_ablation(_opts(tmp_path), say=said.append)
     assert code == 0, summary.get("error")
+    rounds = [line for line in said if line.startswith("round ")]
+    assert rounds[0].endswith("to 3 seeds (seeds 0..2); too few to resolve any: the interval is bounded from 4 seeds on")
+    assert rounds[1].endswith("to 6 seeds (seeds 0..5)")
     base, ema, tta = summary["arms"]
     assert ema["sequential"]["how"] == "effect -" and ema["sequential"]["look"] == 6 and ema["n"] == 6
     assert ema["sequential"]["interval"][1] < 0

@@ -118,13 +118,15 @@ def run_rounds(backend, battery, got: list[int]) -> None:
     opts, arms = battery.opts, list(battery.arms)
     base, active = arms[0], arms[1:]
     battery.whole = (opts, arms)
+    first = stats.cs_bounded_from(opts.alpha)
     try:
         for i, n in enumerate(looks(opts)):
             part = replace(opts, runs=n, until_resolved=False, resume=opts.resume or i > 0)
             battery.opts, battery.arms, backend.opts = part, [base, *active], part
             if any(len(battery.finished(a)) < n for a in battery.arms):
                 battery.say(f"round {i + 1}: baseline and {len(active)} unresolved arm(s) to {n} seeds "
-                            f"(seeds {opts.seed}..{opts.seed + n - 1})")
+                            f"(seeds {opts.seed}..{opts.seed + n - 1})"
+                            + (f"; too few to resolve any: the interval is bounded from {first} seeds on" if n < first else ""))
                 backend.train(battery, got)
             if base.name in battery.failed:
                 return
