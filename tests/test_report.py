@@ -166,6 +166,7 @@ def test_page_opens_offline_and_shows_the_summary(kind, folders, browser, cli, t
     rec = json.loads(next(folder.glob("**/run-000-seed0.json")).read_text())
     assert env["device"] == rec["device"] and env["torch"] == rec["versions"]["torch"]
     assert env["hlbcli"] == rec["versions"]["hlbcli"]
+    assert env["commit"].startswith(rec["git_commit"]) and env["commit"].endswith("(run records)")
     # every record has a link, and every link reaches its file
     records = sorted(p.relative_to(folder).as_posix() for p in folder.glob("**/run-*.json"))
     assert sorted(unquote(h) for h in got["hrefs"] if "run-" in h) == records
