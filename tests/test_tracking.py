@@ -247,6 +247,23 @@ def test_bench_against_tracks_each_side_as_an_arm_in_the_order_they_ran(cli, tmp
         assert [e.step for e in ea.Scalars("train/loss")] == epochs
 
 
+def test_runs_a_hard_kill_left_running_end_as_killed_when_the_folder_is_used_again(cli, tmp_path):
+    """A process killed hard (SIGKILL) cannot end its MLflow runs. The next command on its
+    --out folder holds the folder's lock, so RUNNING runs tagged with that folder are dead ones:
+    they end KILLED; another folder's stay as they are."""
+    out = tmp_path / "out"
+    out.mkdir()
+    c = client_of(out / "mlflow.db")
+    exp = c.create_experiment("hlb", artifact_location=(out / "mlflow-artifacts").as_uri())
+    dead = c.create_run(exp, run_name="seed 0", tags={"out": str(out.resolve())}).info.run_id
+    other = c.create_run(exp, run_name="seed 0", tags={"out": str((tmp_path / "elsewhere").resolve())}).info.run_id
+    code, _, err = cli("train", *SMOKE, "--set", "train.epochs=1", "--out", out, "--track", "mlflow")
+    assert code == 0, err
+    assert c.get_run(dead).info.status == "KILLED" and c.get_run(other).info.status == "RUNNING"
+    mine = [r for r in all_runs(c) if r.info.run_id not in (dead, other)]
+    assert len(mine) == 1 and mine[0].info.status == "FINISHED" and mine[0].data.tags["out"] == str(out.resolve())
+
+
 def test_a_tracker_that_cannot_start_keeps_the_run(cli, tmp_path):
     """A log folder that cannot be made, a tracking server that is down (nothing listens on
     the loopback's port 9): a line each, and the run as without them."""

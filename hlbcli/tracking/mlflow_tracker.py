@@ -11,9 +11,11 @@ run with a nested run per seed, one seed is one run. A seed's run has the resolv
 parameters (flat ``section.key``, and ``seed``), per-epoch metrics (``train_loss``,
 ``train_accuracy``, ``test_accuracy``, ``seconds``, step = epoch), per-run metrics
 (``accuracy``, ``train_seconds``, ``seconds_<phase>``), tags (``arm``, ``tricks``,
-``hlb_version``, ``device``, ``status``, ``git_commit`` when hlb runs from a git checkout) and
-its run record as the artifact ``record.json``. An arm's run gets the arm's config and, at the
-end, its statistics; the parent gets the baseline's config and ``summary.json``."""
+``hlb_version``, ``device``, ``status``, ``git_commit`` when hlb runs from a git checkout,
+``out``: the ``--out`` folder) and its run record as the artifact ``record.json``. An arm's run
+gets the arm's config and, at the end, its statistics; the parent gets the baseline's config
+and ``summary.json``. Runs of the ``--out`` folder that a process killed hard left RUNNING are
+ended as KILLED when the next command on that folder starts."""
 
 from __future__ import annotations
 
@@ -87,19 +89,36 @@ class MlflowTracker(Tracker):
         self.where = f"{uri}, experiment {name}" + (f" (see it: mlflow ui --backend-store-uri {uri})" if uri.startswith("sqlite:") else "")
         self.command = command
         self.commit = source_commit()
+        self.out = str(Path(command.out).resolve()) if command.out is not None else None
+        if self.out is not None:
+            self._close_dead()
         self.arms: dict[str, str] = {}
         self.runs: dict[tuple[str | None, int], str] = {}
         self.parent = None
         if command.arms or command.runs > 1:
             label = f"{command.kind} {command.preset}" + (f" ({command.out.name})" if command.out else "")
             self.parent = self._create(label, None, {"hlb.kind": command.kind, "preset": command.preset,
-                                                     "out": str(command.out or ""), "command": " ".join(command.argv)},
+                                                     "command": " ".join(command.argv)},
                                        command.config)
+
+    def _close_dead(self) -> None:
+        """Runs of this ``--out`` folder that the store still has RUNNING were left by a process
+        killed before it could end them: this process holds the folder (hlbcli.record.claim),
+        so no live one writes them. They end as KILLED (best effort: a store that cannot
+        search is left as it is)."""
+        if "'" in self.out:
+            return
+        try:
+            for run in self.client.search_runs([self.experiment], f"tags.out = '{self.out}' and attributes.status = 'RUNNING'",
+                                               max_results=5000):
+                self.client.set_terminated(run.info.run_id, "KILLED")
+        except Exception:
+            pass
 
     def _tags(self) -> dict[str, str]:
         from hlbcli import __version__
 
-        tags = {"hlb_version": __version__, "mlflow.source.name": "hlb"}
+        tags = {"hlb_version": __version__, "mlflow.source.name": "hlb", **({"out": self.out} if self.out else {})}
         if self.commit:
             tags.update(git_commit=self.commit, **{"mlflow.source.git.commit": self.commit})
         return tags
