@@ -298,6 +298,32 @@ def _start_and_wait_for_ray(ray_tmp: str, tmp_path: Path, env_more: dict) -> sub
     return proc
 
 
+def test_while_ray_starts_the_stop_signals_stay_with_the_watchdog():
+    """ray.init sets a SIGTERM handler that raises SystemExit wherever the main thread is; while
+    the watchdog runs, such a call is left unapplied (the watchdog's one line stays the only
+    output), other signals are set as asked, and everything is as before afterwards."""
+    from hlbcli.experiments.ray_cluster import watchdog
+
+    real, before, usr1 = signal.signal, signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGUSR1)
+
+    def theirs(signum, frame):
+        raise SystemExit(signum)
+
+    try:
+        with watchdog("starting Ray on this machine", 30, UsageError("too slow", "wait")):
+            ours = signal.getsignal(signal.SIGTERM)
+            assert ours is not before
+            signal.signal(signal.SIGTERM, theirs)  # what ray.init does first
+            assert signal.getsignal(signal.SIGTERM) is ours
+            signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+            assert signal.getsignal(signal.SIGUSR1) == signal.SIG_IGN
+        assert signal.signal is real and signal.getsignal(signal.SIGTERM) is before
+    finally:
+        signal.signal = real
+        signal.signal(signal.SIGUSR1, usr1)
+        signal.signal(signal.SIGTERM, before)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_signal_while_ray_starts_is_obeyed_at_once(ray_tmp, tmp_path, sig):
     proc = _start_and_wait_for_ray(ray_tmp, tmp_path, {})

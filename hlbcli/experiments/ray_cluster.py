@@ -195,8 +195,15 @@ STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP")
 def watchdog(doing: str, limit: float, on_timeout: HlbError):
     """While ``ray.init`` runs: a stop signal, or ``limit`` seconds gone, ends the process
     with one ``error:`` line (exit 128 + signal, or ``on_timeout``'s code), from a thread that
-    reads the signal wake-up pipe: the main thread can sit inside Ray's C++ for minutes."""
+    reads the signal wake-up pipe: the main thread can sit inside Ray's C++ for minutes.
+
+    Until it ends, the stop signals' handlers stay ours: ``ray.init`` installs a SIGTERM
+    handler that raises SystemExit wherever the main thread is (inside logging's lock, say,
+    where Python prints the exception as "ignored"), which would put a traceback beside the
+    one line; a ``signal.signal`` for a stop signal is left unapplied meanwhile (our handlers
+    come back at the end in any case)."""
     main = threading.current_thread() is threading.main_thread()
+    real_signal = signal.signal
     sig_r, sig_w = os.pipe()
     done_r, done_w = os.pipe()
     os.set_blocking(sig_w, False)
@@ -206,6 +213,11 @@ def watchdog(doing: str, limit: float, on_timeout: HlbError):
         for s in STOP_SIGNALS:
             old[s] = signal.signal(s, lambda signum, frame: None)  # the thread below acts on it
         old_fd = signal.set_wakeup_fd(sig_w, warn_on_full_buffer=False)
+
+        def keep_ours(signum: int, handler: Any) -> Any:
+            return signal.getsignal(signum) if signum in old else real_signal(signum, handler)
+
+        signal.signal = keep_ours
 
     def stopped(signum: int) -> None:
         name = signal.Signals(signum).name
@@ -227,8 +239,9 @@ def watchdog(doing: str, limit: float, on_timeout: HlbError):
         os.write(done_w, b".")
         t.join()  # a signal already noted ends the process there
         if main:
+            signal.signal = real_signal
             signal.set_wakeup_fd(old_fd)
-            for s, h in old.items():  # ray.init leaves its own SIGTERM handler: ours come back
+            for s, h in old.items():  # ours come back
                 signal.signal(s, h)
             os.set_blocking(sig_r, False)
             try:
