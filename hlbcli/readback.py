@@ -334,8 +334,8 @@ def check_sequential(seq: Any, seed: int, runs: int) -> str | None:
     if not _finite(seq.get("alpha")) or not 0 < seq["alpha"] < 1:
         return f"sequential alpha {seq.get('alpha')!r} is not a number between 0 and 1"
     d = seq.get("delta")
-    if d is not None and not (_finite(d) and d > 0):
-        return f"sequential delta {d!r} is not a number above 0 or null"
+    if d is not None and not (_finite(d) and 0 < d < 1):
+        return f"sequential delta {d!r} is not a number between 0 and 1 or null"
     return None
 
 

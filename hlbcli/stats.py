@@ -187,13 +187,28 @@ def paired_difference(a: dict[int, float], b: dict[int, float]) -> dict:
 CS_RHO = 0.5
 
 
+def _cs_k(t: int, alpha: float, rho: float) -> float:
+    """k of :func:`t_confidence_sequence` after ``t`` values, computed in logs: alpha squared
+    underflows to 0 for alpha below about 1e-154, which would make k = t + rho at every t."""
+    return -(t + rho) * math.expm1((2 * math.log(alpha) + math.log(rho) - math.log(t + rho)) / t)
+
+
 def cs_bounded_from(alpha: float = 0.05, rho: float = CS_RHO) -> int:
     """The fewest values from which :func:`t_confidence_sequence` can be bounded (t > k): a
-    look before it resolves nothing (4 at alpha 0.05, 5 at 0.01)."""
-    t = 1
-    while t <= (t + rho) * (1 - (alpha * alpha * rho / (t + rho)) ** (1 / t)):
-        t += 1
-    return t
+    look before it resolves nothing (4 at alpha 0.05, 5 at 0.01, 227 at 1e-300).
+
+    k grows like 2 log(1/alpha) + log(t), so the first t above it is found by doubling and then
+    bisection: a handful of steps for any alpha in (0, 1)."""
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must lie between 0 and 1, not {alpha!r}")
+    hi = 1
+    while hi <= _cs_k(hi, alpha, rho):
+        hi *= 2
+    lo = hi // 2  # the last power of two at or below k (0 when t = 1 is already bounded)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if mid <= _cs_k(mid, alpha, rho) else (lo, mid)
+    return hi
 
 
 def t_confidence_sequence(xs: list[float], alpha: float = 0.05, rho: float = CS_RHO) -> tuple[float, float]:
@@ -219,7 +234,7 @@ def t_confidence_sequence(xs: list[float], alpha: float = 0.05, rho: float = CS_
     if t == 0 or not 0 < alpha < 1:
         return -math.inf, math.inf
     m, _ = mean_std(xs)
-    k = (t + rho) * (1 - (alpha * alpha * rho / (t + rho)) ** (1 / t))
+    k = _cs_k(t, alpha, rho)
     if t <= k:
         return -math.inf, math.inf
     v = math.fsum((x - m) ** 2 for x in xs)

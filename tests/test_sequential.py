@@ -103,6 +103,10 @@ def test_looks_and_option_checks():
         check_sequential(AblateOptions(preset="smoke", runs=3, until_resolved=True, max_runs=2))
     with pytest.raises(UsageError, match="--delta"):
         check_sequential(AblateOptions(preset="smoke", until_resolved=True, delta=0.0))
+    with pytest.raises(UsageError, match="--delta 5: must lie between 0 and 1"):  # accuracy is a fraction
+        check_sequential(AblateOptions(preset="smoke", until_resolved=True, delta=5.0))
+    with pytest.raises(UsageError, match="no look can resolve an arm, the interval is bounded from 227 seeds"):
+        check_sequential(AblateOptions(preset="smoke", runs=4, until_resolved=True, alpha=1e-300))
     o = AblateOptions(preset="smoke", runs=3, until_resolved=True)
     check_sequential(o)
     assert o.max_runs == 20
@@ -225,7 +229,8 @@ def test_old_plans_read_as_fixed_and_bad_sequential_tables_are_refused(tmp_path)
     assert options_of(plan, tmp_path)[0].until_resolved is False
     for bad, why in [({"method": "x"}, "method 't-cs'"), ({"method": "t-cs", "max_runs": 2, "alpha": 0.05}, "max_runs"),
                      ({"method": "t-cs", "max_runs": 9, "alpha": 2}, "alpha"),
-                     ({"method": "t-cs", "max_runs": 9, "alpha": 0.05, "delta": -1}, "delta")]:
+                     ({"method": "t-cs", "max_runs": 9, "alpha": 0.05, "delta": -1}, "delta"),
+                     ({"method": "t-cs", "max_runs": 9, "alpha": 0.05, "delta": 5}, "delta")]:
         assert why in readback.check_plan({**plan, "sequential": bad})
     seq = {**plan, "sequential": {"method": "t-cs", "max_runs": 9, "alpha": 0.05, "delta": 0.002}}
     assert readback.check_plan(seq) is None
@@ -253,6 +258,18 @@ def test_cs_bounded_from_is_the_first_count_with_a_finite_interval():
         assert stats.t_confidence_sequence(xs[:first - 1], alpha) == (-np.inf, np.inf)
         assert all(np.isfinite(stats.t_confidence_sequence(xs[:first], alpha))), alpha
     assert (stats.cs_bounded_from(0.05), stats.cs_bounded_from(0.01)) == (4, 5)
+
+
+def test_cs_bounded_from_ends_for_an_alpha_whose_square_underflows():
+    # alpha ** 2 is 0.0 below ~1e-154: k must be computed in logs, or the search never ends
+    for alpha in (1e-154, 1e-200, 1e-300, 5e-324):
+        first = stats.cs_bounded_from(alpha)
+        xs = [1.0 + 0.1 * ((i * 7) % 5) for i in range(first)]
+        assert stats.t_confidence_sequence(xs[:first - 1], alpha) == (-np.inf, np.inf)
+        assert all(np.isfinite(stats.t_confidence_sequence(xs, alpha))), alpha
+    assert stats.cs_bounded_from(1e-300) == 227
+    with pytest.raises(ValueError):
+        stats.cs_bounded_from(0.0)
 
 
 def test_a_partial_battery_counts_no_runs_as_saved():

@@ -15,6 +15,7 @@ from typing import Iterable
 from hlbcli import readback, record
 from hlbcli.errors import HlbError, UsageError
 from hlbcli.readback import PLAN_NAME
+from hlbcli.stats import cs_bounded_from
 
 BASELINE = "baseline"
 
@@ -371,5 +372,10 @@ def check_sequential(opts: AblateOptions) -> None:
                          "use a smaller --seed")
     if not 0 < opts.alpha < 1:
         raise UsageError(f"--alpha {opts.alpha:g}: must lie between 0 and 1", "0.05: a 95% confidence sequence")
-    if opts.delta is not None and not opts.delta > 0:
-        raise UsageError(f"--delta {opts.delta:g}: must be above 0", "e.g. --delta 0.002: 0.2 points of accuracy")
+    first = cs_bounded_from(opts.alpha)
+    if opts.max_runs < first:
+        raise UsageError(f"--alpha {opts.alpha:g} with --max-runs {opts.max_runs}: no look can resolve an arm, the interval "
+                         f"is bounded from {first} seeds on", f"raise --max-runs to {first} or more, or use a larger --alpha: at 0.05 it is bounded from 4")
+    if opts.delta is not None and not 0 < opts.delta < 1:
+        raise UsageError(f"--delta {opts.delta:g}: must lie between 0 and 1 (a difference in accuracy, which is a fraction)",
+                         "e.g. --delta 0.002: 0.2 points of accuracy")
