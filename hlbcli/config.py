@@ -12,17 +12,63 @@ import json
 import tomllib
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from hlbcli.errors import ConfigError, UsageError
 
 
 
+def _refuse(self, *args, **kwargs):
+    raise TypeError("the config is frozen, lists and tables inside it too: build a changed copy "
+                    "(model_copy(update=...)) instead of editing it in place")
+
+
+class FrozenList(list):
+    """A settings model's list, frozen with it: equal to (and serialised as) a plain list, but
+    ``append``, ``cfg.model.widths[0] = 8`` and the other in-place edits raise ``TypeError``."""
+
+    __slots__ = ()
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse
+    append = extend = insert = pop = remove = clear = sort = reverse = _refuse
+
+    def __reduce__(self):
+        return FrozenList, (list(self),)
+
+
+class FrozenDict(dict):
+    """A settings model's table, frozen with it (see :class:`FrozenList`)."""
+
+    __slots__ = ()
+    __setitem__ = __delitem__ = __ior__ = _refuse
+    clear = pop = popitem = setdefault = update = _refuse
+
+    def __reduce__(self):
+        return FrozenDict, (dict(self),)
+
+
+def _deep_frozen(value: Any) -> Any:
+    if isinstance(value, list) and not isinstance(value, FrozenList):
+        return FrozenList(_deep_frozen(v) for v in value)
+    if isinstance(value, dict) and not isinstance(value, FrozenDict):
+        return FrozenDict({k: _deep_frozen(v) for k, v in value.items()})
+    return value
+
+
 class Settings(BaseModel):
-    """Base for every settings model: frozen, unknown keys rejected, floats finite, types
-    strict (``true`` is not the integer 1, ``1`` is not a boolean, ``2.0`` is not an integer)."""
+    """Base for every settings model: frozen, deeply (its lists and tables refuse in-place
+    edits too: a trick cannot change the config through ``cfg.model.widths.append``), unknown
+    keys rejected, floats finite, types strict (``true`` is not the integer 1, ``1`` is not a
+    boolean, ``2.0`` is not an integer)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, strict=True)
+
+    @model_validator(mode="after")
+    def _freeze_containers(self) -> "Settings":
+        for name, value in self.__dict__.items():
+            frozen = _deep_frozen(value)
+            if frozen is not value:
+                self.__dict__[name] = frozen  # the model itself is frozen: set behind its back, once
+        return self
 
 
 #: the largest seed torch's generators take (a signed 64-bit integer)

@@ -100,3 +100,21 @@ def test_an_ablation_refuses_a_data_set_too_small_before_any_arm_starts(cli, tmp
                        "--data-dir", tmp_path / "data", "--no-download", "--out", out, "--device", "cpu")
     assert_one_line_error(code, err, 2, "larger than the training set (5 images)")
     assert not (out / "arms").exists()
+
+
+def test_the_config_is_frozen_deeply_and_still_pickles_and_serialises_as_plain_lists():
+    import copy
+    import pickle
+
+    from hlbcli.resolve import resolve
+
+    cfg, _ = resolve("smoke", sets=["select.proxy_widths=[8,8]", "train.epochs=1"], enable=["select"])
+    for edit in (lambda: cfg.model.widths.append(8), lambda: cfg.model.widths.__setitem__(0, 8),
+                 lambda: cfg.select.proxy_widths.sort(), lambda: cfg.tricks.pop(), lambda: cfg.replaced.update(a="b")):
+        with pytest.raises(TypeError, match="the config is frozen"):
+            edit()
+    again = pickle.loads(pickle.dumps(cfg.model))  # a section pickles (the whole is a model made at run time)
+    assert again == cfg.model and copy.deepcopy(cfg) == cfg
+    with pytest.raises(TypeError):
+        again.widths.append(8)
+    assert json.loads(cfg.model_dump_json())["model"]["widths"] == list(cfg.model.widths) == cfg.model.widths

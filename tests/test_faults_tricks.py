@@ -61,6 +61,9 @@ def _raise(exc):
     [
         ("hlb_epoch_end", lambda epoch, metrics, ctx: 1 / 0, ["hlb_epoch_end", "ZeroDivisionError"]),
         ("hlb_validate", _raise(ValueError("my check broke")), ["hlb_validate", "ValueError: my check broke"]),
+        # the config is frozen deeply: its lists refuse in-place edits (it trained four widths, no word)
+        ("hlb_validate", lambda cfg, data, model: cfg.model.widths.append(8), ["hlb_validate", "TypeError", "frozen"]),
+        ("hlb_validate", lambda cfg, data, model: cfg.tricks.clear(), ["hlb_validate", "TypeError", "frozen"]),
         ("hlb_train_start", lambda ctx: sys.exit(0), ["hlb_train_start", "sys.exit(0)"]),
         ("hlb_model_init", lambda model, ctx: sys.exit(4), ["hlb_model_init", "sys.exit(4)"]),
         ("hlb_batch_transforms", lambda cfg, ctx: "abc", ["hlb_batch_transforms", "'abc' (str)", "Transform"]),
