@@ -55,7 +55,7 @@ def train(
 ) -> None:
     """Train a preset for one or more seeds."""
     from hlbcli.experiments.batch import TrainOptions, train_batch
-    from hlbcli.resolve import resolve
+    from hlbcli.resolve import changed_settings, resolve
     from hlbcli.tracking import open_trackers
 
     _threads_from_env()
@@ -67,6 +67,7 @@ def train(
         runs=runs, seed=seed, device=device, data_dir=str(data_dir) if data_dir else None,
         download=not no_download, out=out, quiet=quiet, deterministic=deterministic,
         stop_on_failure=stop_on_failure, resume=resume, label=label, preset=preset, track=open_trackers(track or [], config, quiet),
+        changed=changed_settings(preset, str(config) if config else None, set_ or [], cfg),
     )
     _, code = train_batch(cfg, tm, opts)
     raise typer.Exit(code)
@@ -269,7 +270,7 @@ def bench(
     from hlbcli.claims import claim_line, claim_report, folder_runs, format_claim
     from hlbcli.config import config_defaults, to_dict
     from hlbcli.experiments.batch import TrainOptions, train_batch
-    from hlbcli.resolve import resolve
+    from hlbcli.resolve import changed_settings, resolve
     from hlbcli.tracking import open_trackers
 
     _check_resume(resume, out)
@@ -277,6 +278,7 @@ def bench(
     opts = TrainOptions(
         runs=runs, seed=seed, device=device, data_dir=str(data_dir) if data_dir else None, download=not no_download,
         out=out, quiet=True, resume=resume, preset=preset, progress=True, command="bench", track=open_trackers(track or [], config),
+        changed=changed_settings(preset, str(config) if config else None, set_ or [], cfg),
     )
     summary, code = train_batch(cfg, tm, opts)
     if out:  # the claim covers every record of the folder trained with this config

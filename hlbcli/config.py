@@ -97,7 +97,7 @@ class DataSettings(Settings):
     synthetic_test: int = Field(1024, gt=0, le=MAX_SYNTHETIC, description="synthetic: test images")
     synthetic_classes: int = Field(10, ge=2, le=1000, description="synthetic: number of classes")
     synthetic_size: int = Field(32, ge=8, le=256, description="synthetic: image side in pixels")
-    synthetic_noise: float = Field(0.25, ge=0, description="synthetic: pixel noise (0..1 scale)")
+    synthetic_noise: float = Field(0.25, ge=0, le=10, description="synthetic: pixel noise (0..1 scale)")
     synthetic_seed: int = Field(0, ge=0, le=MAX_SEED, description="synthetic: generator seed (the data, not the run)")
 
 
@@ -108,9 +108,9 @@ class ModelSettings(Settings):
     depth: int = Field(2, ge=2, le=3, description="convs per group; 3 adds a residual over the last two")
     stem_width: int = Field(24, ge=1, le=MAX_WIDTH, description="output channels of the stem conv (whitening needs 2*C*k*k)")
     stem_kernel: int = Field(2, ge=1, le=5, description="stem conv kernel size (no padding)")
-    scaling_factor: float = Field(1 / 9, gt=0, description="the logits are multiplied by this")
+    scaling_factor: float = Field(1 / 9, gt=0, le=100, description="the logits are multiplied by this")
     bn_momentum: float = Field(0.1, gt=0, le=1, description="batchnorm running-stat momentum (PyTorch convention)")
-    bn_eps: float = Field(1e-5, gt=0, description="batchnorm epsilon")
+    bn_eps: float = Field(1e-5, gt=0, le=1, description="batchnorm epsilon")
     activation: Literal["gelu", "silu"] = Field(
         "gelu", description="nonlinearity of the conv groups (hiverge's record: silu); the stem's stays GELU"
     )
@@ -133,13 +133,13 @@ class TrainSettings(Settings):
 
     epochs: float = Field(9.9, gt=0, le=1000, description="training length in epochs (fractional allowed)")
     batch_size: int = Field(1024, gt=0, le=MAX_SYNTHETIC, description="examples per step (the last partial batch is dropped)")
-    lr: float = Field(11.5, gt=0, description="learning rate per 1024 examples, decoupled from momentum")
+    lr: float = Field(11.5, ge=1e-3, description="learning rate per 1024 examples, decoupled from momentum (the presets: 9 to 5260; the decoupled weight decay is divided by it, so a tiny lr overflows)")
     momentum: float = Field(0.85, ge=0, lt=1, description="SGD momentum")
     nesterov: bool = Field(True, description="Nesterov momentum")
-    weight_decay: float = Field(0.0153, ge=0, description="weight decay per 1024 examples, decoupled from lr")
-    lr_start: float = Field(0.2, ge=0, description="lr multiplier at step 0")
+    weight_decay: float = Field(0.0153, ge=0, le=1, description="weight decay per 1024 examples, decoupled from lr")
+    lr_start: float = Field(0.2, ge=0, le=100, description="lr multiplier at step 0")
     lr_peak_at: float = Field(0.23, ge=0, le=1, description="fraction of training where the lr multiplier is 1")
-    lr_end: float = Field(0.07, ge=0, description="lr multiplier at the last step")
+    lr_end: float = Field(0.07, ge=0, le=100, description="lr multiplier at the last step")
     precision: Literal["auto", "fp32", "fp16", "bf16", "fp16-weights", "bf16-weights"] = Field(
         "auto",
         description=(

@@ -4,6 +4,7 @@ levels (resolve a config -> open a :class:`~hlbcli.session.Session` once per pro
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable
 
 from hlbcli.config import validate
@@ -132,3 +133,39 @@ def check_swaps(swaps: Iterable[tuple[str, str]], active: list[str], flag: str =
         if new in active:
             raise UsageError(f"{flag} {old}={new}: the preset already turns '{new}' on",
                              f"use --disable {old} to measure taking '{old}' away")
+
+
+def changed_settings(preset: str, config_file: str | None, sets: Iterable[str], cfg: Any) -> tuple[str, ...]:
+    """The settings the user changed from the preset (``--config``, ``--set``), as
+    ``key=value (preset: before)``, the furthest from the preset's value first (numbers by their
+    ratio's order of magnitude, then the rest): the likeliest causes of a divergence. A key the
+    preset leaves out is compared with the settings model's default."""
+    user = layered_sources(preset, config_file, list(sets))[1]
+    base = layered_sources(preset, None, [])[0]
+
+    def at(data: Any, key: str) -> Any:
+        for part in key.split("."):
+            if not isinstance(data, dict) or part not in data:
+                return None
+            data = data[part]
+        return data
+
+    rows = []
+    for key in user:
+        section, _, name = key.partition(".")
+        now = getattr(getattr(cfg, section, None), name, None) if name else None
+        if now is None:
+            continue
+        before = at(base, key)
+        if before is None:
+            field = type(getattr(cfg, section)).model_fields.get(name)
+            before = field.default if field is not None else None
+        if before == now:
+            continue
+        num = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (now, before))
+        if num and now and before:
+            far = abs(math.log10(abs(now) / abs(before)))
+        else:
+            far = math.inf if num else -1.0
+        rows.append((far, f"{key}={now!r} (preset: {before!r})"))
+    return tuple(text for _, text in sorted(rows, key=lambda r: -r[0]))

@@ -14,7 +14,7 @@ NAME = "bias_lr"
 
 
 class BiasLrSettings(Settings):
-    scaler: float = Field(64.0, gt=0, description="lr multiplier of batchnorm parameters (weight decay unchanged)")
+    scaler: float = Field(64.0, gt=0, le=1e4, description="lr multiplier of batchnorm parameters (weight decay unchanged)")
     stem_bias: bool = Field(False, description="the stem's bias joins the batchnorm group (airbench94_muon)")
 
 

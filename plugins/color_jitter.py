@@ -18,8 +18,8 @@ NAME = "color_jitter"
 
 
 class ColorJitterSettings(Settings):
-    brightness: float = Field(0.1399, ge=0, description="largest brightness shift added per image, in normalised units (hiverge: 0.1399)")
-    contrast: float = Field(0.1308, ge=0, description="largest contrast change per image: the factor is drawn from [1 - contrast, 1 + contrast] (hiverge: 0.1308)")
+    brightness: float = Field(0.1399, ge=0, le=1, description="largest brightness shift added per image, in normalised units (hiverge: 0.1399; 1 is a shift of one standard deviation)")
+    contrast: float = Field(0.1308, ge=0, le=1, description="largest contrast change per image: the factor is drawn from [1 - contrast, 1 + contrast] (hiverge: 0.1308; above 1 the factor could turn negative and invert the image)")
 
 
 def jitter_factors(n: int, brightness: float, contrast: float, device, generator: torch.Generator | None = None,

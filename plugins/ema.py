@@ -18,7 +18,7 @@ NAME = "ema"
 class EmaSettings(Settings):
     every: int = Field(5, ge=1, description="steps between updates")
     base: float = Field(0.95, ge=0, le=1, description="per-step decay base; an update decays by base**every * (t/T)**power")
-    power: float = Field(3.0, ge=0, description="warm-up exponent of (t/T): early updates follow the net closely")
+    power: float = Field(3.0, ge=0, le=100, description="warm-up exponent of (t/T): early updates follow the net closely")
     start_epoch: float = Field(0.0, ge=0, description="first epoch with updates (the seed's v0.7 starts at 2)")
 
 

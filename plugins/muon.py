@@ -40,7 +40,7 @@ TARGET_EPS = 1e-5
 
 
 class MuonSettings(Settings):
-    lr: float = Field(0.24, gt=0, description="step size of the orthogonalised update (PyTorch units; times the run's lr schedule)")
+    lr: float = Field(0.24, gt=0, le=10, description="step size of the orthogonalised update (PyTorch units; times the run's lr schedule)")
     momentum: float = Field(0.6, ge=0, lt=1, description="momentum of the gradient")
     nesterov: bool = Field(True, description="Nesterov momentum")
     ns_steps: int = Field(3, ge=1, le=10, description="Newton-Schulz iterations")
@@ -52,14 +52,14 @@ class MuonSettings(Settings):
     ns_coefficients: list[float] = Field(list(NS_COEFFS), min_length=3, max_length=3,
                                          description="quintic Newton-Schulz coefficients a, b, c (hiverge: [3.4576, -4.7391, 2.0843])")
     anneal_target: bool = Field(False, description="scale each update to a norm annealed linearly target_start -> target_end before its normalisation, which cancels it up to rounding (hiverge: true)")
-    target_start: float = Field(0.5012, gt=0, description="anneal_target: the target norm at progress 0 (hiverge's value)")
-    target_end: float = Field(0.0786, gt=0, description="anneal_target: the target norm at progress 1 (hiverge's value)")
+    target_start: float = Field(0.5012, gt=0, le=100, description="anneal_target: the target norm at progress 0 (hiverge's value)")
+    target_end: float = Field(0.0786, gt=0, le=100, description="anneal_target: the target norm at progress 1 (hiverge's value)")
     renorm_schedule: Literal["every_step", "progressive"] = Field(
         "every_step", description="when to rescale: every step, or progressive: when renorm_start + int(renorm_growth * progress) steps have passed (hiverge: progressive)")
     renorm_start: int = Field(2, ge=1, description="progressive: the rescaling period at progress 0 (hiverge's value)")
     renorm_growth: float = Field(15.0, ge=0, description="progressive: how many steps the period grows by over the run (hiverge's value)")
     momentum_dtype: Literal["auto", "fp16", "bf16", "fp32"] = Field("auto", description="dtype of the momentum buffers: auto = the gradient's (hiverge: fp16)")
-    weight_decay: float = Field(0.0, ge=0, description="decoupled decay of the filters after each update, p *= 1 - lr * weight_decay, scheduled lr (hiverge: 1.0418e-6 * 1536)")
+    weight_decay: float = Field(0.0, ge=0, le=1, description="decoupled decay of the filters after each update, p *= 1 - lr * weight_decay, scheduled lr (hiverge: 1.0418e-6 * 1536)")
 
 
 def orthogonalize(g: torch.Tensor, steps: int = 3, dtype: torch.dtype = torch.float32, eps: float = 1e-7,

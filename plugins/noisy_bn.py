@@ -16,7 +16,7 @@ NAME = "noisy_bn"
 
 class NoisyBnSettings(Settings):
     momentum: float = Field(0.4, gt=0, le=1, description="running-stat momentum, PyTorch convention (airbench's 0.6 is 1 - this)")
-    eps: float = Field(1e-12, gt=0, description="batchnorm epsilon")
+    eps: float = Field(1e-12, gt=0, le=1, description="batchnorm epsilon")
     freeze_scale: bool = Field(True, description="keep the scale (weight) at 1, untrained")
     fp32: bool = Field(False, description="run batchnorm in fp32 under half-precision autocast")
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from hlbcli import hookimpl
+from hlbcli import TrickError, hookimpl
 from hlbcli.config import Settings
 from hlbcli.contract import trick
 from hlbcli.evaluation import eval_logits, scores
@@ -131,6 +131,16 @@ def selective_logits(model: torch.nn.Module, images: torch.Tensor, forward: Sele
 hlb_trick_info, hlb_config_model = trick(
     NAME, "final-evaluation TTA: logits averaged over image and mirror, and (level 2) both shifted by shift px two ways",
     TtaSettings)
+
+
+@hookimpl
+def hlb_validate(cfg):
+    """Level 0 has no views to give, so a ``fraction`` below 1 would do nothing: refused, as
+    other settings that do nothing are."""
+    s = getattr(cfg, NAME)
+    if s.level == 0 and s.fraction < 1:
+        raise TrickError(f"tta.fraction {s.fraction:g} does nothing at tta.level 0 (level 0 is the image alone: no views to give)",
+                         "set tta.level=1 or 2 for selective TTA, or tta.fraction=1.0, or --disable tta")
 
 
 @hookimpl(tryfirst=True)

@@ -22,7 +22,7 @@ NAME = "whitening"
 
 
 class WhiteningSettings(Settings):
-    eps: float = Field(5e-4, gt=0, description="added to each eigenvalue before the inverse square root")
+    eps: float = Field(5e-4, gt=0, le=100, description="added to each eigenvalue before the inverse square root")
     num_images: int = Field(5000, gt=0, description="training images whose patches feed the covariance")
     bias_epochs: float = Field(3, ge=0, description="epochs the stem bias trains before it is frozen, fractional allowed (0: frozen from the start; hiverge: 0.19)")
     bias_schedule: Literal["run", "linear"] = Field(

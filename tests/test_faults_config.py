@@ -118,3 +118,24 @@ def test_the_config_is_frozen_deeply_and_still_pickles_and_serialises_as_plain_l
     with pytest.raises(TypeError):
         again.widths.append(8)
     assert json.loads(cfg.model_dump_json())["model"]["widths"] == list(cfg.model.widths) == cfg.model.widths
+
+
+@pytest.mark.parametrize("setting,needle", [
+    ("train.lr=1e-300", "train.lr"),  # the decoupled weight decay is divided by it: NaN
+    ("color_jitter.contrast=1e308", "color_jitter.contrast"),
+    ("color_jitter.contrast=5", "color_jitter.contrast"),  # a negative factor inverts images
+    ("color_jitter.brightness=1e300", "color_jitter.brightness"),
+    ("muon.weight_decay=1e300", "muon.weight_decay"),
+])
+def test_absurd_finite_settings_are_refused_naming_the_key(cli, setting, needle):
+    code, out, err = cli("train", "--preset", "smoke", *TINY, "--enable", "color_jitter", "--enable", "muon",
+                         "--set", setting)  # refused before anything trains
+    line = assert_one_line_error(code, err, 2, needle)
+    assert "less than or equal" in line or "greater than or equal" in line
+
+
+def test_selective_tta_at_level_0_does_nothing_and_is_refused(cli):
+    code, out, err = cli("train", "--preset", "smoke", *TINY, "--set", "tta.level=0", "--set", "tta.fraction=0.25")
+    assert_one_line_error(code, err, 2, "tta.fraction 0.25 does nothing at tta.level 0", "--disable tta")
+    code, out, err = cli("train", "--preset", "smoke", *TINY, "--set", "tta.level=0")
+    assert code == 0, err  # level 0 alone (fraction 1) is a plain evaluation

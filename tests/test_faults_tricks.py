@@ -162,6 +162,11 @@ def test_memory_errors_say_memory_and_what_sizes_it(cli, monkeypatch, tmp_path):
 
 
 def test_an_overflowing_lr_is_still_a_divergence(cli, tmp_path):
-    code, out, err = cli(*SMOKE, "--set", "train.lr=1e300", "--out", tmp_path / "o")
+    code, out, err = cli(*SMOKE, "--set", "train.lr=1e300", "--set", "train.momentum=0.8", "--out", tmp_path / "o")
     assert code == 1, err
-    assert _record(tmp_path / "o")["status"] == "diverged"
+    rec = _record(tmp_path / "o")
+    assert rec["status"] == "diverged"
+    # the divergence names what the user changed from the preset, the furthest first
+    cause = "likeliest cause, the settings changed from the preset: train.lr=1e+300 (preset: 11.5)"
+    assert cause in rec["message"] and cause in err
+    assert "train.momentum" not in rec["message"]  # three at most, the furthest: 0.8 against 0.85 is not

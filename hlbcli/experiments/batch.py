@@ -43,6 +43,9 @@ class TrainOptions:
     #: the command (``train`` or ``bench``) and its trackers (:mod:`hlbcli.tracking`; None: none)
     command: str = "train"
     track: Any = None
+    #: the settings changed from the preset, furthest first (:func:`hlbcli.resolve.changed_settings`):
+    #: a divergence's message names them as its likeliest cause
+    changed: tuple[str, ...] = ()
 
 
 def summarize(runs: list[dict], **extra: Any) -> dict:
@@ -208,6 +211,8 @@ def _train_claimed(cfg: Any, tm, opts: TrainOptions, printer: Printer, out: Path
                     track.run_start(run)
                 with printer.steps(f"run {i + 1}/{opts.runs} (seed {seed})") as on_step:
                     rec = run_seed(session, seed, on_epoch, keep, arm=opts.label or None, out=out, on_step=on_step)
+                if rec["status"] == "diverged" and opts.changed:
+                    rec["message"] += f"; likeliest cause, the settings changed from the preset: {', '.join(opts.changed[:3])}"
                 runs.append(rec)
                 if path:
                     record.write_json(path, rec)
