@@ -100,7 +100,15 @@ class _BatchUnpickler(pickle.Unpickler):
 
 def _read_batch(path: Path, label_key: str, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     try:
-        with open(path, "rb") as f:
+        f = open(path, "rb")
+    except PermissionError:
+        raise HlbError(f"dataset file {path} cannot be read: permission denied (the file itself is not at fault)",
+                       "make it readable (chmod a+r), or run as a user who may read it") from None
+    except IsADirectoryError:
+        raise HlbError(f"dataset file {path} is a folder, not a CIFAR batch file",
+                       "remove that folder and restore the file from the upstream archive") from None
+    try:
+        with f:
             d = _BatchUnpickler(f, encoding="bytes").load()
         data = _get(d, "data")
         labels = _get(d, label_key)

@@ -155,6 +155,10 @@ def locate_cifar(name: str, data_dir: str | Path | None = None, download: bool =
     link = broken_link(root, source)
     if link:
         raise link
+    odd = next((f for f in files if f.is_dir()), None)
+    if odd is not None:
+        raise UsageError(f"{odd} is a folder where a {name} batch file should be ({source} {root})",
+                         "remove that folder and restore the file from the upstream archive (or remove the whole folder to download again)")
     missing = folder if not folder.is_dir() else next(f for f in files if not f.is_file())
     if root.name == folder_name and not folder.is_dir():  # the upstream folder itself, incomplete
         missing = next((root / f for f in train_files + test_files if not (root / f).is_file()), missing)

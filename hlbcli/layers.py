@@ -43,7 +43,7 @@ def parse_value(text: str) -> Any:
     except RecursionError:
         raise UsageError(f"--set value is nested more than {MAX_DEPTH} levels deep", "a config is sections of keys: flatten it") from None
     except tomllib.TOMLDecodeError:
-        if text[:1] in "[{":
+        if text[:1] and text[0] in "[{":
             raise UsageError(
                 f"{text!r} is not a valid TOML list or table",
                 'quote strings inside lists, e.g. [16,"abc"]; numbers and true/false go bare',
@@ -165,6 +165,8 @@ def apply_set(data: dict, assignment: str) -> dict:
     parts = key.split(".")
     if not key or any(not p for p in parts):
         raise UsageError(f"--set {assignment!r} has an empty key", "write --set section.key=value")
+    if not raw.strip():
+        raise UsageError(f"--set {key}= has no value", f'write --set {key}=VALUE; an empty string is {key}=""')
     value = parse_value(raw.strip())
     check_depth(value, f"--set {key}")
     out = copy.deepcopy(data)

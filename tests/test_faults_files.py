@@ -369,3 +369,31 @@ def test_out_a_broken_symlink_says_what_it_is(cli, tmp_path, kind):
     code, _, err = cli(*CIFAR, "--data-dir", link)
     assert_one_line_error(code, err, 2, f"--data-dir {link}", needle)
     assert not (tmp_path / "missing").exists()
+
+
+def test_an_unreadable_batch_is_said_unreadable_not_corrupt(cli, tmp_path, monkeypatch):
+    import builtins
+
+    import hlbcli.data
+
+    folder = _write_cifar(tmp_path / "d")
+    real_open = builtins.open
+
+    def no_read(path, *args, **kwargs):  # chmod 000 would not stop root, who runs CI
+        if Path(path).name == "data_batch_3":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(hlbcli.data, "open", no_read, raising=False)
+    code, _, err = cli(*CIFAR, "--data-dir", tmp_path / "d")
+    line = assert_one_line_error(code, err, 1, str(folder / "data_batch_3"), "permission denied", "chmod a+r")
+    assert "corrupt" not in line and "download again" not in line
+
+
+def test_a_folder_where_a_batch_file_should_be_is_named_as_such(cli, tmp_path):
+    folder = _write_cifar(tmp_path / "d")
+    (folder / "test_batch").unlink()
+    (folder / "test_batch").mkdir()
+    code, _, err = cli(*CIFAR, "--data-dir", tmp_path / "d")
+    line = assert_one_line_error(code, err, 2, str(folder / "test_batch"), "is a folder where a cifar10 batch file should be")
+    assert "missing" not in line
