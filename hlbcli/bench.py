@@ -62,6 +62,15 @@ def _plain_step(model, optimizer, base_lrs, lr_table, smoothing, ema):
     return step
 
 
+def _plain_lookahead(model, total_steps: int, every: int, base: float = 0.95, power: float = 3.0) -> tuple:
+    """airbench94's lookahead written out for the plain loop, independently of the ``ema``
+    trick it is timed against (the core imports no trick): every floating parameter and
+    buffer, an average of them, and the decay base**every * (t / T)**power of step t."""
+    net = [p for p in model.parameters() if p.is_floating_point()] + [b for b in model.buffers() if b.is_floating_point()]
+    t = torch.arange(total_steps + 1, dtype=torch.float64)
+    return every, [x.detach().clone() for x in net], net, (base**every * (t / max(total_steps, 1)) ** power).float()
+
+
 def overhead(
     widths: tuple[int, ...] = (32, 64, 64),
     batch_size: int = 256,
@@ -90,12 +99,7 @@ def overhead(
         else:
             plain_groups = [dict(params=list(g["params"]), lr=g["lr"], weight_decay=g["weight_decay"]) for g in plan.optimizers[0].param_groups]
         plain_opt = torch.optim.SGD(plain_groups, momentum=cfg.train.momentum, nesterov=True)
-        ema = None
-        if every:
-            from hlb_plugins.ema import decay_table, tracked_tensors
-
-            net = tracked_tensors(model)
-            ema = (every, [t.detach().clone() for t in net], net, decay_table(plan.ctx.total_steps, every, 0.95, 3.0))
+        ema = _plain_lookahead(model, plan.ctx.total_steps, every) if every else None
         plain = _plain_step(model, plain_opt, [g["lr"] for g in plain_groups], plan.lr_table, smoothing, ema)
         x_all = plan.ctx.train_images
         y_all = session.dataset.train_labels

@@ -15,14 +15,33 @@ from hlbcli.config import EVAL_BATCH
 #: The stages a trick can hook into, in pipeline order.
 STAGES = ("setup", "data", "model", "loss", "optimizer", "step", "select", "run", "eval")
 
-#: ``Transform.order`` of the built-in transforms (lower runs first): place a transform of your
-#: own between them, e.g. ``order=ORDER_TRANSLATE + 5`` runs after translation, before cutout.
-ORDER_FLIP = 0
-ORDER_TRANSLATE = 10
-#: colour jitter (brightness, contrast) sees the flipped, translated set, before cutout zeroes a square
-ORDER_COLOR_JITTER = 15
-ORDER_CUTOUT = 20
-ORDER_CUTMIX = 30
+#: ``Transform.order``'s slots (lower runs first), by kind of augmentation, never by trick: each
+#: trick places its transforms by a slot and an offset of its own (flip at ``ORDER_GEOMETRY``,
+#: translate at ``ORDER_GEOMETRY + 10``). Where a pixel comes from (flips, shifts, crops) ...
+ORDER_GEOMETRY = 0
+#: ... then what its value is (brightness, contrast: colour jitter, on the moved images) ...
+ORDER_COLOR = 15
+#: ... then regions erased (cutout) ...
+ORDER_OCCLUSION = 20
+#: ... and last, two images and their labels mixed (CutMix, mixup)
+ORDER_MIXING = 30
+
+#: the order constants of contract 1, named after built-in tricks: still importable, with a
+#: ``DeprecationWarning``, each the value it had (see CHANGELOG.md, "For trick authors")
+_DEPRECATED_ORDERS = {"ORDER_FLIP": ("ORDER_GEOMETRY", 0), "ORDER_TRANSLATE": ("ORDER_GEOMETRY + 10", 10),
+                      "ORDER_COLOR_JITTER": ("ORDER_COLOR", 15), "ORDER_CUTOUT": ("ORDER_OCCLUSION", 20),
+                      "ORDER_CUTMIX": ("ORDER_MIXING", 30)}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _DEPRECATED_ORDERS:
+        import warnings
+
+        instead, value = _DEPRECATED_ORDERS[name]
+        warnings.warn(f"hlbcli.contract.{name} is deprecated: use {instead} (the contract names slots, not tricks)",
+                      DeprecationWarning, stacklevel=2)
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)

@@ -43,11 +43,24 @@ def _cell(v, width: int, spec: str = "", percent: bool = False) -> str:
     return (pct(v) if percent else format(v, spec)).rjust(width)
 
 
-def saved_line(out: Path | None, records: int) -> str:
+def results_line(out: Path | None, records: int) -> str:
     """Where the results went, or that nothing was kept."""
     if out is None:
         return "nothing saved (add --out DIR to keep the run records)"
     return f"results in {out} (summary.json, {records} run record(s); accuracies there are fractions)"
+
+
+def runs_saved(seq: dict) -> str:
+    """An ``--until-resolved`` battery's saving (its summary's ``sequential`` table): ``12
+    saved``, or why nothing is counted as saved (the battery stopped early)."""
+    return "none counted (stopped early)" if seq["runs_saved"] is None else f"{seq['runs_saved']} saved"
+
+
+def runs_saved_line(seq: dict) -> str:
+    """``until resolved: 80 runs of at most 100 (--max-runs 10 x 10 arms): 20 saved``."""
+    return (f"until resolved: {seq['runs_spent']} runs of at most {seq['runs_max']} "
+            f"(--max-runs {seq['max_runs']} x {seq['runs_max'] // max(1, seq['max_runs'])} arms): "
+            + runs_saved(seq))
 
 
 class Printer:
@@ -132,4 +145,4 @@ class Printer:
 
     def saved(self, out: Path | None, records: int) -> None:
         if not self.quiet:
-            self.console.print(saved_line(out, records), markup=False)
+            self.console.print(results_line(out, records), markup=False)

@@ -11,8 +11,7 @@ from typing import Any
 
 from hlbcli import record, stats
 from hlbcli.errors import UsageError
-from hlbcli.experiments.sequential import saved_text
-from hlbcli.output import synthetic
+from hlbcli.output import runs_saved, synthetic
 
 PNG_NAME = "accuracy.png"
 
@@ -89,7 +88,7 @@ def plot_summary(summary: dict, path: Path, title: str | None = None, label: str
     ax.set_title((title or (f"ablation of {summary.get('preset')}" if "arms" in summary else "accuracy per run")) + data)
     ax.grid(axis="y", alpha=0.3)
     seq = summary.get("sequential")
-    saved = f"; until resolved: {seq['runs_spent']} runs of {seq['runs_max']}, {saved_text(seq)}" if seq else ""
+    saved = f"; until resolved: {seq['runs_spent']} runs of {seq['runs_max']}, {runs_saved(seq)}" if seq else ""
     # the legend wrapped to the figure's width (about 19 characters an inch at 7 points), room kept below
     foot = textwrap.wrap(f"points: runs; bar: mean; whiskers: 95% CI ({stats.ACCURACY_CI_SHORT})" + saved,
                          int(19 * fig.get_figwidth()))

@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 from hlbcli import readback, record
 from hlbcli.errors import UsageError
-from hlbcli.output import SYNTHETIC, pct, pts, synthetic
+from hlbcli.output import SYNTHETIC, pct, pts, runs_saved_line, synthetic
 from hlbcli.report_svg import curves
 
 REPORT_NAME = "report.html"
@@ -175,7 +175,7 @@ def sequential_section(s: dict) -> str:
     delta = f"; no effect: within +-{100 * seq['delta']:g} points" if seq.get("delta") else ""
     return ("<h2>Until resolved</h2>"
             + _table(["arm", "verdict", "resolved", "runs spent", "pairs", "Δ paired CS (points)"], rows, "sequential")
-            + f'<p>{_e(sequential.saved_line(seq))}</p>'
+            + f'<p>{_e(runs_saved_line(seq))}</p>'
             + f'<p class="note">{_e(seq.get("method"))} at {1 - seq.get("alpha", 0.05):.0%}, valid at every look '
               f'(looks at {_e(", ".join(map(str, seq.get("looks", []))))} seeds){_e(delta)}; {_e(seq.get("reference", ""))}</p>')
 

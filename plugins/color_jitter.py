@@ -12,9 +12,11 @@ from pydantic import Field
 
 from hlbcli import hookimpl
 from hlbcli.config import Settings
-from hlbcli.contract import ORDER_COLOR_JITTER, Transform, trick
+from hlbcli.contract import ORDER_COLOR, Transform, trick
 
 NAME = "color_jitter"
+#: where this trick's transform runs among the others (``Transform.order``)
+ORDER = ORDER_COLOR
 
 
 class ColorJitterSettings(Settings):
@@ -53,4 +55,4 @@ def hlb_batch_transforms(cfg):
     def color_jitter_epoch(images, epoch, gen=None):
         return color_jitter(images, s.brightness, s.contrast, gen)
 
-    return [Transform(NAME, color_jitter_epoch, level="epoch", order=ORDER_COLOR_JITTER)]
+    return [Transform(NAME, color_jitter_epoch, level="epoch", order=ORDER)]

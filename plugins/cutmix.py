@@ -8,9 +8,11 @@ from pydantic import Field
 
 from hlbcli import hookimpl
 from hlbcli.config import Settings
-from hlbcli.contract import ORDER_CUTMIX, Transform, trick
+from hlbcli.contract import ORDER_MIXING, Transform, trick
 
 NAME = "cutmix"
+#: where this trick's transform runs among the others (``Transform.order``)
+ORDER = ORDER_MIXING
 
 
 class CutmixSettings(Settings):
@@ -46,4 +48,4 @@ def hlb_batch_transforms(cfg, ctx):
     def cutmix_batch(images, targets):
         return cutmix(images, targets, s.size)
 
-    return [Transform(NAME, cutmix_batch, level="batch", order=ORDER_CUTMIX, start_epoch=start)]
+    return [Transform(NAME, cutmix_batch, level="batch", order=ORDER, start_epoch=start)]

@@ -8,9 +8,11 @@ from pydantic import Field
 
 from hlbcli import hookimpl
 from hlbcli.config import Settings
-from hlbcli.contract import ORDER_CUTOUT, Transform, trick
+from hlbcli.contract import ORDER_OCCLUSION, Transform, trick
 
 NAME = "cutout"
+#: where this trick's transform runs among the others (``Transform.order``)
+ORDER = ORDER_OCCLUSION
 
 
 class CutoutSettings(Settings):
@@ -42,4 +44,4 @@ def hlb_batch_transforms(cfg):
     def cutout_epoch(images, epoch, gen=None):
         return cutout(images, size, gen)
 
-    return [Transform(NAME, cutout_epoch, level="epoch", order=ORDER_CUTOUT)]
+    return [Transform(NAME, cutout_epoch, level="epoch", order=ORDER)]

@@ -12,9 +12,11 @@ from pydantic import Field
 
 from hlbcli import hookimpl
 from hlbcli.config import Settings
-from hlbcli.contract import ORDER_FLIP, PerInput, Transform, trick
+from hlbcli.contract import ORDER_GEOMETRY, PerInput, Transform, trick
 
 NAME = "flip"
+#: where this trick's transform runs among the others (``Transform.order``)
+ORDER = ORDER_GEOMETRY
 
 
 class FlipSettings(Settings):
@@ -40,7 +42,7 @@ def make_transform(n: int, mode: str, device, generator: torch.Generator | None)
         mask = torch.rand(len(images), device=images.device, generator=gen) < 0.5
         return flip_masked(images, mask)
 
-    return Transform(NAME, flip_epoch, level="epoch", order=ORDER_FLIP)
+    return Transform(NAME, flip_epoch, level="epoch", order=ORDER)
 
 
 hlb_trick_info, hlb_config_model = trick(NAME, "horizontal flips, alternating per epoch (each image in one of two epochs) or random", FlipSettings)

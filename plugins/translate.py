@@ -10,9 +10,11 @@ from pydantic import Field
 
 from hlbcli import hookimpl
 from hlbcli.config import Settings
-from hlbcli.contract import ORDER_TRANSLATE, PerInput, Transform, trick
+from hlbcli.contract import ORDER_GEOMETRY, PerInput, Transform, trick
 
 NAME = "translate"
+#: where this trick's transform runs among the others (``Transform.order``)
+ORDER = ORDER_GEOMETRY + 10
 
 
 class TranslateSettings(Settings):
@@ -61,4 +63,4 @@ def hlb_batch_transforms(cfg):
     def translate_epoch(images, epoch, gen=None):
         return random_translate(images, pad, gen, padded(images))
 
-    return [Transform(NAME, translate_epoch, level="epoch", order=ORDER_TRANSLATE)]
+    return [Transform(NAME, translate_epoch, level="epoch", order=ORDER)]

@@ -21,7 +21,7 @@ import pytest
 from conftest import set_args, tiny_sets
 from hlbcli.cli import main
 from hlbcli.experiments import sequential
-from hlbcli.output import pct, pts
+from hlbcli.output import pct, pts, runs_saved_line
 
 CHROMIUM, DRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"
 FAST = tiny_sets("data.synthetic_train=128", "data.synthetic_test=64")
@@ -189,7 +189,7 @@ def test_page_opens_offline_and_shows_the_summary(kind, folders, browser, cli, t
         assert rows == [[arm["name"], sequential.describe(arm["sequential"], seq["delta"]),
                          "yes" if arm["sequential"]["how"] in ("effect +", "effect -", "no effect") else "no",
                          str(arm["n_started"]), str(arm["sequential"]["pairs"]), sequential.interval_text(arm["sequential"])]]
-        assert sequential.saved_line(seq) in html
+        assert runs_saved_line(seq) in html
 
 
 def test_links_still_work_when_the_folder_moves_and_out_chooses_the_file(folders, cli, tmp_path):

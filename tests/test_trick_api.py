@@ -42,7 +42,7 @@ def test_the_api_modules_export_what_the_readme_names():
     for name in ["Transform", "StepAction", "RunContext", "Dataset", "DataSpec", "CrossEntropy", "trick",
                  "sgd_hparams", "kilostep_scale"]:
         assert hasattr(c, name), name
-    assert (c.ORDER_FLIP, c.ORDER_TRANSLATE, c.ORDER_CUTOUT, c.ORDER_CUTMIX) == (0, 10, 20, 30)
+    assert (c.ORDER_GEOMETRY, c.ORDER_COLOR, c.ORDER_OCCLUSION, c.ORDER_MIXING) == (0, 15, 20, 30)
     for name in m.__all__:
         assert hasattr(m, name), name
     assert {"batchnorms", "group_convs", "half_weights"} <= set(m.__all__)
@@ -73,3 +73,50 @@ def test_object_trick_with_trick_helpers_registers(tmp_path):
     assert cfg.obj.k == 5 and tm.info("obj").summary == "an object trick"
     result = testing.train(cfg, tm)
     assert result["runs"][0]["status"] == "completed"
+
+
+def test_each_trick_declares_its_order_and_the_old_names_warn_with_their_values():
+    """The contract names order slots, not tricks (issue 32); contract 1's ORDER_FLIP ... still
+    import, with a DeprecationWarning, at the values the built-ins keep."""
+    import hlbcli.contract as c
+    from hlb_plugins import color_jitter, cutmix, cutout, flip, translate
+
+    assert [m.ORDER for m in (flip, translate, color_jitter, cutout, cutmix)] == [0, 10, 15, 20, 30]
+    for old, value in [("ORDER_FLIP", 0), ("ORDER_TRANSLATE", 10), ("ORDER_COLOR_JITTER", 15),
+                       ("ORDER_CUTOUT", 20), ("ORDER_CUTMIX", 30)]:
+        with pytest.warns(DeprecationWarning, match=f"{old} is deprecated: use ORDER_"):
+            assert getattr(c, old) == value
+    with pytest.raises(AttributeError):
+        c.ORDER_NOSUCH
+    core = Path(c.__file__).read_text()
+    for trick_name in ("FLIP", "TRANSLATE", "JITTER", "CUTOUT", "CUTMIX"):
+        assert f"ORDER_{trick_name} =" not in core
+
+
+CORE = Path(__file__).parent.parent / "hlbcli"
+#: the modules below the experiments layer that records, statistics and pictures live in
+LOW = ["record.py", "readback.py", "stats.py", "plot.py", "output.py", "claims.py"]
+
+
+def _imported(path: Path) -> set[str]:
+    mods = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            mods.add(node.module)
+        elif isinstance(node, ast.Import):
+            mods |= {a.name for a in node.names}
+    return mods
+
+
+@pytest.mark.parametrize("path", sorted(CORE.rglob("*.py")), ids=lambda p: str(p.relative_to(CORE)))
+def test_the_core_imports_no_trick(path):
+    """The core knows no single trick: only the registry (``hlb_plugins.BUILTINS``, in
+    catalog) names the package, imports inside functions included."""
+    tricks = {m for m in _imported(path) if m.split(".")[0] == "hlb_plugins"}
+    assert tricks <= ({"hlb_plugins"} if path.name == "catalog.py" else set()), f"{path.name} imports {tricks}"
+
+
+@pytest.mark.parametrize("name", LOW)
+def test_records_statistics_and_pictures_import_nothing_of_the_experiments_layer(name):
+    up = {m for m in _imported(CORE / name) if m.startswith("hlbcli.experiments")}
+    assert not up, f"hlbcli/{name} imports {up}: records, statistics and pictures sit below the experiments layer"

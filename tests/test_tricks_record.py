@@ -13,7 +13,7 @@ from torch.utils._pytree import tree_flatten
 
 from conftest import tiny_sets
 from hlbcli import hookimpl, testing
-from hlbcli.contract import ORDER_COLOR_JITTER, ORDER_CUTOUT, ORDER_TRANSLATE, RunContext, trick
+from hlbcli.contract import ORDER_COLOR, ORDER_GEOMETRY, ORDER_OCCLUSION, RunContext, trick
 from hlbcli.errors import ConfigError
 from hlbcli.evaluation import eval_logits, evaluate, scores
 from hlbcli.resolve import resolve
@@ -48,7 +48,7 @@ def recovered(out: torch.Tensor, p: float = 0.75, q: float = -1.25) -> tuple[tor
 
 def test_color_jitter_draws_one_brightness_and_contrast_per_image_in_range():
     tr = _jitter_transform("color_jitter.brightness=0.3", "color_jitter.contrast=0.2")
-    assert tr.level == "epoch" and tr.order == ORDER_COLOR_JITTER and ORDER_TRANSLATE < tr.order < ORDER_CUTOUT
+    assert tr.level == "epoch" and tr.order == ORDER_COLOR and ORDER_GEOMETRY + 10 < tr.order < ORDER_OCCLUSION
     n = 2000
     x = two_valued(n)
     before, version = x.clone(), x._version

@@ -99,17 +99,6 @@ def totals(rows: list[dict], opts: AblateOptions, partial: bool = False) -> dict
             "runs_saved": None if partial else most - spent}
 
 
-def saved_text(seq: dict) -> str:
-    """``12 saved``, or why nothing is counted as saved (the battery stopped early)."""
-    return "none counted (stopped early)" if seq["runs_saved"] is None else f"{seq['runs_saved']} saved"
-
-
-def saved_line(seq: dict) -> str:
-    return (f"until resolved: {seq['runs_spent']} runs of at most {seq['runs_max']} "
-            f"(--max-runs {seq['max_runs']} x {seq['runs_max'] // max(1, seq['max_runs'])} arms): "
-            + saved_text(seq))
-
-
 def run_rounds(backend, battery, got: list[int]) -> None:
     """Train ``battery`` round by round (see the module): each round sets the plan's runs per
     arm, gives the backend the baseline and the arms not yet resolved with ``--resume``

@@ -10,7 +10,7 @@ from typing import Any
 from hlbcli import readback, record, stats
 from hlbcli.errors import UsageError
 from hlbcli.experiments import sequential
-from hlbcli.output import SYNTHETIC, pct, pts, synthetic
+from hlbcli.output import SYNTHETIC, pct, pts, runs_saved_line, synthetic
 from hlbcli.experiments.plan import BASELINE, AblateOptions, Arm, arm_records, options_of, plan_runs
 
 SIGNIFICANCE = 0.05
@@ -190,7 +190,7 @@ def footnote(summary: dict) -> str:
     ) if summary["seeds"] else "no seeds"
     seq = summary.get("sequential")
     if seq and summary["seeds"]:
-        note = note.replace(" in every arm", f" at most; {sequential.saved_line(seq)}; resolved: the "
+        note = note.replace(" in every arm", f" at most; {runs_saved_line(seq)}; resolved: the "
                             f"{seq['method']} of the paired differences ({1 - seq['alpha']:.0%}, valid at every look, "
                             "in points) excludes 0 (effect +/-)"
                             + (f" or lies within +-{100 * seq['delta']:g} points (no effect)" if seq.get("delta") else ""))
