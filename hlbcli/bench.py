@@ -24,7 +24,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from hlbcli.layers import load_preset
 from hlbcli.output import SYNTHETIC, pct, pts, synthetic
-from hlbcli.contract import sgd_hparams
+from hlbcli.contract import set_lrs, sgd_hparams
 from hlbcli.resolve import resolve
 from hlbcli.run import plan_run
 from hlbcli.session import open_session
@@ -43,14 +43,14 @@ def _plain_step(model, optimizer, base_lrs, lr_table, smoothing, ema):
     """The same math written by hand: CE (with smoothing) summed, Nesterov SGD with the lr
     table, and a lookahead average every k steps."""
     groups = optimizer.param_groups
+    tables = [lr_table] * len(groups)
 
     def step(x, y, i):
         logits = model(x)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=smoothing, reduction="none").sum()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        for g, base in zip(groups, base_lrs):
-            g["lr"] = base * lr_table[i]
+        set_lrs(groups, base_lrs, tables, i)
         optimizer.step()
         if ema is not None:
             every, avg, net, decays = ema
@@ -148,7 +148,7 @@ def _airbench_step(model, lr: float, wd: float, bias_scaler: float, momentum: fl
     lr_b = lr * bias_scaler
     groups = [dict(params=norm, lr=lr_b, weight_decay=wd / lr_b), dict(params=other, lr=lr, weight_decay=wd / lr)]
     optimizer = torch.optim.SGD(groups, momentum=momentum, nesterov=True, foreach=True)
-    base = [lr_b, lr]
+    base, tables = [lr_b, lr], [lr_table, lr_table]
     state = [v for v in model.state_dict().values() if v.dtype in (torch.half, torch.float)]
     ema = [v.clone() for v in state]
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=smoothing, reduction="none")
@@ -158,8 +158,7 @@ def _airbench_step(model, lr: float, wd: float, bias_scaler: float, momentum: fl
         loss = loss_fn(outputs, y).sum()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        for g, b in zip(optimizer.param_groups, base):
-            g["lr"] = b * lr_table[i]
+        set_lrs(optimizer.param_groups, base, tables, i)
         optimizer.step()
         if (i + 1) % every == 0:
             with torch.no_grad():

@@ -278,7 +278,7 @@ class Selection:
 @dataclass
 class ProxyNet:
     """A second net for one run, built by the run's own hooks with other model settings
-    (``hlb_select``'s ``build_proxy``, :func:`hlbcli.stream.proxy_net`): the seed's weights,
+    (``hlb_select``'s ``build_proxy``, :func:`hlbcli.selection.proxy_net`): the seed's weights,
     initialised by ``hlb_model_init``, on the run's device and precision, with its loss,
     optimizers and lr tables from the run's hooks. The trick that asked for it trains it:
     the trainer never does."""
@@ -298,10 +298,17 @@ class ProxyNet:
     ctx: "RunContext"
 
     def set_lr(self, step: int) -> None:
-        """Every group's lr for step ``step``, as the trainer sets the run's (host numbers)."""
-        groups = [g for opt in self.optimizers for g in opt.param_groups]
-        for g, base, table in zip(groups, self.base_lrs, self.lr_tables):
-            g["lr"] = base * table[step]
+        """Every group's lr for step ``step``, as the trainer sets the run's (:func:`set_lrs`)."""
+        set_lrs([g for opt in self.optimizers for g in opt.param_groups], self.base_lrs, self.lr_tables, step)
+
+
+def set_lrs(groups: list[dict], base_lrs: list[float], lr_tables: list, step: int) -> None:
+    """The lr rule, the one copy of it: each optimizer group's lr at ``step`` is its lr at build
+    time times its table's multiplier for ``step`` (host numbers: no device work, no sync). The
+    trainer's step, a proxy net's :meth:`ProxyNet.set_lr` and the benchmarks' hand-written
+    references all set their lrs through it."""
+    for g, base, table in zip(groups, base_lrs, lr_tables):
+        g["lr"] = base * table[step]
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,13 @@ from hlbcli import record
 from hlbcli.config import to_dict
 from hlbcli.contract import RunContext, StepAction, Transform
 from hlbcli.data import normalize
-from hlbcli.errors import HlbError, TrickError, UsageError
+from hlbcli.errors import HlbError
 from hlbcli.session import Session, device_name, reset_weights
 from hlbcli.signals import Interrupted
-from hlbcli.step import StepRecord, build_step, group_schedules
-from hlbcli.stream import epoch_set, epoch_steps, run_selection
+from hlbcli.build import build_optimization
+from hlbcli.selection import run_selection
+from hlbcli.step import StepRecord, build_step
+from hlbcli.stream import epoch_set, epoch_steps
 
 
 class Timer:
@@ -75,25 +77,6 @@ class RunPlan:
         )
 
 
-def check_optimizers(model: torch.nn.Module, optimizers: list) -> None:
-    """What ``hlb_optimizer_build`` returned: optimizers, each parameter in at most one."""
-    seen: set[int] = set()
-    for opt in optimizers:
-        if not isinstance(opt, torch.optim.Optimizer):
-            raise TrickError(
-                f"hlb_optimizer_build returned {type(opt).__name__}, not a torch.optim.Optimizer",
-                "return an optimizer or a list of them",
-            )
-        for g in opt.param_groups:
-            for p in g["params"]:
-                if id(p) in seen:
-                    raise TrickError(
-                        "a parameter is in two optimizer groups",
-                        "take the parameters a trick optimises itself out of the other groups (hlb_param_groups wrapper)",
-                    )
-                seen.add(id(p))
-
-
 def _flatten(results: list) -> list:
     out = []
     for r in results:
@@ -140,22 +123,11 @@ def plan_run(session: Session, seed: int, warmup: bool = False, ctx: RunContext 
     ctx.train_images = train_images
     tm.hook.hlb_model_init(model=model, ctx=ctx)
     transforms = sorted(_flatten(tm.hook.hlb_batch_transforms(cfg=cfg, ctx=ctx)), key=lambda tr: tr.order)
-    loss_fn = tm.hook.hlb_loss_build(cfg=cfg, ctx=ctx)
-    groups = tm.hook.hlb_param_groups(model=model, cfg=cfg, ctx=ctx)
-    built = tm.hook.hlb_optimizer_build(param_groups=groups, cfg=cfg, ctx=ctx)
-    optimizers = list(built) if isinstance(built, (list, tuple)) else [built]
-    check_optimizers(model, optimizers)
-    ctx.optimizer, ctx.optimizers = optimizers[0], optimizers
-    base_lrs = [g["lr"] for opt in optimizers for g in opt.param_groups]
-    lr_table = tm.hook.hlb_lr_schedule(total_steps=total_steps, cfg=cfg, ctx=ctx)
-    if len(lr_table) < total_steps + 1:
-        raise UsageError(f"the lr schedule has {len(lr_table)} values for {total_steps} steps", "fix the schedule hook")
-    lr_table = [float(v) for v in lr_table.tolist()]
-    actions = _flatten(tm.hook.hlb_step_actions(model=model, optimizer=optimizers[0], optimizers=optimizers, cfg=cfg, ctx=ctx))
+    o = build_optimization(tm, cfg, ctx, model, total_steps)
+    actions = _flatten(tm.hook.hlb_step_actions(model=model, optimizer=o.optimizers[0], optimizers=o.optimizers, cfg=cfg, ctx=ctx))
     keep, weights, k = run_selection(session, ctx, transforms)
     tm.hook.hlb_train_start(ctx=ctx)
-    tables = group_schedules([g for opt in optimizers for g in opt.param_groups], lr_table, total_steps)
-    return RunPlan(ctx, transforms, loss_fn, optimizers, base_lrs, lr_table, actions, lr_tables=tables,
+    return RunPlan(ctx, transforms, o.loss_fn, o.optimizers, o.base_lrs, o.lr_table, actions, lr_tables=o.lr_tables,
                    keep=keep, weights=weights, k=k)
 
 

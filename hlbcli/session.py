@@ -85,7 +85,7 @@ class Session:
     #: ``train.compile_loss``: the compiled forward+loss graphs, one per (loss, soft targets),
     #: kept for every seed of the session (:meth:`hlbcli.run.RunPlan.step_fn`)
     fused: dict = field(default_factory=dict)
-    #: the proxy nets of the selection stage (:func:`hlbcli.stream.proxy_net`), built and
+    #: the proxy nets of the selection stage (:func:`hlbcli.selection.proxy_net`), built and
     #: compiled once per session and model settings, given each seed's weights per run
     proxies: dict = field(default_factory=dict)
     #: :func:`hlbcli.record.source_commit`, read once when the session opens: each run record
@@ -171,7 +171,7 @@ def open_session(
 
 def reset_weights(session: Session, seed: int, model: torch.nn.Module | None = None, cfg: Any = None) -> None:
     """Give the built model (or ``model``, a net of ``cfg``'s: a proxy net of
-    :func:`hlbcli.stream.proxy_net`) the seed's fresh initial weights in place (the compiled
+    :func:`hlbcli.selection.proxy_net`) the seed's fresh initial weights in place (the compiled
     graph keeps pointing at the same tensors)."""
     torch.manual_seed(seed)
     cfg, ds = cfg if cfg is not None else session.cfg, session.dataset

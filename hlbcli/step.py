@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from hlbcli.contract import RunContext, StepAction, Transform
+from hlbcli.contract import RunContext, StepAction, Transform, set_lrs
 
 
 def build_step(
@@ -66,8 +66,7 @@ def build_step(
         for a in after_bwd:
             if a.active(i):
                 a.fn(i)
-        for g, base, table in zip(groups, base_lrs, tables):
-            g["lr"] = base * table[i]
+        set_lrs(groups, base_lrs, tables, i)
         for opt_step in opt_steps:
             opt_step()
         done = i + 1
