@@ -21,7 +21,7 @@ import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from hlbcli.config import MAX_ARMS, MAX_RUNS, MAX_SEED
 from hlbcli.errors import UsageError
@@ -186,15 +186,16 @@ class Records:
 
 
 def read_records(folder: Path, seeds: range | None = None, first_seed: int | None = None,
-                 strict: bool = True) -> Records:
+                 strict: bool = True, read: Callable[[Path], bool] | None = None) -> Records:
     """The run records in ``folder``, each checked by :func:`check_record`. ``seeds``: the
     plan's seeds (others are set aside in ``outside``); ``first_seed``: the seed of
-    ``run-000-*`` (the canonical names), by default ``seeds.start``."""
+    ``run-000-*`` (the canonical names), by default ``seeds.start``; ``read``: which files are
+    read at all (the others are not there for this reader)."""
     folder = Path(folder)
     if first_seed is None and seeds is not None:
         first_seed = seeds.start
     out = Records(folder)
-    paths = sorted(folder.glob("run-*.json"))
+    paths = [p for p in sorted(folder.glob("run-*.json")) if read is None or read(p)]
     if len(paths) > MAX_FILES:
         raise UsageError(f"{folder} holds {len(paths)} run-*.json files, more than the {MAX_FILES} hlb reads back",
                          "move the files hlb did not write away, or choose a new folder")
