@@ -85,6 +85,11 @@ def _int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def number(v: Any) -> bool:
+    """A number (not a boolean) or null: a statistic of a summary or claim, NaN where undefined."""
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
 def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 

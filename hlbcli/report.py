@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import quote
 
 from hlbcli import readback, record
+from hlbcli.claims import check_claim
 from hlbcli.errors import UsageError
 from hlbcli.output import SYNTHETIC, pct, pts, synthetic
 from hlbcli.report_svg import curves
@@ -53,10 +54,6 @@ NUMBERS = ("mean_accuracy", "std_accuracy", "mean_train_seconds")
 ARM_NUMBERS = NUMBERS + ("delta_accuracy", "delta_train_seconds")
 
 
-def _number(v: Any) -> bool:
-    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
-
-
 def _check_summary(s: Any, ablation: bool) -> str | None:
     """Why ``s`` is not a summary.json hlb wrote, or None (what the page reads, checked)."""
     if not isinstance(s, dict):
@@ -70,9 +67,9 @@ def _check_summary(s: Any, ablation: bool) -> str | None:
         name = f"arm {a['name']!r}: " if ablation and isinstance(a, dict) and isinstance(a.get("name"), str) else ""
         if not (isinstance(a, dict) and isinstance(a.get("runs"), list) and isinstance(a.get("n"), int)
                 and (not ablation or isinstance(a.get("name"), str))
-                and isinstance(a.get("ci95"), list) and len(a["ci95"]) == 2 and all(map(_number, a["ci95"]))):
+                and isinstance(a.get("ci95"), list) and len(a["ci95"]) == 2 and all(map(readback.number, a["ci95"]))):
             return f"{name}no name, n, ci95 or runs" if ablation else "no n, ci95 or runs"
-        bad = [k for k in (ARM_NUMBERS if ablation else NUMBERS) if not _number(a.get(k))]
+        bad = [k for k in (ARM_NUMBERS if ablation else NUMBERS) if not readback.number(a.get(k))]
         if bad:
             return f"{name}{bad[0]} {a.get(bad[0])!r} is not a number"
     return None
@@ -124,8 +121,11 @@ def load(folder: Path) -> dict:
     why = _check_summary(summary, ablation)
     if why:
         raise UsageError(f"{folder / 'summary.json'}: {why}", f"rerun hlb summary {folder} to write it again")
-    bench = None if ablation or not inside(folder / "bench.json") else \
-        _read(folder / "bench.json", "rerun the hlb bench command with --resume to write it again")
+    fix = "rerun the hlb bench command with --resume to write it again"
+    bench = None if ablation or not inside(folder / "bench.json") else _read(folder / "bench.json", fix)
+    why = check_claim(bench) if bench is not None else None
+    if why:
+        raise UsageError(f"{folder / 'bench.json'}: {why}", fix)
     arms = []
     for a in summary["arms"] if ablation else [{**summary, "name": folder.resolve().name or "runs", "dir": "."}]:
         d = str(a.get("dir", ""))
@@ -140,7 +140,7 @@ def load(folder: Path) -> dict:
         arms.append({"name": str(a.get("name")), "row": a, "runs": [r for r in runs if isinstance(r, dict)],
                      "found": found, "config": config})
     return {"folder": folder, "kind": "ablation" if ablation else ("bench" if isinstance(bench, dict) else "train"),
-            "summary": summary, "bench": bench if isinstance(bench, dict) else None, "arms": arms, "inside": inside}
+            "summary": summary, "bench": bench, "arms": arms, "inside": inside}
 
 
 # --- the pieces of the page --------------------------------------------------------------------
