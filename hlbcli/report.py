@@ -80,11 +80,11 @@ class Inside:
     links are resolved; the others are kept in ``outside``, to be named in one warning line."""
 
     def __init__(self, folder: Path):
-        self.folder, self.root, self.outside = folder, folder.resolve(), []
+        self.folder, self.root, self.outside = folder, Path(os.path.realpath(folder)), []
 
     def __call__(self, path: Path) -> bool:
-        if not os.path.lexists(path) or Path(path).resolve().is_relative_to(self.root):
-            return True  # (a missing file is the reader's to say)
+        if not os.path.lexists(path) or Path(os.path.realpath(path)).is_relative_to(self.root):
+            return True  # (a missing file, or a link loop, is the reader's to say)
         self.outside += [] if path in self.outside else [path]
         return False
 
@@ -311,7 +311,7 @@ def environment_section(rep: dict) -> str:
 
 
 def _href(path: Path, page: Path) -> str:
-    return quote(Path(os.path.relpath(Path(path).resolve(), page.parent.resolve())).as_posix())
+    return quote(Path(os.path.relpath(os.path.realpath(path), os.path.realpath(page.parent))).as_posix())  # (no error on a link loop)
 
 
 def records_section(rep: dict, page: Path) -> str:

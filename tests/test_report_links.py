@@ -72,7 +72,11 @@ def test_a_record_and_bench_json_linking_outside_are_left_out(made, cli, tmp_pat
     (folder / "kept").mkdir()
     (folder / "run-000-seed0.json").rename(folder / "kept" / "run-000-seed0.json")
     (folder / "run-000-seed0.json").symlink_to(Path("kept") / "run-000-seed0.json")
+    # a link loop is the reader's to refuse, on the page, not an internal error
+    (folder / "run-007-seed7.json").symlink_to("loop")
+    (folder / "loop").symlink_to("run-007-seed7.json")
     html, err = _page(cli, folder)
+    assert 'href="run-007-seed7.json">run-007-seed7.json</a>: cannot be read' in html
     _warned(err, folder, ["run-001-seed1.json", "bench.json"])
     assert "run-001-seed1.json" not in html and 'href="bench.json"' not in html and "Claim (bench.json)" not in html
     assert 'href="kept/run-000-seed0.json"' in html and 'href="summary.json"' in html
