@@ -311,7 +311,8 @@ def environment_section(rep: dict) -> str:
 
 
 def _href(path: Path, page: Path) -> str:
-    return quote(Path(os.path.relpath(os.path.realpath(path), os.path.realpath(page.parent))).as_posix())  # (no error on a link loop)
+    # realpath, not Path.resolve: no error on a link loop
+    return quote(Path(os.path.relpath(os.path.realpath(path), os.path.realpath(page.parent))).as_posix())
 
 
 def records_section(rep: dict, page: Path) -> str:
