@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 from hlbcli import readback, stats
 from hlbcli.readback import config_difference
@@ -41,6 +42,25 @@ def folder_runs(out: Path, config: dict, defaults: dict | None = None) -> list[d
     for p, why in left:
         print(f"warning: left out of the claim {p}: {why}", file=sys.stderr, flush=True)
     return runs
+
+
+def check_claim(b: Any) -> str | None:
+    """Why ``b``, a ``bench.json`` read back, is not the claim ``hlb bench`` wrote, or None: the
+    fields ``hlb report`` shows, checked."""
+    if not isinstance(b, dict):
+        return "not a hlb bench claim (not a JSON object)"
+    missing = [k for k in ("n", "accuracy_mean", "accuracy_ci95", "time_mean", "time_ci95", "summary_line") if k not in b]
+    if missing:
+        return f"not a hlb bench claim (no {missing[0]})"
+    counts = {k: b.get(k) for k in ("n", "diverged", "runs_needed") if k == "n" or b.get(k) is not None}
+    bad = [k for k, v in counts.items() if not (isinstance(v, int) and not isinstance(v, bool) and v >= 0)]
+    bad += [k for k in ("accuracy_mean", "time_mean", "target", "p_value", "runs_needed_alpha") if not readback.number(b.get(k))]
+    if bad:
+        return f"{bad[0]} {b.get(bad[0])!r} is not {'a count' if bad[0] in counts else 'a number'}"
+    for k in ("accuracy_ci95", "time_ci95"):
+        if not (isinstance(b[k], list) and len(b[k]) == 2 and all(map(readback.number, b[k]))):
+            return f"{k} {b[k]!r} is not an interval (two numbers)"
+    return None if isinstance(b["summary_line"], str) else f"summary_line {b['summary_line']!r} is not text"
 
 
 def runs_source(runs: list[dict], here: tuple[str, bool] | None = None) -> tuple[str, bool] | None:

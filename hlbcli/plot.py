@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import sys
 import textwrap
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,10 @@ from hlbcli.errors import UsageError
 from hlbcli.output import runs_saved, synthetic
 
 PNG_NAME = "accuracy.png"
+#: the width of an arm's slot on the x axis, in inches, at least and at most (long arm names
+#: widen it); the characters of a label an inch (matplotlib's 10 points); the lines of a label
+#: (a longer one is cut)
+ARM_INCHES, LABEL_PER_INCH, LABEL_LINES = (1.1, 2.4), 12, 6
 
 
 def require_matplotlib():
@@ -54,12 +61,35 @@ def groups(summary: dict, label: str = "runs") -> list[dict[str, Any]]:
     return out
 
 
+def arm_label(name: str, width: int, lines: int = LABEL_LINES) -> str:
+    """``name`` wrapped to ``width`` characters a line, broken after its commas where it can
+    (a ``--vary`` arm's ``KEY=VALUE,KEY=VALUE``), at most ``lines`` lines (the last one cut with
+    an ellipsis): so that long arm names fit under their arm."""
+    out: list[str] = []
+    for part in re.split(r"(?<=,)", name):
+        if out and len(out[-1]) + len(part) <= width:
+            out[-1] += part
+        else:
+            out += textwrap.wrap(part, width) or ([part] if part else [])
+    if len(out) > lines:
+        out = out[:lines]
+        out[-1] = out[-1][: width - 1] + "…"
+    return "\n".join(out)
+
+
 def plot_summary(summary: dict, path: Path, title: str | None = None, label: str | None = None) -> Path:
     """Draw ``summary`` into ``path`` (its suffix: the format); ``label`` names a ``hlb train``
     summary's one group (default: the folder ``path`` is in)."""
     plt = require_matplotlib()
     gs = groups(summary, label=label or Path(path).parent.name or "runs")
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(gs) + 2), 4.0), dpi=120)
+    # each arm's slot wide enough for its name in LABEL_LINES - 2 lines (wrapping wastes some) and
+    # for its longest KEY=VALUE, within ARM_INCHES
+    names = [str(g["name"]) for g in gs]
+    need = max([len(n) / (LABEL_LINES - 2) for n in names] + [len(k) for n in names for k in re.split(r"(?<=,)", n)], default=0)
+    slot = min(max(ARM_INCHES[0], need / LABEL_PER_INCH), ARM_INCHES[1])
+    labels = [arm_label(n, int(LABEL_PER_INCH * slot)) for n in names]
+    tall = 0.17 * max(0, max((lb.count("\n") for lb in labels), default=0) - 1)  # a line of 10 points, beyond two
+    fig, ax = plt.subplots(figsize=(max(4.0, slot * len(gs) + 2), 4.0 + tall), dpi=120)
     shown: list[float] = []  # every value drawn, in percent: the axis's range
     for i, g in enumerate(gs):
         n = len(g["accs"])
@@ -79,13 +109,14 @@ def plot_summary(summary: dict, path: Path, title: str | None = None, label: str
     base = 100 * gs[0]["mean"] if gs and gs[0]["accs"] else None
     if base is not None and len(gs) > 1:
         ax.axhline(base, color="C0", linewidth=0.8, linestyle="--", zorder=1)
-    ax.set_xticks(range(len(gs)), [f"{g['name']}\nn={len(g['accs'])}" + (f"\n{g['verdict']}" if g.get("verdict") else "")
-                                   for g in gs])
+    ax.set_xticks(range(len(gs)), [f"{lb}\nn={len(g['accs'])}" + (f"\n{g['verdict']}" if g.get("verdict") else "")
+                                   for g, lb in zip(gs, labels)])
     ax.set_xlim(-0.6, len(gs) - 0.4)
     ax.set_ylabel("test accuracy (%)")
     data = "\n(synthetic data: not a CIFAR-10 result)" if synthetic([r for a in summary.get("arms", [summary])
                                                                     for r in a.get("runs", [])]) else ""
-    ax.set_title((title or (f"ablation of {summary.get('preset')}" if "arms" in summary else "accuracy per run")) + data)
+    head = title or (f"ablation of {summary.get('preset')}" if "arms" in summary else "accuracy per run")
+    ax.set_title("\n".join(textwrap.wrap(head, int(9 * fig.get_figwidth()))) + data)  # 12 points: about 9 an inch
     ax.grid(axis="y", alpha=0.3)
     seq = summary.get("sequential")
     saved = f"; until resolved: {seq['runs_spent']} runs of {seq['runs_max']}, {runs_saved(seq)}" if seq else ""
@@ -93,15 +124,19 @@ def plot_summary(summary: dict, path: Path, title: str | None = None, label: str
     foot = textwrap.wrap(f"points: runs; bar: mean; whiskers: 95% CI ({stats.ACCURACY_CI_SHORT})" + saved,
                          int(19 * fig.get_figwidth()))
     fig.text(0.01, 0.01, "\n".join(foot), fontsize=7, alpha=0.7)
-    fig.tight_layout(rect=(0, 0.03 * len(foot), 1, 1))
     path = Path(path)
     fmt = path.suffix.lstrip(".").lower() or "png"
     try:
         if fmt not in fig.canvas.get_supported_filetypes():
             raise UsageError(f"--out {path}: cannot draw a .{fmt} file", "name a .png (or .svg, .pdf) file")
-        record.write_bytes_with(path, lambda f: fig.savefig(f, format=fmt))  # no half-written picture
+        with warnings.catch_warnings(record=True) as said:  # matplotlib's words become one line of ours
+            warnings.simplefilter("always")
+            fig.tight_layout(rect=(0, 0.03 * len(foot), 1, 1))
+            record.write_bytes_with(path, lambda f: fig.savefig(f, format=fmt))  # no half-written picture
     finally:
         plt.close(fig)
+    for w in dict.fromkeys(str(w.message).splitlines()[0] for w in said if str(w.message)):
+        print(f"warning: {path}: drawn as it is, but matplotlib said: {w}", file=sys.stderr, flush=True)
     return path
 
 

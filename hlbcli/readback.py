@@ -21,7 +21,7 @@ import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from hlbcli.config import MAX_ARMS, MAX_RUNS, MAX_SEED
 from hlbcli.errors import UsageError
@@ -83,6 +83,11 @@ def _build() -> tuple[str, str]:
 
 def _int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def number(v: Any) -> bool:
+    """A number (not a boolean) or null: a statistic of a summary or claim, NaN where undefined."""
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
 
 
 def _finite(v: Any) -> bool:
@@ -186,15 +191,16 @@ class Records:
 
 
 def read_records(folder: Path, seeds: range | None = None, first_seed: int | None = None,
-                 strict: bool = True) -> Records:
+                 strict: bool = True, read: Callable[[Path], bool] | None = None) -> Records:
     """The run records in ``folder``, each checked by :func:`check_record`. ``seeds``: the
     plan's seeds (others are set aside in ``outside``); ``first_seed``: the seed of
-    ``run-000-*`` (the canonical names), by default ``seeds.start``."""
+    ``run-000-*`` (the canonical names), by default ``seeds.start``; ``read``: which files are
+    read at all (the others are not there for this reader)."""
     folder = Path(folder)
     if first_seed is None and seeds is not None:
         first_seed = seeds.start
     out = Records(folder)
-    paths = sorted(folder.glob("run-*.json"))
+    paths = [p for p in sorted(folder.glob("run-*.json")) if read is None or read(p)]
     if len(paths) > MAX_FILES:
         raise UsageError(f"{folder} holds {len(paths)} run-*.json files, more than the {MAX_FILES} hlb reads back",
                          "move the files hlb did not write away, or choose a new folder")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import sys
 import tempfile
 from html import escape
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 from urllib.parse import quote
 
 from hlbcli import readback, record
+from hlbcli.claims import check_claim
 from hlbcli.errors import UsageError
 from hlbcli.output import SYNTHETIC, pct, pts, runs_saved_line, synthetic
 from hlbcli.report_svg import curves
@@ -52,10 +54,6 @@ NUMBERS = ("mean_accuracy", "std_accuracy", "mean_train_seconds")
 ARM_NUMBERS = NUMBERS + ("delta_accuracy", "delta_train_seconds")
 
 
-def _number(v: Any) -> bool:
-    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
-
-
 def _check_summary(s: Any, ablation: bool) -> str | None:
     """Why ``s`` is not a summary.json hlb wrote, or None (what the page reads, checked)."""
     if not isinstance(s, dict):
@@ -69,22 +67,47 @@ def _check_summary(s: Any, ablation: bool) -> str | None:
         name = f"arm {a['name']!r}: " if ablation and isinstance(a, dict) and isinstance(a.get("name"), str) else ""
         if not (isinstance(a, dict) and isinstance(a.get("runs"), list) and isinstance(a.get("n"), int)
                 and (not ablation or isinstance(a.get("name"), str))
-                and isinstance(a.get("ci95"), list) and len(a["ci95"]) == 2 and all(map(_number, a["ci95"]))):
+                and isinstance(a.get("ci95"), list) and len(a["ci95"]) == 2 and all(map(readback.number, a["ci95"]))):
             return f"{name}no name, n, ci95 or runs" if ablation else "no n, ci95 or runs"
-        bad = [k for k in (ARM_NUMBERS if ablation else NUMBERS) if not _number(a.get(k))]
+        bad = [k for k in (ARM_NUMBERS if ablation else NUMBERS) if not readback.number(a.get(k))]
         if bad:
             return f"{name}{bad[0]} {a.get(bad[0])!r} is not a number"
     return None
 
 
+class Inside:
+    """What of ``folder`` the page may read and link: a path that lies inside the folder once
+    links are resolved; the others are kept in ``outside``, to be named in one warning line."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.root, self.outside = folder, Path(os.path.realpath(folder)), []
+
+    def __call__(self, path: Path) -> bool:
+        if not os.path.lexists(path) or Path(os.path.realpath(path)).is_relative_to(self.root):
+            return True  # (a missing file, or a link loop, is the reader's to say)
+        self.outside += [] if path in self.outside else [path]
+        return False
+
+    def warn(self) -> None:
+        if self.outside:
+            names = ", ".join(str(os.path.relpath(p, self.folder)) for p in self.outside)
+            print(f"warning: hlb report: left out {len(self.outside)} file(s) that link outside {self.folder}: {names}",
+                  file=sys.stderr, flush=True)
+
+
 def load(folder: Path) -> dict:
     """What the page shows: the folder's kind, summary (and bench claim), and per arm its name,
-    folder, records by seed (with their paths), the files left out, and its config."""
+    folder, records by seed (with their paths), the files left out, and its config. Only what
+    lies inside ``folder`` once links are resolved is read (:class:`Inside`)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UsageError(f"{folder} is not a folder", HINT)
+    inside = Inside(folder)
+    if not inside(folder / "summary.json"):
+        raise UsageError(f"{folder / 'summary.json'} links outside {folder}",
+                         f"hlb report reads only what lies inside the folder: copy the file into it, or run hlb summary {folder}")
     ablation = (folder / readback.PLAN_NAME).exists() or readback.arms_hold_records(folder)
-    if ablation:
+    if ablation and inside(folder / readback.PLAN_NAME):
         readback.read_plan(folder)  # says what is wrong with the plan, or that it is missing
     summary = _read(folder / "summary.json", f"rerun hlb summary {folder} to write it again")
     if summary is None:
@@ -98,20 +121,26 @@ def load(folder: Path) -> dict:
     why = _check_summary(summary, ablation)
     if why:
         raise UsageError(f"{folder / 'summary.json'}: {why}", f"rerun hlb summary {folder} to write it again")
-    bench = None if ablation else _read(folder / "bench.json", "rerun the hlb bench command with --resume to write it again")
+    fix = "rerun the hlb bench command with --resume to write it again"
+    bench = None if ablation or not inside(folder / "bench.json") else _read(folder / "bench.json", fix)
+    why = check_claim(bench) if bench is not None else None
+    if why:
+        raise UsageError(f"{folder / 'bench.json'}: {why}", fix)
     arms = []
     for a in summary["arms"] if ablation else [{**summary, "name": folder.resolve().name or "runs", "dir": "."}]:
         d = str(a.get("dir", ""))
         where = folder / d if d and ".." not in Path(d).parts and not Path(d).is_absolute() else None
-        found = readback.read_records(where, strict=False) if where and where.is_dir() else readback.Records(folder)
-        config = _read(where / "config.json", "rerun the hlb ablate command with --resume to write it again") if where and ablation else None
+        where = where if where and inside(where) else None
+        found = readback.read_records(where, strict=False, read=inside) if where and where.is_dir() else readback.Records(folder)
+        config = _read(where / "config.json", "rerun the hlb ablate command with --resume to write it again") \
+            if where and ablation and inside(where / "config.json") else None
         runs = a["runs"]
         if not isinstance(config, dict):
             config = next((r["config"] for r in runs if isinstance(r, dict) and isinstance(r.get("config"), dict)), {})
         arms.append({"name": str(a.get("name")), "row": a, "runs": [r for r in runs if isinstance(r, dict)],
                      "found": found, "config": config})
     return {"folder": folder, "kind": "ablation" if ablation else ("bench" if isinstance(bench, dict) else "train"),
-            "summary": summary, "bench": bench if isinstance(bench, dict) else None, "arms": arms}
+            "summary": summary, "bench": bench, "arms": arms, "inside": inside}
 
 
 # --- the pieces of the page --------------------------------------------------------------------
@@ -282,12 +311,14 @@ def environment_section(rep: dict) -> str:
 
 
 def _href(path: Path, page: Path) -> str:
-    return quote(Path(os.path.relpath(Path(path).resolve(), page.parent.resolve())).as_posix())
+    # realpath, not Path.resolve: no error on a link loop
+    return quote(Path(os.path.relpath(os.path.realpath(path), os.path.realpath(page.parent))).as_posix())
 
 
 def records_section(rep: dict, page: Path) -> str:
     folder, out = rep["folder"], []
-    files = [folder / n for n in ("summary.json", "summary.md", "bench.json", readback.PLAN_NAME) if (folder / n).is_file()]
+    files = [folder / n for n in ("summary.json", "summary.md", "bench.json", readback.PLAN_NAME)
+             if (folder / n).is_file() and rep["inside"](folder / n)]
     out.append("<p>" + " ".join(f'<a href="{_href(p, page)}">{_e(p.name)}</a>' for p in files) + "</p>")
     for a in rep["arms"]:
         found = a["found"]
@@ -356,5 +387,7 @@ def write_report(folder: Path, out: str | Path | None = None) -> Path:
 
     rep = load(Path(folder))
     page = plot_target(Path(folder), out, REPORT_NAME)
-    record.write_text(page, render(rep, page))
+    html = render(rep, page)
+    rep["inside"].warn()
+    record.write_text(page, html)
     return page

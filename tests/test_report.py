@@ -253,3 +253,23 @@ def test_a_folder_without_results_is_one_line_naming_the_fix(cli, tmp_path, fold
     code, _, err = cli("report", arms)
     assert code == 2 and "has no ablation.json, but its arms/ holds run records" in err
     assert not (arms / "report.html").exists() and not (half / "report.html").exists()
+
+
+@pytest.mark.parametrize("content, why", [
+    ('{"foo": 1}', "not a hlb bench claim (no n)"),
+    ("[1, 2]", "not a hlb bench claim (not a JSON object)"),
+    ("{", "not valid JSON"),
+])
+def test_a_bench_json_that_is_not_a_claim_is_one_line_naming_the_command(cli, tmp_path, folders, content, why):
+    folder = tmp_path / "bench"
+    shutil.copytree(folders / "bench", folder)
+    (folder / "report.html").unlink(missing_ok=True)
+    (folder / "bench.json").write_text(content)
+    code, out, err = cli("report", folder)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"error: {folder / 'bench.json'}: {why}")
+    assert err.rstrip().endswith("(rerun the hlb bench command with --resume to write it again)")
+    assert not (folder / "report.html").exists()
+    (folder / "bench.json").write_text(json.dumps({**json.loads((folders / "bench" / "bench.json").read_text()), "p_value": "low"}))
+    code, _, err = cli("report", folder)
+    assert code == 2 and "bench.json: p_value 'low' is not a number" in err
