@@ -33,6 +33,15 @@ def config_show(
     typer.echo(dump_toml(to_dict(cfg)))
 
 
+@config_app.command("recipe")
+def config_recipe(preset: str = PresetOpt) -> None:
+    """A preset's recipe on one page, top to bottom (Markdown): each stage of a run with the core's
+    settings and each trick's summary, docstring and settings (docs/recipe-94.md is 94's)."""
+    from hlbcli.recipe import recipe_page
+
+    typer.echo(recipe_page(preset), nl=False)
+
+
 @config_app.command("presets")
 def config_presets() -> None:
     """List the presets shipped with hlb."""

@@ -312,3 +312,15 @@ def test_the_guides_own_tracker_runs_as_written(cli, tmp_path, monkeypatch):
     assert [r["epoch"] for r in rows[:-1]] == [1, 2] and all(r["arm"] is None and r["seed"] == 0 for r in rows)
     assert [r["val_acc"] for r in rows[:-1]] == [e["val_acc"] for e in rec["epochs"]]
     assert rows[-1] == {"arm": None, "seed": 0, "status": "completed", "accuracy": rec["accuracy"]}
+
+
+def test_the_recipe_page_of_94_is_what_the_code_generates(cli):
+    """docs/recipe-94.md is ``hlb config recipe --preset 94``: one page that says what the
+    preset does, top to bottom, from the preset and the tricks' docstrings, never by hand."""
+    code, out, err = cli("config", "recipe", "--preset", "94")
+    assert code == 0, err
+    page = (ROOT / "docs" / "recipe-94.md").read_text()
+    assert out == page, "docs/recipe-94.md is stale: hlb config recipe --preset 94 > docs/recipe-94.md"
+    for trick in ("whitening", "flip", "ema", "tta", "label_smoothing"):
+        assert f"### `{trick}`" in page
+    assert page.index("### `flip`") < page.index("### `translate`") < page.index("### `whitening`") < page.index("### `tta`")
