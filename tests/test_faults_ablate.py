@@ -200,3 +200,11 @@ def test_ablate_checks_device_data_and_sizes_before_any_arm(cli, tmp_path, args,
 def test_ablate_cuda_where_there_is_none(cli):
     code, out, err = cli("ablate", "--preset", "smoke", "--disable", "ema", "--device", "cuda", "--dry-run")
     assert_one_line_error(code, err, 2, "--device cuda", "no CUDA GPU")
+
+
+@pytest.mark.parametrize("command", [["ablate", "--disable", "ema"], ["bench"], ["bench", "--against-set", "train.epochs=1"]])
+def test_a_bad_hlb_threads_is_one_line_before_anything_trains(cli, monkeypatch, tmp_path, command):
+    monkeypatch.setenv("HLB_THREADS", "abc")  # inherited by every arm and side: each would die of it
+    code, out, err = cli(command[0], "--preset", "smoke", *command[1:], "--out", tmp_path / "D")
+    assert_one_line_error(code, err, 2, "HLB_THREADS='abc' is not a thread count", "integer from 1 to")
+    assert not (tmp_path / "D").exists()
