@@ -285,30 +285,32 @@ def plan_of(opts: AblateOptions, arms: list[Arm]) -> dict:
     }
 
 
+def check_out(out: Path, plan: dict, resume: bool = False) -> bool:
+    """Refuse ``out`` when it holds another command's records, or an ablation unless ``resume``
+    and its plan is this one (:func:`hlbcli.record.check_out`); reads only. Returns whether it
+    holds the ablation to go on with."""
+    if not Path(out).is_dir() or not record.check_out(Path(out), "ablation", resume):
+        return False
+    if (Path(out) / PLAN_NAME).exists() or not readback.arms_hold_records(out):
+        old = readback.read_plan(out)
+        if {k: v for k, v in old.items() if k != "runs"} != {k: v for k, v in plan.items() if k != "runs"}:
+            raise UsageError(
+                f"--resume: {out} holds an ablation of another plan ({readback.plan_difference(old, plan)})",
+                "rerun the command that started it with --resume, the same --disable/--enable/--swap/--vary in the same order, or choose a new folder",
+            )
+    return True
+
+
 def claim_out(out: Path, plan: dict, resume: bool = False) -> record.Claim:
-    """Claim ``out`` for this process; refuse one that holds an ablation unless ``resume``
-    and its plan is this one. Writes the plan."""
+    """Claim ``out`` for this process; refuse it as :func:`check_out` does. Writes the plan."""
     hold = record.claim(out)
     try:
-        arms_dir = hold.folder / "arms"
-        if arms_dir.exists() and any(arms_dir.iterdir()):
-            if not resume:
-                raise UsageError(
-                    f"--out {hold.folder} already holds an ablation",
-                    "pass --resume to keep its finished runs and train the rest, or choose a new folder",
-                )
-            if (hold.folder / PLAN_NAME).exists() or not readback.arms_hold_records(hold.folder):
-                old = readback.read_plan(hold.folder)
-                if {k: v for k, v in old.items() if k != "runs"} != {k: v for k, v in plan.items() if k != "runs"}:
-                    raise UsageError(
-                        f"--resume: {hold.folder} holds an ablation of another plan ({readback.plan_difference(old, plan)})",
-                        "rerun the command that started it with --resume, the same --disable/--enable/--swap/--vary in the same order, or choose a new folder",
-                    )
-            else:  # deleted: this command's plan, and each arm's --resume checks its records' config
+        if check_out(hold.folder, plan, resume):
+            if not (hold.folder / PLAN_NAME).exists():  # deleted: this command's plan, and each arm's --resume checks its records' config
                 print(f"warning: {hold.folder} had no {PLAN_NAME}; written again from this command", file=sys.stderr, flush=True)
             opts, arms = options_of(plan, hold.folder)
             readback.refuse_rejected([arm_records(a, opts, hold.folder, strict=True) for a in arms])
-        arms_dir.mkdir(exist_ok=True)
+        (hold.folder / "arms").mkdir(exist_ok=True)
         record.write_json(hold.folder / PLAN_NAME, plan)
     except BaseException:
         hold.release()
