@@ -227,8 +227,8 @@ def check_environment(opts: AblateOptions, dataset: str, fetch: bool):
 
 def plan_battery(opts: AblateOptions, fetch: bool = False) -> list[Arm]:
     """Check everything that can be checked before training: names, ``--set`` values, every
-    arm's config and sizes, the device, the data (downloaded here with ``fetch``), the
-    plotting extra. Returns the arms, the baseline first."""
+    arm's config and sizes, ``--out`` against the plan, the device, the data (downloaded here
+    with ``fetch``), the plotting extra. Returns the arms, the baseline first."""
     from hlbcli.experiments.vary import parse_vary
     from hlbcli.plugins import check_names
     from hlbcli.resolve import parse_swaps, replaced_by
@@ -251,6 +251,8 @@ def plan_battery(opts: AblateOptions, fetch: bool = False) -> list[Arm]:
     active = check_names(active_tricks(data, [], []), "the preset's tricks")
     arms = plan_arms(active, disable, enable, opts.leave_one_out, swaps, replaced_by(enable, active), varied)
     validate_arms(opts, arms)
+    if opts.out is not None:  # an --out of another command, or of another plan: before the data is read
+        check_out(opts.out, plan_of(opts, arms), opts.resume)
     if opts.backend == "local":
         # on Ray, each worker has its own device and data: its tasks check them there. Each
         # dataset an arm trains on (a --vary may change it) once; the settings are validated by now
@@ -287,8 +289,9 @@ def plan_of(opts: AblateOptions, arms: list[Arm]) -> dict:
 
 def check_out(out: Path, plan: dict, resume: bool = False) -> bool:
     """Refuse ``out`` when it holds another command's records, or an ablation unless ``resume``
-    and its plan is this one (:func:`hlbcli.record.check_out`); reads only. Returns whether it
-    holds the ablation to go on with."""
+    and its plan is this one (:func:`hlbcli.record.check_out`); reads only, so that
+    :func:`plan_battery` says so before the data is read. Returns whether it holds the ablation
+    to go on with."""
     if not Path(out).is_dir() or not record.check_out(Path(out), "ablation", resume):
         return False
     if (Path(out) / PLAN_NAME).exists() or not readback.arms_hold_records(out):
