@@ -78,7 +78,8 @@ MAX_THREADS = 1024
 
 
 def _threads_from_env() -> None:
-    """``HLB_THREADS=K`` (set by ``hlb ablate --workers``): this process uses K CPU threads."""
+    """``HLB_THREADS=K`` (set by ``hlb ablate --workers``): this process uses K CPU threads.
+    Checked first by train, bench and ablate (whose arms and sides inherit it)."""
     k = os.environ.get("HLB_THREADS", "").strip()
     if not k:
         return
@@ -140,6 +141,7 @@ def ablate(
     from hlbcli.experiments.summary import print_table
     from hlbcli.tracking import open_trackers
 
+    _threads_from_env()  # the arms inherit it: a bad one would end each of them
     _check_seeds(seed, runs)
     _check_resume(resume, out)
     opts = AblateOptions(
@@ -256,6 +258,7 @@ def bench(
     """Time a preset over N seeds: accuracy and time statistics, and each timed phase.
 
     Compile and warm-up are excluded from the timed figure and reported beside it."""
+    _threads_from_env()
     _check_seeds(seed, runs)
     if against or against_set or against_disable or against_enable:
         from hlbcli.experiments.alternate import bench_against

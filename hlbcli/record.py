@@ -260,6 +260,48 @@ def _same_file(fd: int, path: Path) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
+#: the kinds of ``--out`` folder, each command's own: what a refusal says one holds, and the
+#: command that goes on with it (None: none does)
+FOLDER_KINDS = {
+    "batch": ("the records of an hlb train or hlb bench batch", "hlb train or hlb bench with --resume"),
+    "ablation": ("an ablation", "hlb ablate with --resume"),
+    "alternation": ("the A/B records of hlb bench --against", None),
+}
+
+
+def folder_kinds(folder: Path) -> list[str]:
+    """What ``folder`` holds, of :data:`FOLDER_KINDS`: an ablation (``ablation.json``, or
+    anything in ``arms/``), ``hlb bench --against``'s sides (records or a summary in ``A/`` or
+    ``B/``), a batch (records at the top, or a summary.json that is not an ablation's)."""
+    f = Path(folder)
+    kinds = []
+    if (f / "ablation.json").exists() or ((f / "arms").is_dir() and any((f / "arms").iterdir())):
+        kinds.append("ablation")
+    if any(f.glob("[AB]/run-*.json")) or (f / "A" / "summary.json").exists() or (f / "B" / "summary.json").exists():
+        kinds.append("alternation")
+    if any(f.glob("run-*.json")) or ((f / "summary.json").exists() and "ablation" not in kinds):
+        kinds.append("batch")
+    return kinds
+
+
+def check_out(folder: Path, kind: str, resume: bool) -> bool:
+    """Refuse an ``--out`` folder that holds another command's records (another of
+    :data:`FOLDER_KINDS` than ``kind``), or, without ``resume``, records of its own kind, rather
+    than mix them or write over what they claim. Returns whether it holds ``kind``'s records
+    (what ``--resume`` goes on with)."""
+    held = folder_kinds(folder)
+    other = next((k for k in held if k != kind), None)
+    if other:
+        what, how = FOLDER_KINDS[other]
+        raise UsageError(f"--out {folder} holds {what}",
+                         f"choose another --out{f', or go on with it: {how}' if how else ''}")
+    if held and not resume:
+        raise UsageError(f"--out {folder} already holds {FOLDER_KINDS[kind][0]}",
+                         "pass --resume to keep its finished runs and train the rest, or choose a new folder"
+                         if FOLDER_KINDS[kind][1] else "choose a new folder")
+    return bool(held)
+
+
 def summarize(runs: list[dict], **extra: Any) -> dict:
     """n, mean, std, min, max and a 95% CI of the accuracies of the completed runs."""
     done = [r for r in runs if r.get("status") == "completed"]

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from hlbcli.experiments import local_backend, plan as plans
+from conftest import set_args, tiny_sets
 from test_errors import assert_one_line_error
 
 
@@ -200,3 +201,22 @@ def test_ablate_checks_device_data_and_sizes_before_any_arm(cli, tmp_path, args,
 def test_ablate_cuda_where_there_is_none(cli):
     code, out, err = cli("ablate", "--preset", "smoke", "--disable", "ema", "--device", "cuda", "--dry-run")
     assert_one_line_error(code, err, 2, "--device cuda", "no CUDA GPU")
+
+
+@pytest.mark.parametrize("command", [["ablate", "--disable", "ema"], ["bench"], ["bench", "--against-set", "train.epochs=1"]])
+def test_a_bad_hlb_threads_is_one_line_before_anything_trains(cli, monkeypatch, tmp_path, command):
+    monkeypatch.setenv("HLB_THREADS", "abc")  # inherited by every arm and side: each would die of it
+    code, out, err = cli(command[0], "--preset", "smoke", *command[1:], "--out", tmp_path / "D")
+    assert_one_line_error(code, err, 2, "HLB_THREADS='abc' is not a thread count", "integer from 1 to")
+    assert not (tmp_path / "D").exists()
+
+
+def test_resume_with_another_preset_names_the_plan_before_the_data_is_read(cli, tmp_path):
+    sets = set_args([s for s in tiny_sets("train.epochs=1") if not s.startswith("data.dataset")])  # the preset's data
+    d = tmp_path / "D"
+    code, out, err = cli("ablate", "--preset", "smoke", *sets, "--disable", "ema", "--runs", "1", "--out", d)
+    assert code == 0, err
+    code, out, err = cli("ablate", "--preset", "mini", *sets, "--disable", "ema", "--runs", "1", "--out", d, "--resume",
+                         "--data-dir", tmp_path / "none", "--no-download")  # cifar10, not there: never looked for
+    assert_one_line_error(code, err, 2, f"--resume: {d} holds an ablation of another plan (preset: ", "mini")
+    assert not (tmp_path / "none").exists()

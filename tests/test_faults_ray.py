@@ -345,7 +345,21 @@ def test_ray_init_has_a_time_limit(ray_tmp, tmp_path):
     r = _hlb(*ABLATE, "--out", tmp_path / "d", env=_env(RAY_TMPDIR=ray_tmp, HLB_RAY_CONNECT_TIMEOUT="0.5"), timeout=60)
     assert r.returncode == 2, r.stdout + r.stderr
     _one_error_line(r.stderr, "error: --backend ray: a new Ray instance on this machine did not come up in 0.5 s")
+    assert f"look at Ray's logs under {ray_tmp}/ray/session_latest/logs" in r.stderr  # where $RAY_TMPDIR put them
     assert time.monotonic() - t0 < 90 and not (tmp_path / "d").exists()
+    assert _none_left(ray_tmp), "Ray's processes outlived hlb"
+
+
+def test_a_ray_that_fails_to_start_is_one_line_naming_its_logs(ray_tmp, tmp_path):
+    """Ray's dashboard dies at start (an aiohttp that will not import): Ray's lines about it
+    stay off the terminal; the one line names the logs where $RAY_TMPDIR put them."""
+    (tmp_path / "shadow" / "aiohttp").mkdir(parents=True)
+    (tmp_path / "shadow" / "aiohttp" / "__init__.py").write_text("raise ImportError('no aiohttp here (a test)')\n")
+    path = os.pathsep.join(filter(None, [str(tmp_path / "shadow"), os.environ.get("PYTHONPATH")]))
+    r = _hlb(*ABLATE, "--out", tmp_path / "d", env=_env(RAY_TMPDIR=ray_tmp, PYTHONPATH=path), timeout=240)
+    assert r.returncode == 2, r.stdout + r.stderr
+    _one_error_line(r.stderr, "error: --backend ray: Ray did not start on this machine: ")
+    assert r.stderr.rstrip().endswith(f"(look at Ray's logs under {ray_tmp}/ray/session_latest/logs)") and not (tmp_path / "d").exists()
     assert _none_left(ray_tmp), "Ray's processes outlived hlb"
 
 

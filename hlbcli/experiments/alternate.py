@@ -231,9 +231,7 @@ def run_alternation(configs: dict[str, dict], labels: dict[str, str], runs: int,
     tmp = None if out else tempfile.TemporaryDirectory(prefix="hlb-alternate-")
     root = hold.folder if hold else Path(tmp.name)
     try:
-        for side in SIDES:
-            if any((root / side).glob("run-*.json")):
-                raise UsageError(f"--out {root} already holds an alternation's records", "choose a new folder")
+        record.check_out(root, "alternation", False)  # records of its own, or of another command: refused
         sides: list[_Side] = []
         pairs: list[dict] = []
         ready: dict[str, dict] = {}

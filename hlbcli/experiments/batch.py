@@ -60,16 +60,12 @@ def summarize(runs: list[dict], **extra: Any) -> dict:
 def earlier_runs(out: Path, config: dict, resume: bool, check: bool = True,
                  seeds: range | None = None, defaults: dict | None = None) -> dict[int, tuple[Path, dict]]:
     """The run records already in ``out``, by seed (of ``seeds``, the batch's, when given).
-    Records there are refused without ``resume``; with it, a record that fails the checks of
+    Records there are refused without ``resume``, and so is a folder of another command
+    (:func:`hlbcli.record.check_out`); with it, a record that fails the checks of
     :mod:`hlbcli.readback` or (``check``) of another config is refused (a key the record
     predates reads as its ``defaults``), and records of other seeds are named in a warning and
     left out."""
-    if not resume:
-        if any(out.glob("run-*.json")) or (out / "summary.json").exists():
-            raise UsageError(
-                f"--out {out} already holds the records of an earlier batch",
-                "pass --resume to keep its finished runs and train the rest, or choose a new folder",
-            )
+    if not record.check_out(out, "batch", resume):
         return {}
     found = readback.read_records(out, seeds)
     readback.refuse_rejected([found])

@@ -228,8 +228,8 @@ def check_environment(opts: AblateOptions, dataset: str, fetch: bool):
 
 def plan_battery(opts: AblateOptions, fetch: bool = False) -> list[Arm]:
     """Check everything that can be checked before training: names, ``--set`` values, every
-    arm's config and sizes, the device, the data (downloaded here with ``fetch``), the
-    plotting extra. Returns the arms, the baseline first."""
+    arm's config and sizes, ``--out`` against the plan, the device, the data (downloaded here
+    with ``fetch``), the plotting extra. Returns the arms, the baseline first."""
     from hlbcli.experiments.vary import parse_vary
     from hlbcli.plugins import check_names
     from hlbcli.resolve import parse_swaps, replaced_by
@@ -252,6 +252,8 @@ def plan_battery(opts: AblateOptions, fetch: bool = False) -> list[Arm]:
     active = check_names(active_tricks(data, [], []), "the preset's tricks")
     arms = plan_arms(active, disable, enable, opts.leave_one_out, swaps, replaced_by(enable, active), varied)
     validate_arms(opts, arms)
+    if opts.out is not None:  # an --out of another command, or of another plan: before the data is read
+        check_out(opts.out, plan_of(opts, arms), opts.resume)
     if opts.backend == "local":
         # on Ray, each worker has its own device and data: its tasks check them there. Each
         # dataset an arm trains on (a --vary may change it) once; the settings are validated by now
@@ -286,30 +288,33 @@ def plan_of(opts: AblateOptions, arms: list[Arm]) -> dict:
     }
 
 
+def check_out(out: Path, plan: dict, resume: bool = False) -> bool:
+    """Refuse ``out`` when it holds another command's records, or an ablation unless ``resume``
+    and its plan is this one (:func:`hlbcli.record.check_out`); reads only, so that
+    :func:`plan_battery` says so before the data is read. Returns whether it holds the ablation
+    to go on with."""
+    if not Path(out).is_dir() or not record.check_out(Path(out), "ablation", resume):
+        return False
+    if (Path(out) / PLAN_NAME).exists() or not readback.arms_hold_records(out):
+        old = readback.read_plan(out)
+        if {k: v for k, v in old.items() if k != "runs"} != {k: v for k, v in plan.items() if k != "runs"}:
+            raise UsageError(
+                f"--resume: {out} holds an ablation of another plan ({readback.plan_difference(old, plan)})",
+                "rerun the command that started it with --resume, the same --disable/--enable/--swap/--vary in the same order, or choose a new folder",
+            )
+    return True
+
+
 def claim_out(out: Path, plan: dict, resume: bool = False) -> record.Claim:
-    """Claim ``out`` for this process; refuse one that holds an ablation unless ``resume``
-    and its plan is this one. Writes the plan."""
+    """Claim ``out`` for this process; refuse it as :func:`check_out` does. Writes the plan."""
     hold = record.claim(out)
     try:
-        arms_dir = hold.folder / "arms"
-        if arms_dir.exists() and any(arms_dir.iterdir()):
-            if not resume:
-                raise UsageError(
-                    f"--out {hold.folder} already holds an ablation",
-                    "pass --resume to keep its finished runs and train the rest, or choose a new folder",
-                )
-            if (hold.folder / PLAN_NAME).exists() or not readback.arms_hold_records(hold.folder):
-                old = readback.read_plan(hold.folder)
-                if {k: v for k, v in old.items() if k != "runs"} != {k: v for k, v in plan.items() if k != "runs"}:
-                    raise UsageError(
-                        f"--resume: {hold.folder} holds an ablation of another plan ({readback.plan_difference(old, plan)})",
-                        "rerun the command that started it with --resume, the same --disable/--enable/--swap/--vary in the same order, or choose a new folder",
-                    )
-            else:  # deleted: this command's plan, and each arm's --resume checks its records' config
+        if check_out(hold.folder, plan, resume):
+            if not (hold.folder / PLAN_NAME).exists():  # deleted: this command's plan, and each arm's --resume checks its records' config
                 print(f"warning: {hold.folder} had no {PLAN_NAME}; written again from this command", file=sys.stderr, flush=True)
             opts, arms = options_of(plan, hold.folder)
             readback.refuse_rejected([arm_records(a, opts, hold.folder, strict=True) for a in arms])
-        arms_dir.mkdir(exist_ok=True)
+        (hold.folder / "arms").mkdir(exist_ok=True)
         record.write_json(hold.folder / PLAN_NAME, plan)
     except BaseException:
         hold.release()

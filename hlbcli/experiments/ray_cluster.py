@@ -106,18 +106,25 @@ def http2_answer(host: str, port: int, timeout: float = PROBE_TIMEOUT) -> str | 
     return "it does not speak gRPC" if got else "it closed the connection without a word"
 
 
+#: the terminal's stderr while :func:`_stderr_kept` holds file descriptor 2 (what ``_die`` writes to)
+_terminal = [2]
+
+
 @contextmanager
 def _stderr_kept():
-    """Ray's C++ warnings (file descriptor 2) go to a scratch file, not the terminal:
-    yields a function that returns what they said."""
+    """Ray's warnings (file descriptor 2: its C++, and its Python loggers through sys.stderr)
+    go to a scratch file, not the terminal: yields a function that returns what they said."""
     sys.stderr.flush()
     saved = os.dup(2)
+    _terminal.append(saved)
     with tempfile.TemporaryFile() as f:
         os.dup2(f.fileno(), 2)
         try:
             yield lambda: (f.flush(), f.seek(0), f.read().decode(errors="replace"))[-1]
         finally:
+            sys.stderr.flush()  # what Python still holds of it goes to the scratch file too
             os.dup2(saved, 2)
+            _terminal.pop()
             os.close(saved)
 
 
@@ -174,6 +181,16 @@ def probe(address: str) -> None:
         gcs_answer(address)
 
 
+def logs_folder() -> str:
+    """Where a Ray started here writes its logs, as Ray decides (``$RAY_TMPDIR/ray``, else /tmp/ray)."""
+    try:
+        from ray._common.utils import get_default_ray_temp_dir
+        root = get_default_ray_temp_dir()
+    except Exception:  # another Ray
+        root = os.path.join(os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp", "ray")
+    return os.path.join(root, "session_latest", "logs")
+
+
 def _limit(kind: str) -> float:
     try:
         return float(os.environ["HLB_RAY_CONNECT_TIMEOUT"])
@@ -183,7 +200,7 @@ def _limit(kind: str) -> float:
 
 def _die(line: str, code: int) -> None:
     try:
-        os.write(2, f"error: {line}\n".encode())
+        os.write(_terminal[-1], f"error: {line}\n".encode())
     finally:
         os._exit(code)
 
@@ -277,24 +294,25 @@ def connect(opts) -> bool:
     kind = "join" if address else "local"
     where = address or "a new local instance"
     limit = _limit(kind)
+    logs = f"look at Ray's logs under {logs_folder()}"
     timeout = UsageError(
         f"--backend ray: a new Ray instance on this machine did not come up in {limit:g} s" if kind == "local" else
         f"--backend ray: the Ray cluster at {where} did not let this process join in {limit:g} s",
         "check the cluster with 'ray status', or leave --address out to run on this machine" if kind == "join" else
-        "look at Ray's logs under /tmp/ray/session_latest/logs, or set HLB_RAY_CONNECT_TIMEOUT to wait longer")
-    try:
-        with watchdog(f"joining the Ray cluster at {where}" if address else "starting Ray on this machine", limit, timeout):
+        f"{logs}, or set HLB_RAY_CONNECT_TIMEOUT to wait longer")
+    try:  # what Ray says meanwhile (a dashboard's log that failed, C++ warnings) is not shown: one line ends it
+        with watchdog(f"joining the Ray cluster at {where}" if address else "starting Ray on this machine", limit, timeout), _stderr_kept():
             ray.init(address=address or "local", include_dashboard=False, logging_level=logging.ERROR,
                      log_to_driver=False, configure_logging=True, namespace="hlb")
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        text = f"{e.__class__.__name__}: {e}"
-        if kind == "join" and _looks_like_auth(text):
-            raise auth_error(where) from None
-        raise UsageError(f"--backend ray: cannot reach Ray at {where}: {str(e).splitlines()[0] if str(e) else e.__class__.__name__}",
-                         START_HINT) from None
     except Exception as e:
-        if kind == "join" and isinstance(e, getattr(ray.exceptions, "AuthenticationError", ())):
+        if kind == "join" and (isinstance(e, getattr(ray.exceptions, "AuthenticationError", ()))
+                               or _looks_like_auth(f"{e.__class__.__name__}: {e}")):
             raise auth_error(where) from None
+        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), e.__class__.__name__)
+        if kind == "local":  # whatever Ray raises, its start failed
+            raise UsageError(f"--backend ray: Ray did not start on this machine: {first}", logs) from None
+        if isinstance(e, (ConnectionError, RuntimeError, ValueError)):
+            raise UsageError(f"--backend ray: cannot reach Ray at {where}: {first}", START_HINT) from None
         raise
     return True
 
