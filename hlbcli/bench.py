@@ -12,14 +12,15 @@ from the timed figure and reported beside it, with the time of each phase.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import copy
 import statistics
 import time
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
+import typer
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from hlbcli.layers import load_preset
@@ -240,39 +241,56 @@ def write_airbench_data(dest: str, data_dir: str | None = None) -> None:
     print(f"wrote {out}/train.pt ({len(ds.train_labels)}) and test.pt ({len(ds.test_labels)})")
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m hlbcli.bench", description=__doc__.split("\n\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    o = sub.add_parser("overhead", help="assembled step vs a hand-written loop, on the CPU")
-    o.add_argument("--widths", default="32,64,64")
-    o.add_argument("--batch-size", type=int, default=256)
-    o.add_argument("--steps", type=int, default=10)
-    o.add_argument("--trials", type=int, default=5)
-    o.add_argument("--threads", type=int, default=2)
-    op = sub.add_parser("ops", help="ATen operations dispatched per training step, hlb vs a hand-written airbench94 step")
-    op.add_argument("--preset", default="94")
-    op.add_argument("--precision", default="fp16-weights", help="train.precision to count with (the CUDA default: fp16-weights)")
-    op.add_argument("--steps", type=int, default=20)
-    op.add_argument("--detail", action="store_true", help="list the operations whose counts differ")
-    d = sub.add_parser("airbench-data", help="write CIFAR-10 as airbench's train.pt/test.pt into a folder")
-    d.add_argument("dest")
-    d.add_argument("--data-dir", default=None)
-    a = ap.parse_args(argv)
-    if a.cmd == "ops":
-        print_ops(ops_per_step(a.preset, a.precision, a.steps), a.detail)
-        return
-    if a.cmd == "airbench-data":
-        write_airbench_data(a.dest, a.data_dir)
-        return
-    rows = overhead(tuple(int(w) for w in a.widths.split(",")), a.batch_size, a.steps, a.trials, a.threads)
+tools = typer.Typer(name="python -m hlbcli.bench", help=__doc__.split("\n\n")[0], no_args_is_help=True,
+                    add_completion=False)
+
+
+@tools.command("overhead")
+def overhead_cmd(
+    widths: str = typer.Option("32,64,64", "--widths", help="the conv groups' widths, comma-separated"),
+    batch_size: int = typer.Option(256, "--batch-size"),
+    steps: int = typer.Option(10, "--steps"),
+    trials: int = typer.Option(5, "--trials"),
+    threads: int = typer.Option(2, "--threads"),
+) -> None:
+    """The assembled step against a hand-written loop, on the CPU."""
+    rows = overhead(tuple(int(w) for w in widths.split(",")), batch_size, steps, trials, threads)
     print(f"{'variant':10} {'hlb ms/step':>12} {'plain ms/step':>14} {'ratio':>7}")
     for r in rows:
         print(f"{r['variant']:10} {r['hlb_ms']:12.1f} {r['plain_ms']:14.1f} {r['ratio']:7.3f}")
-    print(f"(median of {a.trials} trials x {a.steps} steps, widths {a.widths}, batch {a.batch_size}, {a.threads} threads, CPU)")
+    print(f"(median of {trials} trials x {steps} steps, widths {widths}, batch {batch_size}, {threads} threads, CPU)")
+
+
+@tools.command("ops")
+def ops_cmd(
+    preset: str = typer.Option("94", "--preset"),
+    precision: str = typer.Option("fp16-weights", "--precision", help="train.precision to count with (the CUDA default: fp16-weights)"),
+    steps: int = typer.Option(20, "--steps"),
+    detail: bool = typer.Option(False, "--detail", help="list the operations whose counts differ"),
+) -> None:
+    """ATen operations dispatched per training step, hlb against a hand-written airbench94 step."""
+    print_ops(ops_per_step(preset, precision, steps), detail)
+
+
+@tools.command("airbench-data")
+def airbench_data_cmd(
+    dest: str = typer.Argument(..., help="the folder to write train.pt and test.pt into"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir"),
+) -> None:
+    """Write CIFAR-10 as airbench's train.pt/test.pt into a folder."""
+    write_airbench_data(dest, data_dir)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m hlbcli.bench ARGS`` called in-process (the tests): returns when a command
+    ends; ``--help`` and a usage error exit as the command line does."""
+    code = tools(args=argv, prog_name="python -m hlbcli.bench", standalone_mode=False)
+    if isinstance(code, int):  # --help (0), or click's own exit
+        raise SystemExit(code)
 
 
 if __name__ == "__main__":
-    main()
+    tools(prog_name="python -m hlbcli.bench")
 
 
 # --- hlb bench ---------------------------------------------------------------------------------

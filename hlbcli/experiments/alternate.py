@@ -12,7 +12,6 @@ child's own prints go to its stderr (a log), never into the protocol."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -21,6 +20,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Optional
+
+import typer
 
 from hlbcli import record, stats
 from hlbcli.errors import HlbError, UsageError
@@ -36,15 +39,29 @@ def order(runs: int) -> list[tuple[int, str]]:
 # --- the child -------------------------------------------------------------------------------
 
 
-def worker(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="hlbcli.experiments.alternate worker")
-    p.add_argument("--preset", required=True)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--no-download", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--arm", default=None, help="the side's name, written into each record")
-    a = p.parse_args(argv)
+worker_app = typer.Typer(add_completion=False, help="hlb bench --against's worker: one side's session, seeds from stdin")
+
+
+@worker_app.callback()
+def _worker_group() -> None:
+    """(keeps ``worker`` a subcommand)"""
+
+
+@worker_app.command("worker")
+def worker_cmd(
+    preset: str = typer.Option(..., "--preset"),
+    device: str = typer.Option("auto", "--device"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir"),
+    no_download: bool = typer.Option(False, "--no-download"),
+    seed: int = typer.Option(0, "--seed"),
+    arm: Optional[str] = typer.Option(None, "--arm", help="the side's name, written into each record"),
+) -> None:
+    raise typer.Exit(worker(SimpleNamespace(preset=preset, device=device, data_dir=data_dir, no_download=no_download,
+                                            seed=seed, arm=arm)))
+
+
+def worker(a: SimpleNamespace) -> int:
+    """The child's loop (see the module): ``a`` holds the command line's options."""
     proto = os.fdopen(os.dup(1), "w", encoding="utf-8")  # the protocol's own copy of stdout
     os.dup2(2, 1)  # prints of tricks and libraries go to the log
     sys.stdout = sys.stderr
@@ -335,6 +352,4 @@ def bench_against(preset: str, against: str, config, sets: list[str], enable: li
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] != ["worker"]:
-        sys.exit("usage: python -m hlbcli.experiments.alternate worker --preset CONFIG.json [...]")
-    sys.exit(worker(sys.argv[2:]))
+    worker_app(prog_name="python -m hlbcli.experiments.alternate")
