@@ -23,6 +23,7 @@ import torch.nn.functional as F
 import typer
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from hlbcli import stats
 from hlbcli.layers import load_preset
 from hlbcli.output import SYNTHETIC, pct, pts, synthetic
 from hlbcli.contract import set_lrs, sgd_hparams
@@ -299,21 +300,19 @@ if __name__ == "__main__":
 def bench_report(summary: dict) -> dict:
     """Accuracy and time statistics of a train summary, with the mean time of each phase."""
     runs = [r for r in summary["runs"] if r.get("status") == "completed"]
-    accs = [r["accuracy"] for r in runs]
-    times = [r["train_seconds"] for r in runs]
+    b = stats.run_block(summary["runs"])
 
     def mean_of(key: str) -> float:
-        vals = [r["phases"][key] for r in runs]
-        return statistics.fmean(vals) if vals else float("nan")
+        return stats.mean_std([r["phases"][key] for r in runs])[0]
 
     return {
-        "n": len(runs),
+        "n": b["n"],
         "device": summary.get("device"),
-        "accuracy_mean": statistics.fmean(accs) if accs else float("nan"),
-        "accuracy_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-        "accuracy_min": min(accs) if accs else float("nan"),
-        "time_mean": statistics.fmean(times) if times else float("nan"),
-        "time_median": statistics.median(times) if times else float("nan"),
+        "accuracy_mean": b["mean"],
+        "accuracy_std": b["std"],
+        "accuracy_min": b["min"],
+        "time_mean": b["time_mean"],
+        "time_median": b["time_median"],
         "phase_init_mean": mean_of("init"),
         "phase_train_mean": mean_of("train"),
         "phase_eval_mean": mean_of("eval"),

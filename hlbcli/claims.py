@@ -84,21 +84,19 @@ def claim_report(runs: list[dict], target: float | None, device: str | None) -> 
     from hlbcli.record import versions
 
     done = [r for r in runs if r.get("status") == "completed"]
-    accs = [r["accuracy"] for r in done]
-    times = [r["train_seconds"] for r in done if r.get("train_seconds") is not None]
-    m, s = stats.mean_std(accs)
-    tm, ts = stats.mean_std(times)
+    b = stats.run_block(runs)
+    accs, m, s = b["accuracies"], b["mean"], b["std"]
     commit, dirty = runs_source(done, source_commit())
     devices = sorted({str(r.get("device")) for r in done})
     rep = {
         "n": len(done),
         "diverged": sum(1 for r in runs if r.get("status") == "diverged"),
-        "seeds": [r["seed"] for r in done],
+        "seeds": b["seeds"],
         "accuracy_mean": m,
         "accuracy_std": s,
-        "accuracy_ci95": list(stats.accuracy_ci95(accs)),
-        "accuracy_ci95_method": stats.ACCURACY_CI,
-        "accuracy_ci95_clipped": any(r == r and r != c for r, c in zip(stats.ci95(accs), stats.accuracy_ci95(accs))),
+        "accuracy_ci95": b["ci95"],
+        "accuracy_ci95_method": b["ci95_method"],
+        "accuracy_ci95_clipped": b["ci95_clipped"],
         "synthetic": synthetic(done),
         "target": target,
         "test": TEST if target is not None else None,
@@ -106,9 +104,9 @@ def claim_report(runs: list[dict], target: float | None, device: str | None) -> 
         "runs_needed_alpha": CLAIM_ALPHA,
         "runs_needed": stats.runs_needed(m, s, target, CLAIM_ALPHA) if target is not None and len(accs) > 1 else None,
         "runs_needed_method": NEEDED,
-        "time_mean": tm,
-        "time_std": ts,
-        "time_ci95": list(stats.ci95(times)),
+        "time_mean": b["time_mean"],
+        "time_std": b["time_std"],
+        "time_ci95": b["time_ci95"],
         "timer": TIMER,
         "device": " + ".join(devices) if len(devices) > 1 else device or (devices[0] if devices else None),
         "torch": versions()["torch"],

@@ -13,7 +13,6 @@ from pathlib import Path
 from stat import S_ISREG
 from typing import Any
 
-from hlbcli import stats
 from hlbcli.errors import HlbError, UsageError
 from hlbcli.paths import broken_link, path_error
 
@@ -300,36 +299,3 @@ def check_out(folder: Path, kind: str, resume: bool) -> bool:
                          "pass --resume to keep its finished runs and train the rest, or choose a new folder"
                          if FOLDER_KINDS[kind][1] else "choose a new folder")
     return bool(held)
-
-
-def summarize(runs: list[dict], **extra: Any) -> dict:
-    """n, mean, std, min, max and a 95% CI of the accuracies of the completed runs."""
-    done = [r for r in runs if r.get("status") == "completed"]
-    accs = [r["accuracy"] for r in done]
-    times = [r["train_seconds"] for r in done if r.get("train_seconds") is not None]
-    m, s = stats.mean_std(accs)
-    lo, hi = stats.ci95(accs)
-    tm, ts = stats.mean_std(times)
-    out = {
-        "n": len(done),
-        "n_started": len(runs),
-        "mean_accuracy": m,
-        "std_accuracy": s,
-        "min_accuracy": min(accs) if accs else float("nan"),
-        "max_accuracy": max(accs) if accs else float("nan"),
-        "ci95": [lo, hi],
-        "mean_train_seconds": tm,
-        "std_train_seconds": ts,
-        "median_train_seconds": _median(times),
-    }
-    out.update(extra)
-    out["runs"] = runs
-    return out
-
-
-def _median(xs: list[float]) -> float:
-    if not xs:
-        return float("nan")
-    ys = sorted(xs)
-    n = len(ys)
-    return ys[n // 2] if n % 2 else (ys[n // 2 - 1] + ys[n // 2]) / 2

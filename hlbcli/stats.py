@@ -68,6 +68,36 @@ def accuracy_ci95(xs: list[float]) -> tuple[float, float]:
     return (lo if lo != lo else max(0.0, lo)), (hi if hi != hi else min(1.0, hi))
 
 
+def median(xs: list[float]) -> float:
+    """The median; NaN for no values."""
+    if not xs:
+        return float("nan")
+    ys = sorted(xs)
+    n = len(ys)
+    return ys[n // 2] if n % 2 else (ys[n // 2 - 1] + ys[n // 2]) / 2
+
+
+def run_block(runs: list[dict]) -> dict:
+    """The statistics block of a set of run records, the one copy that summaries, claims, arms
+    and reports are made from: over the completed runs, ``n`` (and ``n_started``, every run),
+    their ``seeds``, ``accuracies`` and ``times`` (``train_seconds``); the accuracies' ``mean``,
+    ``std``, ``min``, ``max`` and ``ci95`` (:func:`accuracy_ci95`, its method ``ci95_method``;
+    ``ci95_clipped``: whether the clipping moved it); the times' ``time_mean``, ``time_std``,
+    ``time_median`` and ``time_ci95`` (:func:`ci95`)."""
+    done = [r for r in runs if r.get("status") == "completed" and r.get("accuracy") is not None]
+    accs = [r["accuracy"] for r in done]
+    times = [r["train_seconds"] for r in done if r.get("train_seconds") is not None]
+    m, s = mean_std(accs)
+    tm, ts = mean_std(times)
+    raw, clipped = ci95(accs), accuracy_ci95(accs)
+    return {
+        "n": len(done), "n_started": len(runs), "seeds": [r.get("seed") for r in done], "accuracies": accs, "times": times,
+        "mean": m, "std": s, "min": min(accs) if accs else float("nan"), "max": max(accs) if accs else float("nan"),
+        "ci95": list(clipped), "ci95_method": ACCURACY_CI, "ci95_clipped": any(r == r and r != c for r, c in zip(raw, clipped)),
+        "time_mean": tm, "time_std": ts, "time_median": median(times), "time_ci95": list(ci95(times)),
+    }
+
+
 #: a spread below this (accuracies are fractions) is rounding, not variation: 0.8 - 0.9 and
 #: 0.7 - 0.8 differ in the 17th digit, and a t-test on that would report p = 1e-16
 TINY = 1e-12

@@ -49,12 +49,15 @@ class TrainOptions:
 
 
 def summarize(runs: list[dict], **extra: Any) -> dict:
-    """:func:`hlbcli.record.summarize`, with the accuracies' interval clipped to [0, 1] and
-    named (``ci95_method``)."""
-    summary = record.summarize(runs, **extra)
-    accs = [r["accuracy"] for r in runs if r.get("status") == "completed"]
-    summary.update(ci95=list(stats.accuracy_ci95(accs)), ci95_method=stats.ACCURACY_CI)
-    return summary
+    """A batch's summary (summary.json of ``hlb train`` and ``hlb bench``, and of each arm and
+    side), from the one statistics block (:func:`hlbcli.stats.run_block`): n, mean, std, min,
+    max and the 95% interval of the completed runs' accuracies (clipped to [0, 1], named
+    ``ci95_method``), their train seconds; ``extra`` and the records after them."""
+    b = stats.run_block(runs)
+    return {"n": b["n"], "n_started": b["n_started"], "mean_accuracy": b["mean"], "std_accuracy": b["std"],
+            "min_accuracy": b["min"], "max_accuracy": b["max"], "ci95": b["ci95"], "mean_train_seconds": b["time_mean"],
+            "std_train_seconds": b["time_std"], "median_train_seconds": b["time_median"], **extra, "runs": runs,
+            "ci95_method": b["ci95_method"]}
 
 
 def earlier_runs(out: Path, config: dict, resume: bool, check: bool = True,

@@ -22,12 +22,12 @@ def run_path(arm_dir: Path, first_seed: int, seed: int) -> Path:
 
 
 def arm_stats(arm: Arm, runs: list[dict], base: dict | None) -> dict:
+    """An arm's row of the ablation's summary, from the one statistics block
+    (:func:`hlbcli.stats.run_block`), with its differences from ``base`` (the baseline's row)."""
+    b = stats.run_block(runs)
+    accs, times, mean, std, tmean = b["accuracies"], b["times"], b["mean"], b["std"], b["time_mean"]
+    lo, hi = b["ci95"]
     done = [r for r in runs if r.get("status") == "completed" and r.get("accuracy") is not None]
-    accs = [r["accuracy"] for r in done]
-    times = [r["train_seconds"] for r in done if r.get("train_seconds") is not None]
-    mean, std = stats.mean_std(accs)
-    lo, hi = stats.accuracy_ci95(accs)
-    tmean, _ = stats.mean_std(times)
     row: dict[str, Any] = {
         "name": arm.name,
         "disabled": list(arm.disabled),
@@ -36,7 +36,7 @@ def arm_stats(arm: Arm, runs: list[dict], base: dict | None) -> dict:
         "sets": list(arm.sets),
         "n": len(done),
         "n_started": len(runs),
-        "seeds": [r.get("seed") for r in done],
+        "seeds": b["seeds"],
         "mean_accuracy": mean,
         "std_accuracy": std,
         "ci95": [lo, hi],
