@@ -1,6 +1,7 @@
-"""How long work takes, said to the person waiting: progress within a run (steps done of the
-total, steps per second, the time left), live on a terminal and as a plain line now and then
-otherwise, and the rough time a recipe made for a GPU takes on this CPU, said up front.
+"""How long work takes, said to the person waiting, the one progress display: within a run
+(:class:`StepProgress`: steps done of the total, steps per second, the time left) and over an
+ablation's battery (:class:`BatteryProgress`), live on a terminal and as a plain line now and
+then otherwise. (The rough time of a GPU recipe on this CPU is :mod:`hlbcli.estimate`'s.)
 
 Host-side only: the step loop (:func:`hlbcli.run.fit`) hands a :class:`StepProgress` the step
 counter after each step, outside the step; it reads the wall clock and never a device value.
@@ -125,83 +126,92 @@ class StepProgress(LiveDisplay):
         return self.use_live
 
 
-# --- a GPU recipe on the CPU: roughly how long --------------------------------------------------
+# --- over an ablation's battery ------------------------------------------------------------------
 
-#: preset ``mini``'s seconds per run on the 2-core development CPU at 2 threads, loading
-#: included (docs/benchmarks.md: 79-82 s timed for seed 0 on 2026-12-01, plus a few seconds of
-#: loading): the reference the estimate scales
-MINI_CPU_SECONDS = 85.0
-REFERENCE_THREADS = 2
-#: more threads than this are not counted as faster (convs this size scale poorly beyond it)
-MAX_THREADS_COUNTED = 8
-MINI = {"widths": [32, 64, 64], "depth": 2, "stem_width": 24, "stem_kernel": 2, "epochs": 4, "train": 50000, "test": 10000}
-#: forward passes per test image in the final evaluation (TTA level 2: six views), counted for
-#: every recipe alike
-EVAL_VIEWS = 6
-#: how a run's time grows with the net's multiply-adds per image at the same number of images:
-#: wider convs use a CPU better. Fitted to two runs on the 2-core development CPU, 2 threads:
-#: mini (85 s) and full-width 94 (0.595 steps/s over its first 108 steps on 2026-12-01, about
-#: 14 minutes a run with the final evaluation), 6.9 times mini's multiply-adds per image
-WIDTH_EXPONENT = 0.75
-#: a run estimated at this many times mini's time or more is a GPU recipe on the CPU
-GPU_RECIPE_RATIO = 3.0
+# Progress of an ablation over the whole battery, the same for every backend: runs done of the
+# total, time elapsed, an estimate of the time left, and the arm table filling in as runs and
+# arms finish. On a terminal it is one live rich display; otherwise (a log file, CI, a pipe) it
+# is plain lines: one per finished run, one per finished arm.
 
 
-def _get(m: Any, key: str):
-    return m[key] if isinstance(m, dict) else getattr(m, key)
+class BatteryProgress(LiveDisplay):
+    """Fed by the backend as runs finish; renders itself.
 
+    ``total`` counts every run of the battery; ``kept`` those already finished before this
+    process started (``--resume``): they count as done but not towards the rate behind the
+    estimate. ``table`` returns the current summary (an ablation summary dict), rendered with
+    ``render`` (rows for the live table) when on a terminal."""
 
-def forward_macs(model: Any, size: int = 32, in_channels: int = 3) -> int:
-    """Multiply-adds of one image's forward pass through :class:`hlbcli.model.Net` with these
-    ``model`` settings (a settings object or dict): the stem and the 3x3 convs (the rest is
-    small beside them)."""
-    widths, depth = list(_get(model, "widths")), int(_get(model, "depth"))
-    stem, k = int(_get(model, "stem_width")), int(_get(model, "stem_kernel"))
-    side = size - k + 1
-    macs = side * side * stem * in_channels * k * k
-    c = stem
-    for w in widths:
-        macs += side * side * c * w * 9  # conv1, before the pool
-        side //= 2
-        macs += (depth - 1) * side * side * w * w * 9
-        c = w
-    return macs
+    def __init__(self, total: int, kept: int = 0, console=None, quiet: bool = False,
+                 render: Callable[[dict], object] | None = None, now: Callable[[], float] = time.monotonic):
+        self.total, self.kept, self.done_here = total, kept, 0
+        self.console, self.quiet, self.render = console, quiet, render
+        self.now = now
+        self.t0 = now()
+        self.live = None
+        self.summary: dict | None = None
 
+    # --- figures ---------------------------------------------------------------------------
 
-def image_passes(epochs: float, n_train: int, n_test: int) -> float:
-    """A run's image passes in forwards: forward and backward (3 forwards) of every training
-    image, then :data:`EVAL_VIEWS` forwards of every test image."""
-    return 3 * epochs * n_train + EVAL_VIEWS * n_test
+    @property
+    def done(self) -> int:
+        return self.kept + self.done_here
 
+    def elapsed(self) -> float:
+        return self.now() - self.t0
 
-def cpu_seconds(model: Any, epochs: float, n_train: int, n_test: int, threads: int) -> float:
-    """Roughly the seconds of a run on this CPU with ``threads`` threads: mini's measured time
-    scaled by the image passes and by the multiply-adds per image (to :data:`WIDTH_EXPONENT`).
-    An estimate: CPUs differ."""
-    passes = image_passes(epochs, n_train, n_test) / image_passes(MINI["epochs"], MINI["train"], MINI["test"])
-    width = (forward_macs(model) / forward_macs(MINI)) ** WIDTH_EXPONENT
-    threads = max(1, min(threads, MAX_THREADS_COUNTED))
-    return MINI_CPU_SECONDS * passes * width * REFERENCE_THREADS / threads
+    def eta(self) -> float | None:
+        """Seconds left at this process's rate so far; None before its first run ends."""
+        if not self.done_here:
+            return None
+        return self.elapsed() / self.done_here * max(0, self.total - self.done)
 
+    def line(self) -> str:
+        return f"{self.done}/{self.total} runs, {clock(self.elapsed())} elapsed, ETA {clock(self.eta())}"
 
-def minutes(seconds: float) -> str:
-    m = seconds / 60
-    if m < 2:
-        return f"{m:.1f} minutes"
-    if m < 120:
-        return f"{m:.0f} minutes"
-    return f"{m / 60:.1f} hours"
+    # --- events ----------------------------------------------------------------------------
 
+    def live_wanted(self) -> bool:
+        return not self.quiet and self.console is not None and self.console.is_terminal
 
-def gpu_recipe_note(name: str, model: Any, epochs: float, n_train: int, n_test: int, threads: int,
-                    runs: int = 1) -> str | None:
-    """``note: NAME is a GPU recipe; on this CPU a run takes roughly N minutes (--preset mini:
-    about M minutes)`` when a run is estimated at :data:`GPU_RECIPE_RATIO` times mini's time or
-    more; None otherwise. ``runs`` > 1 adds the whole batch's time."""
-    one = cpu_seconds(model, epochs, n_train, n_test, threads)
-    mini = cpu_seconds(MINI, MINI["epochs"], MINI["train"], MINI["test"], threads)
-    if one < GPU_RECIPE_RATIO * mini:
-        return None
-    every = f", {runs} runs roughly {minutes(runs * one)}" if runs > 1 else ""
-    return (f"note: {name} is a GPU recipe; on this CPU a run takes roughly {minutes(one)}{every} "
-            f"(--preset mini: about {minutes(mini)})")
+    def say(self, text: str) -> None:
+        """A line of its own (above the live display on a terminal)."""
+        if not self.quiet and self.console is not None:
+            self.console.print(text, markup=False)
+
+    def run_finished(self, arm: str, rec: dict) -> None:
+        self.done_here += 1
+        if self.live is not None:
+            self.live.refresh()
+            return
+        acc = rec.get("accuracy")
+        what = f"{100 * acc:.2f}%" if isinstance(acc, (int, float)) else rec.get("status", "?")
+        secs = rec.get("train_seconds")
+        what += f" in {secs:.1f} s" if isinstance(secs, (int, float)) else ""
+        self.say(f"[{self.line()}] arm {arm}, seed {rec.get('seed')}: {what}")
+
+    def arm_finished(self, row: dict) -> None:
+        """An arm has all its runs (or has stopped): its row of the table, as plain text."""
+        if self.live is not None:
+            return
+        from hlbcli.experiments.summary import COLUMNS, table_rows
+
+        cells = table_rows({"arms": [row]})[0]
+        self.say(f"arm {cells[0]} done: " + ", ".join(f"{c} {v}" for c, v in zip(COLUMNS[1:], cells[1:]) if v != "-"))
+
+    def update(self, summary: dict) -> None:
+        """The current summary, for the live table."""
+        self.summary = summary
+        if self.live is not None:
+            self.live.refresh()
+
+    def __rich__(self):
+        """Built again at every refresh of the live display, so the clock moves."""
+        from rich.console import Group
+        from rich.text import Text
+
+        parts = []
+        if self.summary is not None and self.render is not None:
+            parts.append(self.render(self.summary))
+        parts.append(Text(self.line()))
+        return Group(*parts)

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from conftest import set_args, tiny_sets
-from hlbcli import progress, stats
+from hlbcli import estimate, progress, stats
 from hlbcli.data import load_cifar, locate_cifar
 from hlbcli.errors import HlbError, UsageError
 from hlbcli.output import LEGEND, SYNTHETIC
@@ -118,8 +118,8 @@ def test_gpu_recipe_note_for_94_and_none_for_mini_or_smoke():
     note = _cpu_note(session("94"), TrainOptions(preset="94"))
     assert note is not None and note.startswith("note: 94 is a GPU recipe; on this CPU a run takes roughly ")
     assert note.endswith(" minutes (--preset mini: about "
-                         f"{progress.minutes(progress.cpu_seconds(progress.MINI, 4, 50000, 10000, threads))})")
-    if threads == progress.REFERENCE_THREADS:  # the 2-core reference: about 14 minutes measured
+                         f"{estimate.minutes(estimate.cpu_seconds(estimate.MINI, 4, 50000, 10000, threads))})")
+    if threads == estimate.REFERENCE_THREADS:  # the 2-core reference: about 14 minutes measured
         assert "roughly 14 minutes" in note
     assert _cpu_note(session("mini"), TrainOptions(preset="mini")) is None
     assert _cpu_note(session("smoke", dataset="synthetic"), TrainOptions(preset="smoke")) is None
@@ -129,13 +129,13 @@ def test_gpu_recipe_note_for_94_and_none_for_mini_or_smoke():
 
 
 def test_the_estimate_scales_mini_by_passes_and_width():
-    mini = progress.cpu_seconds(progress.MINI, 4, 50000, 10000, progress.REFERENCE_THREADS)
-    assert mini == pytest.approx(progress.MINI_CPU_SECONDS)
-    assert progress.forward_macs(progress.MINI) == 17084448  # counted by hand from model.Net's convs
-    wide = dict(progress.MINI, widths=[64, 256, 256])
-    assert progress.cpu_seconds(wide, 4, 50000, 10000, 2) == pytest.approx(
-        mini * (progress.forward_macs(wide) / progress.forward_macs(progress.MINI)) ** progress.WIDTH_EXPONENT)
-    assert progress.cpu_seconds(progress.MINI, 8, 50000, 10000, 2) > 1.9 * mini
+    mini = estimate.cpu_seconds(estimate.MINI, 4, 50000, 10000, estimate.REFERENCE_THREADS)
+    assert mini == pytest.approx(estimate.MINI_CPU_SECONDS)
+    assert estimate.forward_macs(estimate.MINI) == 17084448  # counted by hand from model.Net's convs
+    wide = dict(estimate.MINI, widths=[64, 256, 256])
+    assert estimate.cpu_seconds(wide, 4, 50000, 10000, 2) == pytest.approx(
+        mini * (estimate.forward_macs(wide) / estimate.forward_macs(estimate.MINI)) ** estimate.WIDTH_EXPONENT)
+    assert estimate.cpu_seconds(estimate.MINI, 8, 50000, 10000, 2) > 1.9 * mini
 
 
 def test_ablate_says_the_note_before_its_arms(tmp_path):

@@ -9,8 +9,8 @@
 - :mod:`~hlbcli.experiments.local_backend` and :mod:`~hlbcli.experiments.ray_backend` (with
   :mod:`~hlbcli.experiments.ray_cluster`): the two backends.
 - :mod:`~hlbcli.experiments.tail`: the one interrupt-and-summary tail they all share.
-- :mod:`~hlbcli.experiments.summary` and :mod:`~hlbcli.experiments.progress`: statistics, table
-  and the progress display.
+- :mod:`~hlbcli.experiments.summary`: the battery's summary and its table (the progress display
+  is :mod:`hlbcli.progress`'s, one for runs and batteries).
 
 Nothing here knows a trick; below it are the run levels (:mod:`hlbcli.resolve` ->
 :mod:`hlbcli.session` -> :mod:`hlbcli.run` -> :mod:`hlbcli.step`).

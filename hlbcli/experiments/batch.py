@@ -264,7 +264,7 @@ def _cpu_note(session: Any, opts: TrainOptions) -> str | None:
         return None
     import torch
 
-    from hlbcli.progress import gpu_recipe_note
+    from hlbcli.estimate import gpu_recipe_note
 
     ds = session.dataset
     return gpu_recipe_note(opts.preset or "this recipe", session.cfg.model, session.cfg.train.epochs,

@@ -156,7 +156,7 @@ def run_ablation(opts: AblateOptions, say=None, console=None, track=None) -> tup
     exit code). Whatever ends this process, what trains for it ends too. ``console`` (rich)
     shows the progress; ``say`` gets the lines worth a log; ``track``: the trackers
     (:class:`hlbcli.tracking.Trackers`), told of the battery, each finished run and the end."""
-    from hlbcli.experiments.progress import Progress
+    from hlbcli.progress import BatteryProgress as Progress
 
     backend = backend_for(opts)
     backend.check()

@@ -35,14 +35,14 @@ def child_command(opts: AblateOptions, arm: Arm, arm_dir: Path) -> list[str]:
 
 def cpu_note(opts: AblateOptions, config: dict, runs: int) -> str | None:
     """The baseline is a recipe made for a GPU and the arms train on this CPU: roughly how long
-    a run and the battery take (:func:`hlbcli.progress.gpu_recipe_note`)."""
+    a run and the battery take (:func:`hlbcli.estimate.gpu_recipe_note`)."""
     if opts.device == "cuda" or config["data"]["dataset"] == "synthetic":
         return None
     import torch
 
     if opts.device == "auto" and torch.cuda.is_available():
         return None
-    from hlbcli.progress import gpu_recipe_note
+    from hlbcli.estimate import gpu_recipe_note
 
     return gpu_recipe_note(opts.preset, config["model"], config["train"]["epochs"], 50000, 10000,
                            torch.get_num_threads(), runs)
