@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from hlbcli import signals
+
+_BEFORE_START_UP = signals.hold_start_up()  # Ctrl-C while hlb imports: one line, exit 130 (released below)
+
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -329,7 +334,46 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("HLB_DEBUG") == "1"
     args = [a for a in args if a != "--debug"]
-    cmd = typer.main.get_command(app)
+    cmd = _no_silent_interrupt(typer.main.get_command(app))
+    with signals.hlb_handlers():
+        code = _run(cmd, args, debug)
+    if argv is None:
+        sys.exit(code)
+    return code
+
+
+#: the commands that train: Ctrl-C before their training starts says that nothing was trained
+_TRAINING = ("train", "bench", "ablate")
+
+
+def _interrupted(e: signals.Interrupted, args: list[str]) -> int:
+    """Ctrl-C outside training: one line, exit 130; before a training command's training
+    started, it says that nothing was trained."""
+    start_up = not signals.started and next((a for a in args if not a.startswith("-")), "") in _TRAINING
+    typer.echo(signals.START_UP_LINE if start_up else f"error: interrupted by {e}", err=True)
+    return e.exit_code
+
+
+def _no_silent_interrupt(cmd):
+    """``cmd`` with a ``KeyboardInterrupt`` from its commands (typer would make it a silent exit
+    130) as one line: no Ctrl-C came (code raised it: exit 1), or a handler not hlb's turned a
+    Ctrl-C into it (:class:`Interrupted`)."""
+    invoke = cmd.invoke
+
+    def guarded(ctx):
+        try:
+            return invoke(ctx)
+        except KeyboardInterrupt as e:
+            if signals.raised_by_code(e):
+                raise HlbError("code run by hlb raised KeyboardInterrupt, but no Ctrl-C came", "rerun with --debug to see where") from e
+            raise signals.Interrupted(signal.SIGINT) from None
+
+    cmd.invoke = guarded
+    return cmd
+
+
+def _run(cmd, args: list[str], debug: bool) -> int:
+    """The command's exit code: its errors as one line each."""
     try:
         rv = _invoke(cmd, args)
         code = rv if isinstance(rv, int) else 0
@@ -355,9 +399,8 @@ def main(argv: list[str] | None = None) -> int:
         msg = " ".join(e.format_message().split())
         typer.echo(f"error: {msg}{where}", err=True)
         code = e.exit_code
-    except KeyboardInterrupt:
-        typer.echo("error: interrupted", err=True)
-        code = 130
+    except signals.Interrupted as e:
+        code = _interrupted(e, args)
     except SystemExit as e:
         if not _from_the_cli_library(e):  # foreign code (a trick, a data file) called sys.exit
             if debug:
@@ -376,10 +419,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             typer.echo(f"error: internal error: {e.__class__.__name__}: {e} (rerun with --debug for the traceback and report it)", err=True)
         code = 1
-    if argv is None:
-        sys.exit(code)
     return code
 
+
+signals.release_start_up(_BEFORE_START_UP)
 
 if __name__ == "__main__":
     main()
