@@ -21,8 +21,9 @@ from types import ModuleType
 from typing import Any, Callable
 
 from hlbcli.errors import HlbError, TrickBug
+from hlbcli.signals import raised_by_code
 
-__all__ = ["guard_impls", "guarded", "culprit", "memory_error", "check_result"]
+__all__ = ["guard_impls", "guarded", "culprit", "memory_error", "check_result", "what_it_is"]
 
 
 def _short(value: Any) -> str:
@@ -32,6 +33,18 @@ def _short(value: Any) -> str:
 
 def _got(value: Any) -> str:
     return f"{_short(value)} ({type(value).__name__})"
+
+
+def what_it_is(value: Any) -> str:
+    """What an entry point loaded, for a line saying it is not what was due: ``the module
+    pkg.mod``, ``the class pkg.Thing``, ``3 (int)``."""
+    if isinstance(value, ModuleType):
+        return f"the module {value.__name__}"
+    if isinstance(value, type):
+        return f"the class {value.__module__}.{value.__qualname__}"
+    if callable(value):
+        return f"the {type(value).__name__} {getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', '?')}"
+    return _got(value)
 
 
 def _items(value: Any) -> list:
@@ -133,8 +146,11 @@ def raised(trick: str, origin: str, hook: str, e: BaseException) -> TrickBug:
 
 def _passes(e: BaseException) -> bool:
     """Exceptions a guard lets through unchanged: hlb's own errors (a TrickError for a bad
-    user value, a bug already named) and what is not an error (Ctrl-C, a generator closing)."""
-    return isinstance(e, HlbError) or not isinstance(e, (Exception, SystemExit)) or memory_error(e) is not None
+    user value, a bug already named) and what is not an error (Ctrl-C, a generator closing);
+    a ``KeyboardInterrupt`` no Ctrl-C sent is the trick's own."""
+    if isinstance(e, HlbError) or memory_error(e) is not None:
+        return True
+    return not isinstance(e, (Exception, SystemExit)) and not raised_by_code(e)
 
 
 def guarded(fn: Callable, trick: str, origin: str, hook: str) -> Callable:

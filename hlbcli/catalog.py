@@ -62,7 +62,7 @@ class Entry:
         return self.dist == BUILTIN
 
 
-def _origin(ep: md.EntryPoint) -> tuple[str, str]:
+def origin(ep: md.EntryPoint) -> tuple[str, str]:
     """(normalised distribution name, ``Name VERSION``) of an entry point."""
     dist = getattr(ep, "dist", None)
     if dist is None:
@@ -152,10 +152,10 @@ def catalog(warn: bool = True) -> Catalog:
         by_name.setdefault(name, []).append(Entry(name, BUILTIN, name, "built-in", module))
     seen = {(BUILTIN, n) for n in by_name}
     for ep in third_party_entry_points():
-        dist, origin = _origin(ep)
+        dist, where = origin(ep)
         if (dist, ep.name) not in seen:  # one distribution on the path twice
             seen.add((dist, ep.name))
-            by_name.setdefault(ep.name, []).append(Entry(ep.name, dist, ep.name, origin, ep))
+            by_name.setdefault(ep.name, []).append(Entry(ep.name, dist, ep.name, where, ep))
     entries: dict[str, Entry] = {}
     shared = {}
     for name, found in by_name.items():

@@ -2,25 +2,24 @@
 
 from __future__ import annotations
 
+from hlbcli import signals
+
+_BEFORE_START_UP = signals.hold_start_up()  # Ctrl-C while hlb imports: one line, exit 130 (released below)
+
 import os
 import sys
-import traceback
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
 from hlbcli.cli_options import (ConfigOpt, DataDirOpt, DeviceOpt, DisableOpt, EnableOpt, NoDownloadOpt, PresetOpt,
-                                ResumeOpt, SetOpt, TrackOpt, VaryOpt, click_classes, global_options)
+                                ResumeOpt, SetOpt, TrackOpt, VaryOpt, global_options)
 from hlbcli.cli_show import config_app, tricks_app
+from hlbcli.cli_tail import run
 from hlbcli.config import MAX_RUNS, MAX_SEED
-from hlbcli.errors import ConfigError, HlbError, UsageError
+from hlbcli.errors import UsageError
 
-
-_CLICK_EXIT = click_classes("Exit")
-_CLICK_ABORT = click_classes("Abort")
-_CLICK_NO_ARGS = click_classes("NoArgsIsHelpError")
-_CLICK_ERROR = click_classes("ClickException")
 
 app = typer.Typer(
     name="hlb",
@@ -295,96 +294,20 @@ def bench(
     raise typer.Exit(code)
 
 
-def _one_line(text: str) -> str:
-    """Control characters (a newline in a --set value, say) shown escaped: one line stays one."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
-
-
-def _print_error(e: HlbError) -> None:
-    typer.echo(f"error: {_one_line(e.line())}", err=True)
-    if isinstance(e, ConfigError) and len(e.rows) > 1:
-        w = max(len(r[0]) for r in e.rows)
-        for where, what in e.rows:
-            typer.echo(f"  {_one_line(where):<{w}}  {_one_line(what)}", err=True)
-
-
-def _invoke(cmd, args: list[str]):
-    """Run the command; an OSError a path gets for its shape (a name longer than the
-    filesystem takes, a link loop) becomes a one-line error naming the option that gave it."""
-    try:
-        return cmd.main(args=args, prog_name="hlb", standalone_mode=False)
-    except OSError as e:
-        from hlbcli.paths import argument_path_error
-
-        err = argument_path_error(e, args)
-        if err is None:
-            raise
-        raise err from None
-
-
-def _from_the_cli_library(e: SystemExit) -> bool:
-    """A ``sys.exit`` of typer's, click's or rich's own (a closed pipe on stdout, as in ``hlb
-    train --help | head``): its code, silently."""
-    frames = traceback.extract_tb(e.__traceback__)
-    return bool(frames) and any(f"{os.sep}{lib}{os.sep}" in frames[-1].filename for lib in ("typer", "click", "rich"))
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point: errors become one line and an exit code; --debug shows tracebacks."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("HLB_DEBUG") == "1"
     args = [a for a in args if a != "--debug"]
     cmd = typer.main.get_command(app)
-    try:
-        rv = _invoke(cmd, args)
-        code = rv if isinstance(rv, int) else 0
-    except HlbError as e:
-        if debug:
-            traceback.print_exc()
-        _print_error(e)
-        code = e.exit_code
-    except _CLICK_EXIT as e:
-        code = e.exit_code
-    except _CLICK_ABORT:
-        typer.echo("error: aborted", err=True)
-        code = 130
-    except _CLICK_NO_ARGS as e:  # a bare group: typer has printed its help already
-        if e.format_message().strip():
-            typer.echo(e.format_message(), err=True)
-        code = e.exit_code
-    except _CLICK_ERROR as e:
-        if debug:
-            traceback.print_exc()
-        ctx = getattr(e, "ctx", None)
-        where = f" (see '{ctx.command_path if ctx is not None else 'hlb'} --help')"
-        msg = " ".join(e.format_message().split())
-        typer.echo(f"error: {msg}{where}", err=True)
-        code = e.exit_code
-    except KeyboardInterrupt:
-        typer.echo("error: interrupted", err=True)
-        code = 130
-    except SystemExit as e:
-        if not _from_the_cli_library(e):  # foreign code (a trick, a data file) called sys.exit
-            if debug:
-                traceback.print_exc()
-            typer.echo(f"error: code run by hlb called sys.exit({e.code!r}) (rerun with --debug to see where)", err=True)
-        code = e.code if isinstance(e.code, int) and _from_the_cli_library(e) else 1
-    except Exception as e:  # SystemExit: foreign code (a trick, a data file) called sys.exit
-        if debug:
-            traceback.print_exc()
-        from hlbcli.blame import memory_error
-        from hlbcli.errors import out_of_memory
-
-        words = memory_error(e)
-        if words is not None:
-            _print_error(out_of_memory("", words))
-        else:
-            typer.echo(f"error: internal error: {e.__class__.__name__}: {e} (rerun with --debug for the traceback and report it)", err=True)
-        code = 1
+    with signals.hlb_handlers():
+        code = run(cmd, args, debug)
     if argv is None:
         sys.exit(code)
     return code
 
+
+signals.release_start_up(_BEFORE_START_UP)
 
 if __name__ == "__main__":
     main()

@@ -198,11 +198,18 @@ def leaf_keys(data: Any, prefix: str = "") -> list[str]:
 TRACK_SECTION = "track"
 
 
+def _not_trackers(where: str) -> None:
+    raise UsageError(f"{where}: trackers are not settings, and a preset or --set does not choose them",
+                     f"choose them with --track NAME[:TARGET] or a [{TRACK_SECTION}] table in the --config file")
+
+
 def layered_sources(preset: str, config_file: str | None, sets: list[str]) -> tuple[dict, dict[str, str]]:
     """The merged dict, and each key the user wrote (not the preset), dotted
     (``train.epochs``), with where: ``--config FILE`` or ``--set KEY``."""
     data = load_preset(preset)
     check_depth(data, f"preset {preset}")
+    if TRACK_SECTION in data:
+        _not_trackers(f"a [{TRACK_SECTION}] table in preset {preset}")
     user: dict[str, str] = {}
     if config_file:
         over = load_toml_file(config_file, "config file")
@@ -211,8 +218,10 @@ def layered_sources(preset: str, config_file: str | None, sets: list[str]) -> tu
         data = deep_merge(data, over)
         user.update({k: f"--config {config_file}" for k in leaf_keys(over)})
     for s in sets:
-        data = apply_set(data, s)
         key = s.partition("=")[0].strip()
+        if key.split(".")[0] == TRACK_SECTION:
+            _not_trackers(f"--set {key}")
+        data = apply_set(data, s)
         value = parse_value(s.partition("=")[2].strip())
         user.update({k: f"--set {key}" for k in leaf_keys(value, key)})
     return data, user

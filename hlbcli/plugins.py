@@ -14,7 +14,7 @@ import pluggy
 from hlbcli import PROJECT, hookspecs
 from hlbcli.catalog import ENTRY_POINT_GROUP, Catalog, builtin_tricks, catalog  # noqa: F401 (re-exported)
 from hlbcli.contract import STAGES, TrickInfo
-from hlbcli.blame import guard_impls, guarded, trick_files
+from hlbcli.blame import guard_impls, guarded, trick_files, what_it_is
 from hlbcli.errors import HlbError, TrickBug, UsageError
 
 CORE_NAME = "core"
@@ -200,6 +200,12 @@ def _load_and_register(tm: TrickManager, name: str, extra: dict, cat: Catalog) -
             f"trick '{name}' from {entry.origin} failed to import: {why}",
             f"fix or uninstall that distribution, or run with --disable {name}",
         ) from None
+    if not callable(getattr(module, "hlb_trick_info", None)):  # the entry point names something else
+        raise UsageError(
+            f"trick '{name}' from {entry.origin}: its entry point {entry.target.value} is {what_it_is(module)}, "
+            "not a trick (a module or class with hlb_trick_info)",
+            f"point the {ENTRY_POINT_GROUP} entry point at the trick's module or class, or run with --disable {name}",
+        )
     _register(tm, module, name, entry.origin, entry.name)
 
 

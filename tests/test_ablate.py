@@ -292,7 +292,9 @@ out, runs, fail = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
 t0 = time.time()
 time.sleep(0.6)
 if fail:
-    print("error: boom (a hint)", file=sys.stderr)
+    if sys.argv[4:] == ["silent"]:  # dies without a word (os._exit in its code)
+        os._exit(9)
+    print("error: trick 'boom' (hlb-boom 1.0) raised ValueError: boom in hlb_epoch_end (a hint)", file=sys.stderr)
     sys.exit(1)
 for i in range(runs):
     rec = {"seed": i, "status": "completed", "accuracy": 0.5 + 0.01 * i + (0.1 if "no-" in out else 0),
@@ -302,9 +304,9 @@ for i in range(runs):
 """
 
 
-def _fake_children(monkeypatch, fail_arm=None):
+def _fake_children(monkeypatch, fail_arm=None, *how):
     def fake(opts, arm, arm_dir):
-        return [sys.executable, "-c", FAKE_CHILD, str(arm_dir), str(opts.runs), "1" if arm.name == fail_arm else "0"]
+        return [sys.executable, "-c", FAKE_CHILD, str(arm_dir), str(opts.runs), "1" if arm.name == fail_arm else "0", *how]
 
     monkeypatch.setattr(local_backend, "child_command", fake)
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
@@ -325,14 +327,23 @@ def test_workers_run_arms_in_parallel_with_a_share_of_the_cores(monkeypatch, tmp
 
 
 def test_a_failed_arm_is_reported_and_the_others_kept(cli, monkeypatch, tmp_path):
+    """The battery's error line is the failed arm's own (a trick's bug, named), from its log."""
     _fake_children(monkeypatch, fail_arm="-ema")
     code, out, err = cli("ablate", "--preset", "smoke", "--disable", "ema", "--disable", "tta", "--out", tmp_path)
     assert code == 1
-    assert "arm -ema: exit 1 after 0/3 runs: error: boom (a hint)" in out
-    assert "error: arm(s) -ema failed" in err and "train.log" in err
+    line = "trick 'boom' (hlb-boom 1.0) raised ValueError: boom in hlb_epoch_end (a hint)"
+    assert f"arm -ema: exit 1 after 0/3 runs: error: {line}" in out
+    assert err == f"error: arm -ema: {line}\n"
     s = json.loads((tmp_path / "summary.json").read_text())
     assert [a["n"] for a in s["arms"]] == [3, 0, 3] and s["partial"] is True
     assert s["arms"][1]["status"] == "failed (exit 1)"
+
+
+def test_an_arm_that_dies_without_a_word_is_named_by_its_exit(cli, monkeypatch, tmp_path):
+    _fake_children(monkeypatch, "-ema", "silent")
+    code, out, err = cli("ablate", "--preset", "smoke", "--disable", "ema", "--runs", "1", "--out", tmp_path)
+    assert code == 1
+    assert err == f"error: arm -ema: exit 9 with no error line (see {tmp_path / 'arms' / 'no-ema' / 'train.log'})\n"
 
 
 def test_hlb_threads_sets_torch_threads(monkeypatch):

@@ -66,6 +66,9 @@ def _raise(exc):
         ("hlb_validate", lambda cfg, data, model: cfg.tricks.clear(), ["hlb_validate", "TypeError", "frozen"]),
         ("hlb_train_start", lambda ctx: sys.exit(0), ["hlb_train_start", "sys.exit(0)"]),
         ("hlb_model_init", lambda model, ctx: sys.exit(4), ["hlb_model_init", "sys.exit(4)"]),
+        # no Ctrl-C came: the trick's, not an interrupt (exit 130)
+        ("hlb_epoch_end", _raise(KeyboardInterrupt), ["hlb_epoch_end", "raised KeyboardInterrupt"]),
+        ("hlb_validate", _raise(KeyboardInterrupt), ["hlb_validate", "raised KeyboardInterrupt"]),
         ("hlb_batch_transforms", lambda cfg, ctx: "abc", ["hlb_batch_transforms", "'abc' (str)", "Transform"]),
         ("hlb_step_actions", lambda ctx: [print], ["hlb_step_actions", "StepAction"]),
         ("hlb_evaluate", lambda ctx: {"accuracy": 1.7, "loss": 0.1}, ["hlb_evaluate", "accuracy 1.7, outside [0, 1]"]),

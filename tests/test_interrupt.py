@@ -117,6 +117,36 @@ def test_signal_keeps_finished_runs_and_a_partial_summary(tmp_path, sig, want):
     assert all(r["status"] in ("completed", "interrupted") for r in s["runs"])
 
 
+def _mapped(pid: int, lib: str) -> bool:
+    try:
+        return lib in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/PID/maps (Linux)")
+def test_ctrl_c_during_start_up_is_one_line(tmp_path):
+    """SIGINT while torch imports (its library is mapped, no training yet): one line, exit 130."""
+    p = subprocess.Popen([*_hlb_cmd(), "train", "--preset", "smoke", "--set", "train.epochs=1", "--set", "data.synthetic_train=1024",
+                          "--set", "data.synthetic_test=256", "--out", tmp_path / "out"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not _mapped(p.pid, "libtorch"):
+            assert p.poll() is None, f"hlb ended early: {p.communicate()}"
+            assert time.monotonic() < deadline, "torch not loading after 60 s"
+            time.sleep(0.005)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 130, err
+    assert err == "error: interrupted during start-up; nothing was trained\n"
+    assert not list((tmp_path / "out").glob("run-*.json"))
+
+
 def test_interrupt_while_loading_data_is_not_a_corrupt_file(cli, tmp_path, fake_cifar, monkeypatch):
     """The signal handler raises wherever the process is: the dataset reader's
     ``except Exception`` must not turn Ctrl-C into "file is corrupt"."""

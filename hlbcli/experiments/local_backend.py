@@ -211,8 +211,12 @@ class LocalBackend:
             if j.proc.returncode == 0:
                 b.status[j.arm.name] = "completed"
             else:
-                b.fail(j.arm, f"failed (exit {j.proc.returncode})")
-                why = _last_error(b.arm_dir(j.arm) / "train.log")
+                log = b.arm_dir(j.arm) / "train.log"
+                why = _last_error(log)
+                # the arm's own error line (a trick's bug, named) is the battery's; a process that
+                # died without one (os._exit, a kill) is named by its exit
+                said = why.removeprefix("error: ") if why.startswith("error: ") else f"exit {j.proc.returncode} with no error line (see {log})"
+                b.fail(j.arm, f"failed (exit {j.proc.returncode})", f"arm {j.arm.name}: {said}")
                 b.say(f"arm {j.arm.name}: exit {j.proc.returncode} after {n}/{opts.runs} runs: {why}")
             b.arm_done(j.arm)
 

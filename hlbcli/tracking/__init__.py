@@ -8,21 +8,29 @@ ablate``, or a ``[track]`` table in the ``--config`` file (``NAME = true`` or ``
 third party adds one through the entry-point group :data:`GROUP`.
 
 Every call goes through :class:`Trackers`: per command (:meth:`Tracker.start`,
-:meth:`Tracker.end`), per run and per epoch, never inside a step. A tracker that raises says
-so in one line on stderr and is left out for the rest of the process; the run and its record
-go on."""
+:meth:`Tracker.end`), per run and per epoch, never inside a step, each tracker handed its own
+copy of what it is told (what it changes never reaches hlb's records). A tracker that raises
+(``sys.exit``, ``os._exit`` and a ``KeyboardInterrupt`` no Ctrl-C sent included) says so in
+one line on stderr and is left out for the rest of the process; the run and its record go on."""
 
 from __future__ import annotations
 
+import copy
 import importlib.metadata as md
 import importlib.util
 import json
+import os
 import sys
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from hlbcli.errors import UsageError
+from hlbcli.blame import what_it_is
+from hlbcli.catalog import origin
+from hlbcli.errors import HlbError, UsageError
+from hlbcli.signals import raised_by_code
 
 #: the entry-point group a third-party tracker is declared in: ``NAME = "module:Class"``
 GROUP = "hlb.trackers"
@@ -165,46 +173,106 @@ def _has_module(name: str) -> bool:
         return False
 
 
-def _load(name: str) -> type:
+def _load(name: str, where: str) -> tuple[type, str]:
+    """The tracker class ``name`` names, and where it comes from (``built-in``, ``DIST
+    VERSION``); ``where`` says where the user chose it (``--track NAME``, ``[track] NAME in
+    FILE``)."""
     if name in BUILTINS:
         module, _, attr = BUILTINS[name].partition(":")
-        return getattr(importlib.import_module(module), attr)
+        return getattr(importlib.import_module(module), attr), "built-in"
     eps = _entry_points()
     if name not in eps:
-        raise UsageError(f"--track {name}: unknown tracker", f"known trackers: {', '.join(known())}")
+        raise UsageError(f"{where}: unknown tracker", f"known trackers: {', '.join(known())}")
+    ep = eps[name]
+    dist = origin(ep)[1]
+    fix = f"fix or uninstall {dist}, or leave out {where}"
     try:
-        return eps[name].load()
-    except Exception as e:  # a third party's broken package: named, one line
-        raise UsageError(f"--track {name}: its entry point {eps[name].value} cannot be loaded: {e.__class__.__name__}: {e}",
-                         f"fix or reinstall the package that declares it in the {GROUP} group") from None
+        cls = ep.load()
+    except (Exception, SystemExit) as e:  # a third party's broken package (sys.exit at import too): named, one line
+        raise UsageError(f"tracker '{name}' from {dist} failed to import: {why(e)}", fix) from None
+    if not (isinstance(cls, type) and issubclass(cls, Tracker)):
+        raise UsageError(f"tracker '{name}' from {dist}: its entry point {ep.value} is {what_it_is(cls)}, "
+                         f"not a Tracker subclass", f"point the {GROUP} entry point at the tracker's class, or leave out {where}")
+    return cls, dist
 
 
 def open_trackers(words: Iterable[str], config_file: str | Path | None = None, quiet: bool = False) -> "Trackers":
     """The trackers of ``--track`` words and the ``--config`` file's ``[track]`` table (a
     ``--track`` of the same name wins), each loaded and checked for its packages: an unknown
-    name or a missing package is a one-line error before anything trains."""
-    chosen: dict[str, str | None] = {}
-    for name, target in [*from_config(config_file), *parse(words)]:
-        chosen[name] = target
+    name or a missing package is a one-line error before anything trains, naming where the
+    tracker was chosen."""
+    chosen: dict[str, tuple[str | None, str]] = {}
+    for name, target in from_config(config_file):
+        chosen[name] = target, f"[track] {name} in {config_file}"
+    for name, target in parse(words):
+        chosen[name] = target, f"--track {name}{':' + target if target else ''}"
     trackers = []
-    for name, target in chosen.items():
-        cls = _load(name)
+    for name, (target, where) in chosen.items():
+        cls, dist = _load(name, where)
         missing = [p for p in getattr(cls, "requires", ()) if not _has_module(p)]
         if missing:
             extra = getattr(cls, "extra", None)
             fix = f"pip install 'hlbcli[{extra}]'" if extra else f"pip install {' '.join(missing)}"
-            raise UsageError(f"--track {name} needs the {missing[0]} package", fix)
+            raise UsageError(f"{where} needs the {missing[0]} package", fix)
         try:
-            trackers.append((name, cls(target)))
-        except Exception as e:
-            raise UsageError(f"--track {name}{':' + target if target else ''}: {e.__class__.__name__}: {e}",
-                             "check its TARGET") from None
+            with _exit_caught():
+                trackers.append((name, cls(target)))
+        except HlbError as e:  # the tracker's own one line (a TARGET it cannot use)
+            raise UsageError(f"{where}: {e.message}", e.hint) from None
+        except BaseException as e:
+            if isinstance(e, KeyboardInterrupt) and not raised_by_code(e):
+                raise
+            if dist == "built-in":
+                raise UsageError(f"{where}: {why(e)}", "check its TARGET") from None
+            raise UsageError(f"{where}: tracker '{name}' from {dist} failed to start: {why(e)}",
+                             f"a bug of that tracker: report it to its author, or leave out {where}") from None
     return Trackers(trackers, quiet)
 
 
 def one_line(e: BaseException) -> str:
     text = f"{e.__class__.__name__}: {e}".strip()
     return " ".join("".join(c if c.isprintable() else " " for c in text).split())[:500]
+
+
+def why(e: BaseException) -> str:
+    """What a tracker's code did, in one line: ``called sys.exit(5)``, ``called os._exit(9)``,
+    ``raised KeyboardInterrupt``, else the exception."""
+    if isinstance(e, SystemExit):
+        return f"called sys.exit({e.code!r})"
+    if isinstance(e, _Exited):
+        return f"called os._exit({e.code!r})"
+    if isinstance(e, KeyboardInterrupt):
+        return "raised KeyboardInterrupt (no Ctrl-C came)"
+    return one_line(e)
+
+
+class _Exited(BaseException):
+    """``os._exit`` called by a tracker's code (:func:`_exit_caught`)."""
+
+    def __init__(self, code: Any):
+        super().__init__(code)
+        self.code = code
+
+
+@contextmanager
+def _exit_caught():
+    """While a tracker's code runs: ``os._exit`` called from this thread of this process (not
+    a thread or a forked child of the tracker's) raises :class:`_Exited`, so the tracker is
+    named and left out instead of ending the process with nothing written and nothing said.
+    (A tracker that took ``os._exit`` before, ``from os import _exit``, or kills its own
+    process, cannot be caught.)"""
+    real, pid, thread = os._exit, os.getpid(), threading.get_ident()
+
+    def stand_in(code):
+        if os.getpid() != pid or threading.get_ident() != thread:
+            real(code)
+        raise _Exited(code)
+
+    os._exit = stand_in
+    try:
+        yield
+    finally:
+        os._exit = real
 
 
 class Trackers:
@@ -227,10 +295,14 @@ class Trackers:
         for name, t in self.trackers:
             if name in self.failed:
                 continue
+            mine = copy.deepcopy(args)  # what a tracker changes in what it is handed stays its own
             try:
-                getattr(t, method)(*args)
-            except (Exception, SystemExit) as e:  # never KeyboardInterrupt or a stop signal
-                self.failed[name] = one_line(e)
+                with _exit_caught():
+                    getattr(t, method)(*mine)
+            except BaseException as e:  # never a stop signal, nor a Ctrl-C's KeyboardInterrupt
+                if not isinstance(e, (Exception, SystemExit, _Exited)) and not raised_by_code(e):
+                    raise
+                self.failed[name] = why(e)
                 print(f"warning: tracker {name} failed: {self.failed[name]} (the run and its record are kept; "
                       f"{name} tracks nothing more in this command)", file=sys.stderr, flush=True)
 
@@ -241,7 +313,7 @@ class Trackers:
         self._each("run_start", run)
 
     def epoch(self, run: Run, metrics: dict) -> None:
-        self._each("epoch", run, dict(metrics))
+        self._each("epoch", run, metrics)
 
     def run_end(self, run: Run, record: dict, path: Path | None) -> None:
         self._each("run_end", run, record, path)

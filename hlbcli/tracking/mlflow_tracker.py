@@ -22,10 +22,12 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
 
+from hlbcli.errors import UsageError
 from hlbcli.tracking import Command, Run, Tracker, flat_config, source_commit
 
 #: MLflow's limits per log_batch call
@@ -38,6 +40,41 @@ HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BA
                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
 #: a run's end status -> MLflow's
 RUN_STATUS = {"completed": "FINISHED", "interrupted": "KILLED"}
+
+
+#: the tracking URIs MLflow's stores take, by scheme (a database's may name its driver,
+#: ``postgresql+psycopg2://``): what the rest must look like, and an example
+URI_FORMS = {
+    "http": (r"//([^/\s@]+@)?[^/\s:@]+(:\d+)?(/\S*)?", "http://HOST:PORT"),
+    "https": (r"//([^/\s@]+@)?[^/\s:@]+(:\d+)?(/\S*)?", "https://HOST"),
+    "sqlite": (r"///\S+", "sqlite:///FILE"),
+    "postgresql": (r"//\S+", "postgresql://USER@HOST/DB"),
+    "mysql": (r"//\S+", "mysql://USER@HOST/DB"),
+    "mssql": (r"//\S+", "mssql://USER@HOST/DB"),
+    "file": (r"\S+", "file:///FOLDER"),
+    "databricks": (r"(//\S+)?", "databricks"),
+    "databricks-uc": (r"(//\S+)?", "databricks-uc"),
+}
+_HINT = "write e.g. --track mlflow:sqlite:///runs.db, --track mlflow:http://HOST:PORT, or a SQLite file's path"
+
+
+def check_uri(uri: str) -> None:
+    """A TARGET (or ``$MLFLOW_TRACKING_URI``) MLflow cannot use is a one-line error before
+    anything trains: a URI of a scheme it has no store for, or of the wrong form
+    (``http:/x``), or a path with ``:`` in it (``::bad``, ``foo:bar``: a mistyped URI)."""
+    m = re.fullmatch(r"([A-Za-z][A-Za-z0-9+.-]*):(.*)", uri, re.S)
+    if m is None:
+        if ":" in uri or not uri.strip():
+            raise UsageError("neither a tracking URI (SCHEME://...) nor a path", _HINT)
+        return
+    scheme, rest = m.group(1).lower(), m.group(2)
+    base, driver, _ = scheme.partition("+")
+    form = URI_FORMS.get(base) if not driver or base in ("postgresql", "mysql", "mssql") else None
+    if form is None:
+        raise UsageError(f"MLflow has no tracking store for the scheme '{scheme}'",
+                         f"use one of {', '.join(s + ':' for s in URI_FORMS)}, or a SQLite file's path")
+    if re.fullmatch(form[0], rest, re.S) is None:
+        raise UsageError(f"not a tracking URI of the form {form[1]}", _HINT)
 
 
 def tracking_uri(target: str | None, out: Path | None) -> tuple[str, Path | None]:
@@ -66,6 +103,17 @@ def _number(v: Any) -> float | None:
 class MlflowTracker(Tracker):
     requires = ("mlflow",)
     extra = "mlflow"
+
+    def __init__(self, target: str | None = None):
+        super().__init__(target)
+        env = os.environ.get("MLFLOW_TRACKING_URI")
+        if target is not None:
+            check_uri(target)
+        elif env:
+            try:
+                check_uri(env)
+            except UsageError as e:
+                raise UsageError(f"$MLFLOW_TRACKING_URI={env!r}: {e.message}", e.hint) from None
 
     def start(self, command: Command) -> None:
         # a tracking server that is down fails within seconds, not after MLflow's default minutes
