@@ -283,7 +283,7 @@ def _code_blocks(text: str, lang: str) -> list[str]:
 
 
 def test_the_guides_own_tracker_runs_as_written(cli, tmp_path, monkeypatch):
-    """docs/tricks.md "A tracker of your own": its entry point and its class, as a third party
+    """docs/trackers.md "A tracker of your own": its entry point and its class, as a third party
     would ship them, track a real ``hlb train``; what it wrote matches the run's record."""
     import importlib.metadata as md
     import json
@@ -291,7 +291,7 @@ def test_the_guides_own_tracker_runs_as_written(cli, tmp_path, monkeypatch):
 
     import hlbcli.tracking as tracking
 
-    section = _section(_text(TRICKS_GUIDE), "A tracker of your own")
+    section = _section(_text(ROOT / "docs" / "trackers.md"), "A tracker of your own")
     (toml,), (source,) = _code_blocks(section, "toml"), _code_blocks(section, "python")
     ((name, target),) = tomllib.loads(toml)["project"]["entry-points"][tracking.GROUP].items()
     module = target.split(":")[0]

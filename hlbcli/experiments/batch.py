@@ -16,27 +16,22 @@ from hlbcli.readback import FINISHED
 from hlbcli.readback import config_difference
 from hlbcli.run import run_seed, warm_up
 from hlbcli.session import device_name, open_session
+from hlbcli.experiments.options import RunOptions
 from hlbcli.experiments.tail import run_to_summary
 from hlbcli.signals import interruptible
+from hlbcli.estimate import gpu_recipe_note
+from hlbcli.tracking import Command, Run, around
 
 
-@dataclass
-class TrainOptions:
-    runs: int = 1
-    seed: int = 0
-    device: str = "auto"
-    data_dir: str | None = None
-    download: bool = True
-    out: Path | None = None
-    quiet: bool = False
+@dataclass(kw_only=True)
+class TrainOptions(RunOptions):
+    """``hlb train`` and ``hlb bench``: the shared options (:class:`RunOptions`) and theirs."""
+
     deterministic: bool = False
     stop_on_failure: bool = False
-    resume: bool = False
     #: the ablation arm these runs belong to (``ctx.arm``; ``hlb ablate``'s local backend passes
     #: it to each arm's ``hlb train`` with the hidden ``--label``); "" outside an ablation
     label: str = ""
-    #: the recipe's name, as the user gave it (``--preset``), for the notes printed
-    preset: str = ""
     #: progress within each run: None shows it unless quiet; True shows it on stderr when quiet
     #: (``hlb bench``)
     progress: bool | None = None
@@ -145,13 +140,29 @@ def train_batch(cfg: Any, tm, opts: TrainOptions, printer: Printer | None = None
 
 def _train_claimed(cfg: Any, tm, opts: TrainOptions, printer: Printer, out: Path | None,
                    earlier: dict[int, tuple[Path, dict]]) -> tuple[dict, int]:
-    runs: list[dict] = []
-    exit_code = 0
-    tricks = list(tm.trick_names())
-    session = None
+    batch = Batch(cfg, tm, opts, printer, out, earlier)
+    return around(opts.track, Command(opts.command, opts.preset, out, opts.runs, opts.seed, [], to_dict(cfg), sys.argv[1:]),
+                  batch.run, lambda: summarize(batch.runs, partial=True))
 
-    def write_summary(partial: bool) -> dict:
-        extra = {"preset_tricks": tricks, "partial": partial, "runs_requested": opts.runs, "first_seed": opts.seed}
+
+class Batch:
+    """A batch of seeds on one session, its ``--out`` claimed: each seed trained in turn (or kept
+    from an earlier batch with ``--resume``), each run's record kept by :meth:`keep`, the one run
+    tail, whatever ended the run; the summary written after each run and at the end by the tail
+    every batch shares (:func:`hlbcli.experiments.tail.run_to_summary`)."""
+
+    def __init__(self, cfg: Any, tm, opts: TrainOptions, printer: Printer, out: Path | None,
+                 earlier: dict[int, tuple[Path, dict]]):
+        self.cfg, self.tm, self.opts, self.printer, self.out, self.earlier = cfg, tm, opts, printer, out, earlier
+        self.runs: list[dict] = []
+        self.exit_code = 0
+        self.tricks = list(tm.trick_names())
+        self.session = None
+        self.track = opts.track
+
+    def write_summary(self, partial: bool) -> dict:
+        opts, session = self.opts, self.session
+        extra = {"preset_tricks": self.tricks, "partial": partial, "runs_requested": opts.runs, "first_seed": opts.seed}
         if session is not None:
             extra.update(
                 device=device_name(session.device),
@@ -160,18 +171,27 @@ def _train_claimed(cfg: Any, tm, opts: TrainOptions, printer: Printer, out: Path
                 warmup_seconds=session.warmup_seconds,
                 compiled=session.compiled,
             )
-        summary = summarize(runs, **extra)
-        if out:
-            record.write_json(out / "summary.json", summary)
+        summary = summarize(self.runs, **extra)
+        if self.out:
+            record.write_json(self.out / "summary.json", summary)
         return summary
 
-    def train(got: list[int]) -> None:
-        nonlocal session, exit_code
+    def keep(self, rec: dict, path: Path | None, run: Any) -> None:
+        """The run tail: the record among the batch's, on disk where ``path`` is, and told to
+        the trackers (``run``: the tracked run, or None)."""
+        self.runs.append(rec)
+        if path:
+            record.write_json(path, rec)
+        if run:
+            self.track.run_end(run, rec, path)
+
+    def train(self, got: list[int]) -> None:
+        opts, printer, out = self.opts, self.printer, self.out
         with interruptible():
-            session = open_session(cfg, tm, opts.device, opts.data_dir, opts.download, opts.deterministic)
+            self.session = session = open_session(self.cfg, self.tm, opts.device, opts.data_dir, opts.download, opts.deterministic)
             printer.info(
                 f"{len(session.dataset.train_labels)} training images ({session.dataset.name}) on "
-                f"{device_name(session.device)}; tricks: {', '.join(tricks) or 'none'}; load {session.load_seconds:.2f}s"
+                f"{device_name(session.device)}; tricks: {', '.join(self.tricks) or 'none'}; load {session.load_seconds:.2f}s"
             )
             note = _cpu_note(session, opts)
             if note:
@@ -181,80 +201,72 @@ def _train_claimed(cfg: Any, tm, opts: TrainOptions, printer: Printer, out: Path
                 w = warm_up(session, opts.seed, opts.label or None, out)
                 printer.info(f"warm-up {w:.1f}s")
             for i in range(opts.runs):
-                seed = opts.seed + i
-                path = out / f"run-{i:03d}-seed{seed}.json" if out else None
-                if seed in earlier:
-                    path, old = earlier[seed]
-                    if old.get("status") in FINISHED:
-                        runs.append(old)
-                        printer.info(f"\nrun {i + 1}/{opts.runs} (seed {seed}): {old['status']}, kept from {path.name}")
-                        exit_code = exit_code or (0 if old["status"] == "completed" else 1)
-                        continue
-                printer.run_header(i, opts.runs, seed)
+                how = self.train_seed(i)
+                if how == "kept":
+                    continue
+                if how == "failed" and opts.stop_on_failure:
+                    break
+                self.write_summary(partial=i + 1 < opts.runs)
 
-                run = tracked_run(session, seed, opts.label or None) if track else None
+    def train_seed(self, i: int) -> str:
+        """The batch's ``i``-th seed, trained or kept from an earlier batch (``--resume``):
+        ``kept``, ``completed``, or ``failed`` (a run that did not complete: its line printed)."""
+        opts, printer, out, session = self.opts, self.printer, self.out, self.session
+        seed = opts.seed + i
+        path = out / f"run-{i:03d}-seed{seed}.json" if out else None
+        if seed in self.earlier:
+            path, old = self.earlier[seed]
+            if old.get("status") in FINISHED:
+                self.runs.append(old)
+                printer.info(f"\nrun {i + 1}/{opts.runs} (seed {seed}): {old['status']}, kept from {path.name}")
+                self.exit_code = self.exit_code or (0 if old["status"] == "completed" else 1)
+                return "kept"
+        printer.run_header(i, opts.runs, seed)
+        run = tracked_run(session, seed, opts.label or None) if self.track else None
 
-                def keep(rec, path=path):  # a run that failed or was stopped: its record first
-                    runs.append(rec)
-                    if path:
-                        record.write_json(path, rec)
-                    if run:
-                        track.run_end(run, rec, path)
+        def on_epoch(row):
+            printer.epoch_row(row)
+            if run:
+                self.track.epoch(run, row)
 
-                def on_epoch(row, run=run):
-                    printer.epoch_row(row)
-                    if run:
-                        track.epoch(run, row)
+        if run:
+            self.track.run_start(run)
+        with printer.steps(f"run {i + 1}/{opts.runs} (seed {seed})") as on_step:
+            # a run that fails or is stopped keeps its record first, then raises
+            rec = run_seed(session, seed, on_epoch, lambda r: self.keep(r, path, run), arm=opts.label or None, out=out,
+                           on_step=on_step)
+        if rec["status"] == "diverged" and opts.changed:
+            rec["message"] += f"; likeliest cause, the settings changed from the preset: {', '.join(opts.changed[:3])}"
+        self.keep(rec, path, run)
+        printer.run_done(rec)
+        if rec["status"] == "completed":
+            return "completed"
+        self.exit_code = 1
+        then = "--stop-on-failure ends the batch here" if opts.stop_on_failure else "the batch goes on"
+        printer.error(f"run {i + 1} (seed {seed}) {rec['status']}: {rec['message']} ({f'its record: {path}; ' if out else ''}{then})")
+        return "failed"
 
-                if run:
-                    track.run_start(run)
-                with printer.steps(f"run {i + 1}/{opts.runs} (seed {seed})") as on_step:
-                    rec = run_seed(session, seed, on_epoch, keep, arm=opts.label or None, out=out, on_step=on_step)
-                if rec["status"] == "diverged" and opts.changed:
-                    rec["message"] += f"; likeliest cause, the settings changed from the preset: {', '.join(opts.changed[:3])}"
-                runs.append(rec)
-                if path:
-                    record.write_json(path, rec)
-                if run:
-                    track.run_end(run, rec, path)
-                printer.run_done(rec)
-                if rec["status"] != "completed":
-                    exit_code = 1
-                    then = "--stop-on-failure ends the batch here" if opts.stop_on_failure else "the batch goes on"
-                    printer.error(f"run {i + 1} (seed {seed}) {rec['status']}: {rec['message']} ({f'its record: {path}; ' if out else ''}{then})")
-                    if opts.stop_on_failure:
-                        break
-                write_summary(partial=i + 1 < opts.runs)
+    def finish(self) -> tuple[dict, int]:
+        return self.write_summary(partial=len(self.runs) < self.opts.runs), self.exit_code  # --stop-on-failure may end early
 
-    def finish() -> tuple[dict, int]:
-        return write_summary(partial=len(runs) < opts.runs), exit_code  # --stop-on-failure may end early
-
-    def rest(summary: dict) -> str:
-        done = sum(1 for r in runs if r.get("status") != "interrupted")
+    def rest(self, summary: dict) -> str:
+        opts, out = self.opts, self.out
+        done = sum(1 for r in self.runs if r.get("status") != "interrupted")
         if out:
             return f"rerun the same command with --resume to train the other {opts.runs - done} seed(s) into {out}"
         return f"the rest: --seed {opts.seed + done} --runs {opts.runs - done}"
 
-    track = opts.track
-
-    def body() -> tuple[dict, int]:
-        summary, code = run_to_summary(train, write_summary, finish, out=out, hint=rest)
+    def run(self) -> tuple[dict, int]:
+        summary, code = run_to_summary(self.train, self.write_summary, self.finish, out=self.out, hint=self.rest)
         if summary.get("error"):
-            printer.error(summary["error"])
-        printer.summary(summary)
-        printer.saved(out, len(list(out.glob("run-*.json"))) if out else 0)
+            self.printer.error(summary["error"])
+        self.printer.summary(summary)
+        self.printer.saved(self.out, len(list(self.out.glob("run-*.json"))) if self.out else 0)
         return summary, code
-
-    from hlbcli.tracking import Command, around
-
-    return around(track, Command(opts.command, opts.preset, out, opts.runs, opts.seed, [], to_dict(cfg), sys.argv[1:]),
-                  body, lambda: summarize(runs, partial=True))
 
 
 def tracked_run(session: Any, seed: int, arm: str | None):
     """The :class:`hlbcli.tracking.Run` of a seed about to train on ``session``."""
-    from hlbcli.tracking import Run
-
     return Run(seed, arm, to_dict(session.cfg), list(session.tm.trick_names()), device_name(session.device))
 
 
@@ -263,8 +275,6 @@ def _cpu_note(session: Any, opts: TrainOptions) -> str | None:
     if session.device.type != "cpu" or session.dataset.name == "synthetic":
         return None
     import torch
-
-    from hlbcli.estimate import gpu_recipe_note
 
     ds = session.dataset
     return gpu_recipe_note(opts.preset or "this recipe", session.cfg.model, session.cfg.train.epochs,

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from importlib import import_module
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -31,6 +32,9 @@ from hlbcli.experiments.plan import (AblateOptions, Arm, claim_out, default_out,
 from hlbcli.experiments.summary import rich_table, summarize, write_summary
 from hlbcli.experiments.tail import run_to_summary
 from hlbcli.tracking import Command, around
+from hlbcli.experiments.battery_progress import BatteryProgress as Progress
+from hlbcli.experiments.sequential import looks, run_rounds
+from hlbcli.stats import cs_bounded_from
 
 
 @dataclass
@@ -99,10 +103,21 @@ class Battery:
 
 
 class Backend(Protocol):
-    """Where a battery's arms train. One object per battery; the calls come in this order."""
+    """Where a battery's arms train (docs/backends.md). One object per battery, made with the
+    battery's options; the calls come in this order. A backend is registered by one line in
+    :data:`BACKENDS`; what it declares of itself is read without making one."""
+
+    #: how a message names it ("the Ray backend")
+    TITLE: str
+    #: its own options: the :class:`~hlbcli.experiments.plan.AblateOptions` field -> the flag that
+    #: sets it. Another backend's options given with this one are refused in one line.
+    OPTIONS: dict[str, str]
+    #: whether this process checks (and, where allowed, downloads) the data before any arm
+    #: starts; False where each worker reads its own (a cluster's nodes)
+    DATA_HERE: bool
 
     def check(self) -> None:
-        """Its options, before anything else is checked (a one-line error)."""
+        """Its options' values, before anything else is checked (a one-line error)."""
 
     def describe(self, arms: list[Arm], out: Path) -> list[str]:
         """``--dry-run``: a line per unit of work (an arm's command, a task), nothing started."""
@@ -120,29 +135,43 @@ class Backend(Protocol):
         """Stop what still trains (children, tasks), marking their arms with ``status``."""
 
 
+#: the backends, registered: ``--backend NAME`` -> the module and class that implement
+#: :class:`Backend` (imported when chosen, or when their options are looked up)
+BACKENDS = {
+    "local": "hlbcli.experiments.local_backend:LocalBackend",
+    "ray": "hlbcli.experiments.ray_backend:RayBackend",
+}
+
+
+def backend_class(name: str) -> type:
+    """The class registered as ``name`` in :data:`BACKENDS` (an unknown name: one line)."""
+    if name not in BACKENDS:
+        raise UsageError(f"--backend {name}: unknown backend", f"choose one of: {', '.join(BACKENDS)}")
+    module, _, cls = BACKENDS[name].partition(":")
+    return getattr(import_module(module), cls)
+
+
 def backend_for(opts: AblateOptions) -> Backend:
-    if opts.backend == "local":
-        from hlbcli.experiments.local_backend import LocalBackend
-
-        return LocalBackend(opts)
-    if opts.backend == "ray":
-        from hlbcli.experiments.ray_backend import RayBackend
-
-        return RayBackend(opts)
-    raise UsageError(f"--backend {opts.backend}: unknown backend", f"choose one of: {', '.join(BACKENDS)}")
-
-
-BACKENDS = ("local", "ray")
+    """The chosen backend, made with ``opts``, after refusing the options of another one (each
+    backend declares its own, :attr:`Backend.OPTIONS`)."""
+    chosen = backend_class(opts.backend)
+    defaults = {f.name: f.default for f in fields(AblateOptions)}
+    for name in BACKENDS:
+        if name == opts.backend:
+            continue
+        other = backend_class(name)
+        for key, flag in other.OPTIONS.items():
+            if key not in chosen.OPTIONS and getattr(opts, key) != defaults[key]:
+                raise UsageError(f"{flag} is an option of the {other.TITLE} backend", f"add --backend {name}, or drop it")
+    return chosen(opts)
 
 
 def dry_run_lines(opts: AblateOptions, out: Path) -> list[str]:
     """``--dry-run``: everything checked, a line per arm's command or task (the backend's), and
     with ``--until-resolved`` its looks; nothing trains."""
-    lines = backend_for(opts).describe(plan_battery(opts), out)
+    backend = backend_for(opts)
+    lines = backend.describe(plan_battery(opts, data_here=backend.DATA_HERE), out)
     if opts.until_resolved:
-        from hlbcli.experiments.sequential import looks
-        from hlbcli.stats import cs_bounded_from
-
         at, first = looks(opts), cs_bounded_from(opts.alpha)
         lines.append(f"until resolved: looks at {', '.join(map(str, at))} seeds per unresolved arm (alpha {opts.alpha:g}"
                      + (f", no effect within +-{opts.delta:g})" if opts.delta else ")")
@@ -156,11 +185,9 @@ def run_ablation(opts: AblateOptions, say=None, console=None, track=None) -> tup
     exit code). Whatever ends this process, what trains for it ends too. ``console`` (rich)
     shows the progress; ``say`` gets the lines worth a log; ``track``: the trackers
     (:class:`hlbcli.tracking.Trackers`), told of the battery, each finished run and the end."""
-    from hlbcli.progress import BatteryProgress as Progress
-
     backend = backend_for(opts)
     backend.check()
-    arms = plan_battery(opts, fetch=opts.backend == "local")
+    arms = plan_battery(opts, fetch=backend.DATA_HERE, data_here=backend.DATA_HERE)
     leave = backend.connect()  # an unreachable cluster, or one without what a task needs: before --out
     try:
         hold = claim_out(opts.out or default_out(opts.preset), plan_of(opts, arms), opts.resume)
@@ -177,8 +204,6 @@ def run_ablation(opts: AblateOptions, say=None, console=None, track=None) -> tup
             with progress:
                 train = lambda got: backend.train(battery, got)  # noqa: E731
                 if opts.until_resolved:
-                    from hlbcli.experiments.sequential import run_rounds
-
                     train = lambda got: run_rounds(backend, battery, got)  # noqa: E731
                 return around(track, command, lambda: run_to_summary(train, battery.write, battery.end,
                                                                      stop=backend.stop, out=out))

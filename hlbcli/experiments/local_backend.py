@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 from hlbcli import record
-from hlbcli.errors import UsageError
 from hlbcli.experiments.plan import ARM_CONFIG, AblateOptions, Arm
+from hlbcli.estimate import gpu_recipe_note
+from hlbcli.signals import interruptible
 
 def child_command(opts: AblateOptions, arm: Arm, arm_dir: Path) -> list[str]:
     """The arm's ``hlb train``: its config is the file :data:`ARM_CONFIG` in ``arm_dir``,
@@ -42,8 +43,6 @@ def cpu_note(opts: AblateOptions, config: dict, runs: int) -> str | None:
 
     if opts.device == "auto" and torch.cuda.is_available():
         return None
-    from hlbcli.estimate import gpu_recipe_note
-
     return gpu_recipe_note(opts.preset, config["model"], config["train"]["epochs"], 50000, 10000,
                            torch.get_num_threads(), runs)
 
@@ -135,12 +134,14 @@ class LocalBackend:
         self.running: list[_Job] = []
         self.battery = None
 
+    TITLE = "local"
+    #: its own options (:attr:`hlbcli.experiments.battery.Backend.OPTIONS`): ``--workers``
+    OPTIONS = {"workers": "--workers"}
+    #: the data is read here before any arm starts, and each arm's process reads it again
+    DATA_HERE = True
+
     def check(self) -> None:
-        o = self.opts
-        given = [n for n, v in (("--address", o.address), ("--block", o.block)) if v is not None]
-        given += [n for n, v, d in (("--cpus-per-task", o.cpus_per_task, 1), ("--retries", o.retries, 3)) if v != d]
-        if given:
-            raise UsageError(f"{given[0]} is an option of the Ray backend", "add --backend ray, or drop it")
+        """Nothing of its own to check: ``--workers`` is bounded by the command line."""
 
     def connect(self):
         return None
@@ -160,8 +161,6 @@ class LocalBackend:
         self.running.clear()
 
     def train(self, battery, got: list[int]) -> None:
-        from hlbcli.signals import interruptible
-
         self.battery = b = battery
         opts, out = self.opts, battery.out
         slots = worker_slots(opts.device, opts.workers)

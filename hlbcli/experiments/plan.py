@@ -14,8 +14,18 @@ from typing import Iterable
 
 from hlbcli import readback, record
 from hlbcli.errors import HlbError, UsageError
+from hlbcli.experiments.options import RunOptions
 from hlbcli.readback import PLAN_NAME
 from hlbcli.stats import cs_bounded_from
+from hlbcli.config import MAX_RUNS, MAX_SEED, config_defaults, to_dict
+from hlbcli.data import load_cifar, locate_cifar
+from hlbcli.experiments import vary
+from hlbcli.experiments.vary import folder_of, parse_vary
+from hlbcli.layers import active_tricks, layered
+from hlbcli.plot import require_matplotlib
+from hlbcli.plugins import check_names
+from hlbcli.resolve import check_swaps, parse_swaps, replaced_by, resolve
+from hlbcli.session import check_session, resolve_device
 
 BASELINE = "baseline"
 
@@ -55,16 +65,18 @@ class Arm:
         if self.name == BASELINE:
             return BASELINE
         if self.sets:
-            from hlbcli.experiments.vary import folder_of
-
             return folder_of(self.name)
         parts = [f"no-{d}" for d in self.disabled] + [f"with-{e}" for e in self.enabled]
         return re.sub(r"[^A-Za-z0-9_.+-]", "_", "_".join(parts))
 
 
-@dataclass
-class AblateOptions:
+@dataclass(kw_only=True)
+class AblateOptions(RunOptions):
+    """``hlb ablate``: the shared options (:class:`RunOptions`; ``preset`` required, three seeds
+    per arm by default) and the battery's."""
+
     preset: str
+    runs: int = 3
     config: str | None = None
     sets: list[str] = field(default_factory=list)
     disable: list[str] = field(default_factory=list)
@@ -74,17 +86,10 @@ class AblateOptions:
     #: ``KEY=VALUE[,KEY=VALUE...]`` words: an arm each, the baseline with those settings changed
     vary: list[str] = field(default_factory=list)
     leave_one_out: bool = False
-    runs: int = 3
-    seed: int = 0
     workers: int = 1
-    device: str = "auto"
-    data_dir: str | None = None
-    download: bool = True
-    out: Path | None = None
     plot: bool = False
-    quiet: bool = False
-    resume: bool = False
-    #: where arms train: "local" (a process per arm on this machine) or "ray" (a Ray cluster)
+    #: where arms train: a name of :data:`hlbcli.experiments.battery.BACKENDS` ("local": a process
+    #: per arm on this machine; "ray": a Ray cluster)
     backend: str = "local"
     #: the Ray cluster to join ("auto", "ray://host:10001", "host:6379"); None: $RAY_ADDRESS,
     #: else a Ray instance of this machine started for this run
@@ -115,8 +120,6 @@ def plan_arms(active: list[str], disable: Iterable[str], enable: Iterable[str], 
     and settings, :func:`hlbcli.experiments.vary.parse_vary`; the same name twice is one arm).
     ``replaced``: active trick -> the enabled trick that declares it replaces it; that
     ``--enable`` is a swap."""
-    from hlbcli.resolve import check_swaps
-
     arms = [Arm(BASELINE)]
     seen: set[str] = set()
     for name in disable:
@@ -178,11 +181,6 @@ def validate_arms(opts: AblateOptions, arms: list[Arm], specs: dict | None = Non
     a trick another one needs fails now, not after hours of training. ``specs``: dataset ->
     the shape of its data on disk, where it was read (else the config's). Returns the
     baseline's active tricks."""
-    from hlbcli.config import config_defaults, to_dict
-    from hlbcli.experiments import vary
-    from hlbcli.resolve import resolve
-    from hlbcli.session import check_session
-
     active = []
     for arm in arms:
         try:
@@ -214,26 +212,19 @@ def check_environment(opts: AblateOptions, dataset: str, fetch: bool):
     With ``fetch``, a missing dataset is downloaded here, once, not by every arm at once.
     Returns the shape of the data on disk (read, checked and cached here, once) where it is
     there, else None."""
-    from hlbcli.session import resolve_device
-
     resolve_device(opts.device)
     if dataset in ("cifar10", "cifar100"):
-        from hlbcli.data import load_cifar, locate_cifar
-
         files = locate_cifar(dataset, opts.data_dir, opts.download, fetch=fetch)
         if all(f.is_file() for f in files):
             return load_cifar(dataset, opts.data_dir, opts.download).spec()
     return None
 
 
-def plan_battery(opts: AblateOptions, fetch: bool = False) -> list[Arm]:
+def plan_battery(opts: AblateOptions, fetch: bool = False, data_here: bool = True) -> list[Arm]:
     """Check everything that can be checked before training: names, ``--set`` values, every
-    arm's config and sizes, ``--out`` against the plan, the device, the data (downloaded here
-    with ``fetch``), the plotting extra. Returns the arms, the baseline first."""
-    from hlbcli.experiments.vary import parse_vary
-    from hlbcli.plugins import check_names
-    from hlbcli.resolve import parse_swaps, replaced_by
-
+    arm's config and sizes, ``--out`` against the plan, the plotting extra, and, where the
+    backend trains on this machine's data (``data_here``, :attr:`Backend.DATA_HERE`), the
+    device and the data (downloaded here with ``fetch``). Returns the arms, the baseline first."""
     if opts.runs < 1:
         raise UsageError(f"--runs {opts.runs}: need at least one seed per arm", "use --runs 3 or more for a p-value")
     check_sequential(opts)
@@ -241,11 +232,7 @@ def plan_battery(opts: AblateOptions, fetch: bool = False) -> list[Arm]:
     swaps = parse_swaps(opts.swap)
     varied = [parse_vary(w) for w in opts.vary]
     if opts.plot:
-        from hlbcli.plot import require_matplotlib
-
         require_matplotlib()
-    from hlbcli.layers import active_tricks, layered
-
     # the baseline's tricks from the layered data alone: its settings are validated below,
     # once it is known which tricks other arms add
     data = layered(opts.preset, opts.config, list(opts.sets))
@@ -254,8 +241,8 @@ def plan_battery(opts: AblateOptions, fetch: bool = False) -> list[Arm]:
     validate_arms(opts, arms)
     if opts.out is not None:  # an --out of another command, or of another plan: before the data is read
         check_out(opts.out, plan_of(opts, arms), opts.resume)
-    if opts.backend == "local":
-        # on Ray, each worker has its own device and data: its tasks check them there. Each
+    if data_here:
+        # elsewhere (Ray), each worker has its own device and data: its tasks check them there. Each
         # dataset an arm trains on (a --vary may change it) once; the settings are validated by now
         datasets = dict.fromkeys(a.config["data"]["dataset"] for a in arms)
         specs = {ds: check_environment(opts, ds, fetch) for ds in datasets}
@@ -359,8 +346,6 @@ DEFAULT_MAX_RUNS = 20
 def check_sequential(opts: AblateOptions) -> None:
     """``--until-resolved`` and its options, before anything trains; sets the default
     ``max_runs``."""
-    from hlbcli.config import MAX_RUNS, MAX_SEED
-
     if not opts.until_resolved:
         given = [n for n, v in (("--max-runs", opts.max_runs), ("--delta", opts.delta)) if v is not None]
         given += ["--alpha"] if opts.alpha != 0.05 else []

@@ -36,6 +36,12 @@ from hlbcli import record
 from hlbcli.errors import HlbError, UsageError
 from hlbcli.experiments.ray_cluster import INSTALL_HINT, Health, _import_ray, connect, fit, gcs_address, target
 from hlbcli.signals import Interrupted
+from hlbcli.experiments.batch import earlier_runs, summarize
+from hlbcli.experiments.summary import run_path
+from hlbcli.readback import FINISHED
+from hlbcli.resolve import resolve_data
+from hlbcli.run import run_seed, warm_up
+from hlbcli.session import open_session
 
 __all__ = ["INSTALL_HINT", "DEFAULT_BLOCK", "RayBackend", "blocks", "check_ray", "connect", "resources", "seed_span",
            "train_block"]
@@ -76,10 +82,6 @@ def _session(task: dict):
     process and arm, then reused by the next block of that arm."""
     import json
 
-    from hlbcli.resolve import resolve_data
-    from hlbcli.run import warm_up
-    from hlbcli.session import open_session
-
     key = json.dumps([task["config"], task["device"], task["data_dir"], task["download"]], sort_keys=True)
     if _LAST.get("key") != key:
         _LAST.clear()  # the last arm's model and data go before this one's come
@@ -116,8 +118,6 @@ def train_block(task: dict) -> Iterator[dict]:
 
             torch.set_num_threads(task["threads"])
         session = _session(task)
-        from hlbcli.run import run_seed
-
         for seed in task["seeds"]:
             failed: list[dict] = []
             try:
@@ -166,6 +166,12 @@ class RayBackend:
         self.battery = None
         self.health = None
 
+    TITLE = "Ray"
+    #: its own options (:attr:`hlbcli.experiments.battery.Backend.OPTIONS`)
+    OPTIONS = {"address": "--address", "block": "--block", "cpus_per_task": "--cpus-per-task", "retries": "--retries"}
+    #: each worker reads its own data (its ``--data-dir``), checked by its tasks there
+    DATA_HERE = False
+
     def check(self) -> None:
         check_ray(self.opts)
 
@@ -204,10 +210,6 @@ class RayBackend:
 
     def train(self, battery, got: list[int]) -> None:
         import hlbcli
-        from hlbcli.experiments.batch import earlier_runs, summarize
-        from hlbcli.experiments.summary import run_path
-        from hlbcli.readback import FINISHED
-
         ray = _import_ray()
         self.battery = b = battery
         opts, out, res, live = self.opts, battery.out, self.res, self.live
