@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from hlbcli import readback, stats
+from hlbcli.output import p_value, pts, synthetic
 from hlbcli.readback import config_difference
 from hlbcli.record import source_commit
+from hlbcli.record import versions
 
 #: the significance level of the "runs needed" figure
 CLAIM_ALPHA = 0.01
@@ -80,9 +82,6 @@ def runs_source(runs: list[dict], here: tuple[str, bool] | None = None) -> tuple
 
 def claim_report(runs: list[dict], target: float | None, device: str | None) -> dict:
     """The claim's fields over the completed runs of ``runs``; ``target`` None: no test."""
-    from hlbcli.output import synthetic
-    from hlbcli.record import versions
-
     done = [r for r in runs if r.get("status") == "completed"]
     b = stats.run_block(runs)
     accs, m, s = b["accuracies"], b["mean"], b["std"]
@@ -116,21 +115,13 @@ def claim_report(runs: list[dict], target: float | None, device: str | None) -> 
     return rep
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.2f}"
-
-
-def _p(p: float | None) -> str:
-    return "n/a" if p is None or p != p else f"{p:.2g}"
-
-
 def claim_line(rep: dict, preset: str) -> str:
     """The claim in one line, ready for a README."""
     lo, hi = rep["accuracy_ci95"]
     clipped = ", clipped to 0-100" if rep.get("accuracy_ci95_clipped") else ""
-    line = f"{preset}: {_pct(rep['accuracy_mean'])}% mean over n={rep['n']} (95% CI {_pct(lo)}-{_pct(hi)}{clipped})"
+    line = f"{preset}: {pts(rep['accuracy_mean'])}% mean over n={rep['n']} (95% CI {pts(lo)}-{pts(hi)}{clipped})"
     if rep["target"] is not None:
-        line += f", p={_p(rep['p_value'])} for mean < {100 * rep['target']:g}% (one-sided t-test)"
+        line += f", p={p_value(rep['p_value'])} for mean < {100 * rep['target']:g}% (one-sided t-test)"
     if rep["diverged"]:
         line += f", {rep['diverged']} diverged run(s) left out"
     tlo, thi = rep["time_ci95"]
@@ -145,12 +136,12 @@ def claim_line(rep: dict, preset: str) -> str:
 def format_claim(rep: dict) -> str:
     """The claim's lines below ``hlb bench``'s report."""
     lo, hi = rep["accuracy_ci95"]
-    lines = [f"  claim     mean {_pct(rep['accuracy_mean'])}%  95% CI {_pct(lo)}%-{_pct(hi)}% ({stats.ACCURACY_CI_SHORT})  "
+    lines = [f"  claim     mean {pts(rep['accuracy_mean'])}%  95% CI {pts(lo)}%-{pts(hi)}% ({stats.ACCURACY_CI_SHORT})  "
              f"over {rep['n']} completed run(s)"
              + (f", {rep['diverged']} diverged" if rep["diverged"] else "")]
     if rep["target"] is not None:
         need = rep["runs_needed"]
-        lines.append(f"  test      p = {_p(rep['p_value'])} that the true mean is below {100 * rep['target']:g}% (one-sided t-test); "
+        lines.append(f"  test      p = {p_value(rep['p_value'])} that the true mean is below {100 * rep['target']:g}% (one-sided t-test); "
                      + (f"p < {CLAIM_ALPHA:g} needs n = {need} at this mean and std" if need else
                         f"no n gives p < {CLAIM_ALPHA:g} at this mean and std"))
     tlo, thi = rep["time_ci95"]

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 from hlbcli import readback, stats
 from hlbcli.errors import UsageError
+from hlbcli.output import p_value, pts
 from hlbcli.readback import first_difference
+from hlbcli.record import _clean
 
 HINT = "point at two --out folders of hlb train (or two arms' folders DIR/arms/ARM) trained on the same data and seeds"
 
@@ -80,12 +83,8 @@ def _seeds(accs: dict[int, float]) -> str:
     return f"seed {ks[0]}" if len(ks) == 1 else f"{len(ks)} seeds {ks[0]}..{ks[-1]}"
 
 
-def _p(p: float) -> str:
-    return "n/a" if p != p else f"{p:.2g}"
-
-
-def _pts(x: float, sign: bool = False) -> str:
-    return "n/a" if x != x else f"{100 * x:{'+' if sign else ''}.2f}"
+#: points of accuracy, "n/a" where there are none
+pts_na = partial(pts, missing="n/a")
 
 
 def format_table(rep: dict) -> str:
@@ -94,9 +93,9 @@ def format_table(rep: dict) -> str:
     rows = [("", "n", "mean %", "std", "95% CI", "folder")]
     for name in ("A", "B"):
         r = rep[name]
-        rows.append((name, str(d["n"]), _pts(r["mean"]), _pts(r["std"]), f"{_pts(r['ci95'][0])} to {_pts(r['ci95'][1])}", r["folder"]))
-    rows.append(("B - A", str(d["n"]), _pts(d["mean"], True), _pts(d["std"]),
-                 f"{_pts(d['ci95'][0], True)} to {_pts(d['ci95'][1], True)}", "paired, seed by seed"))
+        rows.append((name, str(d["n"]), pts_na(r["mean"]), pts_na(r["std"]), f"{pts_na(r['ci95'][0])} to {pts_na(r['ci95'][1])}", r["folder"]))
+    rows.append(("B - A", str(d["n"]), pts_na(d["mean"], signed=True), pts_na(d["std"]),
+                 f"{pts_na(d['ci95'][0], signed=True)} to {pts_na(d['ci95'][1], signed=True)}", "paired, seed by seed"))
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) + "  " + row[5]
              for row in rows]
@@ -104,12 +103,10 @@ def format_table(rep: dict) -> str:
         if rep[name]["only_here"]:
             lines.append(f"{name} only (not compared): {_seeds(dict.fromkeys(rep[name]['only_here'], 0.0))}")
     lo, hi = d["ci95"]
-    lines.append(f"B - A: {_pts(d['mean'], True)} points over {d['n']} paired seed(s) (95% CI {_pts(lo, True)} to "
-                 f"{_pts(hi, True)}), paired t-test p={_p(d['p_paired'])}; Welch's t-test p={_p(d['p_welch'])}")
+    lines.append(f"B - A: {pts_na(d['mean'], signed=True)} points over {d['n']} paired seed(s) (95% CI {pts_na(lo, signed=True)} to "
+                 f"{pts_na(hi, signed=True)}), paired t-test p={p_value(d['p_paired'])}; Welch's t-test p={p_value(d['p_welch'])}")
     return "\n".join(lines)
 
 
 def to_json(rep: dict) -> str:
-    from hlbcli.record import _clean
-
     return json.dumps(_clean(rep), indent=2)

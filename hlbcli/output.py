@@ -7,6 +7,8 @@ import contextlib
 from pathlib import Path
 
 from rich.console import Console
+from hlbcli.progress import StepProgress
+from hlbcli.stats import ACCURACY_CI_SHORT
 
 #: under the first run's per-epoch table: what its columns mean
 LEGEND = (
@@ -18,18 +20,37 @@ LEGEND = (
 SYNTHETIC = "(synthetic data: not a CIFAR-10 result)"
 
 
+# --- every number format hlb prints or draws, in one place ---------------------------------------
+
+
+def _missing(x) -> bool:
+    return not isinstance(x, (int, float)) or x != x
+
+
+def num(x, spec: str, signed: bool = False, missing: str = "-") -> str:
+    """A number in the format ``spec`` (``+`` in front where ``signed``); ``missing`` when it
+    is none, not a number, or NaN."""
+    return missing if _missing(x) else format(x, ("+" if signed else "") + spec)
+
+
 def pct(x, digits: int = 2) -> str:
     """An accuracy (a fraction) in percent: ``85.72%``; ``-`` when missing or NaN."""
-    if x is None or x != x:
-        return "-"
-    return f"{100 * x:.{digits}f}%"
+    return "-" if _missing(x) else f"{100 * x:.{digits}f}%"
 
 
-def pts(x, digits: int = 2, signed: bool = False) -> str:
+def pts(x, digits: int = 2, signed: bool = False, missing: str = "-") -> str:
     """A spread or difference of accuracies in percentage points, without a unit: ``0.21``."""
-    if x is None or x != x:
-        return "-"
-    return format(100 * x, f"{'+' if signed else ''}.{digits}f")
+    return missing if _missing(x) else format(100 * x, f"{'+' if signed else ''}.{digits}f")
+
+
+def p_value(p, missing: str = "n/a") -> str:
+    """A p-value in two significant digits: ``0.014``."""
+    return num(p, ".2g", missing=missing)
+
+
+def seconds(x) -> str:
+    """Seconds in hundredths: ``2.47``."""
+    return num(x, ".2f")
 
 
 def synthetic(runs: list[dict]) -> bool:
@@ -91,8 +112,6 @@ class Printer:
         """A context giving the ``on_step`` progress of one run (None when not shown)."""
         if not self.show_progress:
             return contextlib.nullcontext(None)
-        from hlbcli.progress import StepProgress
-
         return StepProgress(self.progress_console, label)
 
     def run_header(self, i: int, n: int, seed: int) -> None:
@@ -132,8 +151,6 @@ class Printer:
             self.console.print("no run completed", markup=False)
             return
         lo, hi = s["ci95"]
-        from hlbcli.stats import ACCURACY_CI_SHORT
-
         line = (
             f"\n{s['n']} run(s): accuracy mean {pct(s['mean_accuracy'])} std {pts(s['std_accuracy'])} pts "
             f"min {pct(s['min_accuracy'])} 95% CI [{pct(lo)}, {pct(hi)}] ({ACCURACY_CI_SHORT}); "

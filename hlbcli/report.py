@@ -22,8 +22,14 @@ from urllib.parse import quote
 from hlbcli import readback, record
 from hlbcli.claims import check_claim
 from hlbcli.errors import UsageError
-from hlbcli.output import SYNTHETIC, pct, pts, runs_saved_line, synthetic
+from hlbcli.output import SYNTHETIC, pct, pts, runs_saved_line, seconds, synthetic
 from hlbcli.report_svg import curves
+from hlbcli import __version__
+from hlbcli.claims import runs_source
+from hlbcli.experiments import sequential
+from hlbcli.experiments.summary import columns, footnote, table_rows
+from hlbcli.plot import plot_summary, plot_target
+from hlbcli.record import source_commit
 
 REPORT_NAME = "report.html"
 HINT = "point at the --out folder of hlb train, hlb bench or hlb ablate"
@@ -159,23 +165,17 @@ def _table(cols: list[str] | None, rows: list[list[str]], tid: str = "", raw: bo
     return f'<div class="wide"><table{attrs}>{head}<tbody>{body}</tbody></table></div>'
 
 
-def _sec(v: Any) -> str:
-    return "-" if not isinstance(v, (int, float)) or v != v else f"{v:.2f}"
-
-
 def train_row(s: dict, name: str) -> list[str]:
     lo, hi = s["ci95"]
     n = f"{s['n']}" + (f"/{s['n_started']}" if s.get("n_started", s["n"]) != s["n"] else "")
     return [name, n, pct(s.get("mean_accuracy")), pts(s.get("std_accuracy")), f"[{pts(lo)}, {pts(hi)}]" if s["n"] else "-",
-            pct(s.get("min_accuracy")), pct(s.get("max_accuracy")), _sec(s.get("mean_train_seconds")),
-            _sec(s.get("median_train_seconds"))]
+            pct(s.get("min_accuracy")), pct(s.get("max_accuracy")), seconds(s.get("mean_train_seconds")),
+            seconds(s.get("median_train_seconds"))]
 
 
 def summary_section(rep: dict) -> str:
     s = rep["summary"]
     if rep["kind"] == "ablation":
-        from hlbcli.experiments.summary import columns, footnote, table_rows
-
         return _table(columns(s), table_rows(s), "summary") + f'<p class="note">{_e(footnote(s))}</p>'
     note = (f"accuracy, ci95, min and max in %, std in points; ci95: {s.get('ci95_method', 'the 95% t interval of the mean')}; "
             "time s: the mean of the timed seconds per run (init, training steps, final evaluation)")
@@ -189,8 +189,6 @@ def summary_section(rep: dict) -> str:
 def sequential_section(s: dict) -> str:
     """``--until-resolved``: each arm's verdict, runs spent and anytime-valid interval; the
     battery's runs spent and saved."""
-    from hlbcli.experiments import sequential
-
     seq = s.get("sequential")
     if not isinstance(seq, dict):
         return ""
@@ -223,7 +221,7 @@ def claim_section(b: dict | None) -> str:
         rows += [["target", f"{100 * target:g}%"],
                  ["p, one-sided", "n/a" if p is None else f"{p:.2g} that the true mean is below the target"],
                  [f"runs needed for p < {alpha:g}", str(need) if need else "none at this mean and std"]]
-    rows += [["time per run", f"{_sec(b.get('time_mean'))} s (95% CI {_sec(tlo)} to {_sec(thi)})"],
+    rows += [["time per run", f"{seconds(b.get('time_mean'))} s (95% CI {seconds(tlo)} to {seconds(thi)})"],
              ["claim line", str(b.get("summary_line", ""))]]
     methods = " ".join(f"{name}: {b[k]}." for k, name in (("test", "test"), ("runs_needed_method", "runs needed"),
                                                               ("timer", "time")) if b.get(k))
@@ -233,8 +231,6 @@ def claim_section(b: dict | None) -> str:
 
 def picture(s: dict, label: str) -> str:
     """The accuracy picture, :func:`hlbcli.plot.plot_summary`'s PNG as a data URI."""
-    from hlbcli.plot import plot_summary
-
     if not any(a["n"] for a in s.get("arms", [s])):
         return '<p class="note">no completed run: nothing to draw.</p>'
     with tempfile.TemporaryDirectory() as tmp:
@@ -289,10 +285,6 @@ def _shown(v: Any) -> str:
 
 
 def environment_section(rep: dict) -> str:
-    from hlbcli import __version__
-    from hlbcli.claims import runs_source
-    from hlbcli.record import source_commit
-
     recs = [r for a in rep["arms"] for r in a["runs"]]
     rows = []
     for title, path in ENVIRONMENT:
@@ -322,7 +314,7 @@ def records_section(rep: dict, page: Path) -> str:
     out.append("<p>" + " ".join(f'<a href="{_href(p, page)}">{_e(p.name)}</a>' for p in files) + "</p>")
     for a in rep["arms"]:
         found = a["found"]
-        rows = [[_e(s), _e(r.get("status")), _e(pct(r.get("accuracy"))), _e(_sec(r.get("train_seconds"))),
+        rows = [[_e(s), _e(r.get("status")), _e(pct(r.get("accuracy"))), _e(seconds(r.get("train_seconds"))),
                  f'<a class="record" href="{_href(p, page)}">{_e(p.name)}</a>'] for s, (p, r) in sorted(found.runs.items())]
         rows += [["-", "left out", "-", "-", f'<a class="record" href="{_href(p, page)}">{_e(p.name)}</a>: {_e(why)}']
                  for p, why in found.left_out()]
@@ -383,8 +375,6 @@ def render(rep: dict, page: Path) -> str:
 def write_report(folder: Path, out: str | Path | None = None) -> Path:
     """Write the page (``FOLDER/report.html``, or ``--out``: a file, or a folder to write
     report.html into) and return its path."""
-    from hlbcli.plot import plot_target
-
     rep = load(Path(folder))
     page = plot_target(Path(folder), out, REPORT_NAME)
     html = render(rep, page)

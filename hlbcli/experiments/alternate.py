@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Optional
@@ -26,7 +27,17 @@ from typing import Optional
 import typer
 
 from hlbcli import record, stats
+from hlbcli.output import num
 from hlbcli.errors import HlbError, UsageError
+from hlbcli.config import to_dict
+from hlbcli.experiments.batch import summarize
+from hlbcli.experiments.local_backend import _die_with_parent, _last_error
+from hlbcli.experiments.tail import run_to_summary
+from hlbcli.resolve import resolve
+from hlbcli.run import run_seed, warm_up
+from hlbcli.session import device_name, open_session
+from hlbcli.signals import interruptible
+from hlbcli.tracking import Command, around
 
 SIDES = ("A", "B")
 
@@ -69,10 +80,6 @@ def worker(a: SimpleNamespace) -> int:
     def send(msg: dict) -> None:
         proto.write(json.dumps(msg) + "\n")
         proto.flush()
-
-    from hlbcli.resolve import resolve
-    from hlbcli.run import run_seed, warm_up
-    from hlbcli.session import device_name, open_session
 
     try:
         cfg, tm = resolve(a.preset)
@@ -127,15 +134,11 @@ class _Side:
         return got
 
     def last_error(self) -> str:
-        from hlbcli.experiments.local_backend import _last_error
-
         self.log.flush()
         return _last_error(Path(self.log.name)) or "no output"
 
 
 def _start(name: str, label: str, folder: Path, config: dict, opts: dict) -> _Side:
-    from hlbcli.experiments.local_backend import _die_with_parent
-
     folder.mkdir(parents=True, exist_ok=True)
     record.write_json(folder / "config.json", config)
     cmd = [sys.executable, "-m", "hlbcli.experiments.alternate", "worker", "--preset", str(folder / "config.json"),
@@ -206,8 +209,8 @@ def report(pairs: list[dict], labels: dict[str, str], ready: dict[str, dict], ru
     }
 
 
-def _g(x: float, fmt: str) -> str:
-    return "n/a" if x != x else format(x, fmt)
+#: a number of the report, "n/a" where there is none
+na = partial(num, missing="n/a")
 
 
 def format_report(rep: dict) -> str:
@@ -217,10 +220,10 @@ def format_report(rep: dict) -> str:
     lines = [f"A  {rep['A']}\nB  {rep['B']}\n  seed  A s       B s       B/A     A acc   B acc"]
     for p in rep["pairs"]:
         lines.append(f"  {p['seed']:<4}  {p['A_seconds']:<8.3f}  {p['B_seconds']:<8.3f}  {p['ratio']:.4f}  {100 * p['A_accuracy']:.2f}%  {100 * p['B_accuracy']:.2f}%")
-    lines.append(f"  time      B/A mean {_g(rep['time_ratio_mean'], '.4f')}  95% CI {_g(lo, '.4f')} to {_g(hi, '.4f')}  over {rep['n']} pair(s)"
-                 f"  (A {_g(rep['time_mean_A'], '.3f')} s, B {_g(rep['time_mean_B'], '.3f')} s per run)")
-    lines.append(f"  accuracy  B - A mean {_g(100 * d['mean'], '+.2f')} pts  95% CI {_g(100 * dlo, '+.2f')} to {_g(100 * dhi, '+.2f')}"
-                 f"  paired t-test p {_g(d['p_paired'], '.2g')}  Welch p {_g(d['p_welch'], '.2g')}")
+    lines.append(f"  time      B/A mean {na(rep['time_ratio_mean'], '.4f')}  95% CI {na(lo, '.4f')} to {na(hi, '.4f')}  over {rep['n']} pair(s)"
+                 f"  (A {na(rep['time_mean_A'], '.3f')} s, B {na(rep['time_mean_B'], '.3f')} s per run)")
+    lines.append(f"  accuracy  B - A mean {na(100 * d['mean'], '+.2f')} pts  95% CI {na(100 * dlo, '+.2f')} to {na(100 * dhi, '+.2f')}"
+                 f"  paired t-test p {na(d['p_paired'], '.2g')}  Welch p {na(d['p_welch'], '.2g')}")
     return "\n".join(lines)
 
 
@@ -228,9 +231,9 @@ def summary_line(rep: dict) -> str:
     lo, hi = rep["time_ratio_ci95"]
     d = rep["accuracy"]
     dlo, dhi = d["ci95"]
-    return (f"{rep['B']} vs {rep['A']}: time x{_g(rep['time_ratio_mean'], '.3f')} (95% CI {_g(lo, '.3f')} to {_g(hi, '.3f')}), "
-            f"accuracy {_g(100 * d['mean'], '+.2f')} pts (95% CI {_g(100 * dlo, '+.2f')} to {_g(100 * dhi, '+.2f')}, "
-            f"paired p={_g(d['p_paired'], '.2g')}, Welch p={_g(d['p_welch'], '.2g')}) over {rep['n']} pairs "
+    return (f"{rep['B']} vs {rep['A']}: time x{na(rep['time_ratio_mean'], '.3f')} (95% CI {na(lo, '.3f')} to {na(hi, '.3f')}), "
+            f"accuracy {na(100 * d['mean'], '+.2f')} pts (95% CI {na(100 * dlo, '+.2f')} to {na(100 * dhi, '+.2f')}, "
+            f"paired p={na(d['p_paired'], '.2g')}, Welch p={na(d['p_welch'], '.2g')}) over {rep['n']} pairs "
             f"timed in alternation on {rep['device']}, torch {rep['torch']}")
 
 
@@ -241,9 +244,6 @@ def run_alternation(configs: dict[str, dict], labels: dict[str, str], runs: int,
     pairs; returns (the report, the exit code). With ``out``: records in out/A and out/B,
     bench.json in out. ``track`` (:class:`hlbcli.tracking.Trackers`): told of each finished run
     from its record here, in this process, as arm A or B."""
-    from hlbcli.experiments.tail import run_to_summary
-    from hlbcli.signals import interruptible
-
     hold = record.claim(out) if out else None
     tmp = None if out else tempfile.TemporaryDirectory(prefix="hlb-alternate-")
     root = hold.folder if hold else Path(tmp.name)
@@ -255,8 +255,6 @@ def run_alternation(configs: dict[str, dict], labels: dict[str, str], runs: int,
         opts = {"device": device, "data_dir": data_dir, "download": download, "seed": seed, "out": out}
 
         def write(partial: bool) -> dict:
-            from hlbcli.experiments.batch import summarize
-
             rep = report(pairs, labels, ready, runs)
             rep["partial"] = partial
             rep["summary_line"] = summary_line(rep)
@@ -306,8 +304,6 @@ def run_alternation(configs: dict[str, dict], labels: dict[str, str], runs: int,
         def hint(rep: dict) -> str:
             return f"the rest: --seed {seed + rep['pairs_started']} --runs {runs - rep['pairs_started']}"
 
-        from hlbcli.tracking import Command, around
-
         return around(track, Command("bench", preset, out, runs, seed, list(SIDES), configs["A"], sys.argv[1:]),
                       lambda: run_to_summary(train, write, finish, stop=lambda status: _stop(sides), out=out, hint=hint))
     finally:
@@ -322,9 +318,6 @@ def bench_against(preset: str, against: str, config, sets: list[str], enable: li
                   data_dir, download: bool, out, resume: bool, target, track=None) -> int:
     """``hlb bench --against``: both sides resolved and checked here, before any process starts
     (a bad side is one line naming it); then :func:`run_alternation`, its report printed."""
-    from hlbcli.config import to_dict
-    from hlbcli.resolve import resolve
-
     if resume or target is not None:
         raise UsageError(f"{'--resume' if resume else '--target'} does not go with --against", "drop it, or bench one preset")
     conf = str(config) if config else None

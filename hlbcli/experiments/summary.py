@@ -10,7 +10,7 @@ from typing import Any
 from hlbcli import readback, record, stats
 from hlbcli.errors import UsageError
 from hlbcli.experiments import sequential
-from hlbcli.output import SYNTHETIC, pct, pts, runs_saved_line, synthetic
+from hlbcli.output import SYNTHETIC, num, pct, pts, runs_saved_line, synthetic
 from hlbcli.experiments.plan import BASELINE, AblateOptions, Arm, arm_records, options_of, plan_runs
 
 SIGNIFICANCE = 0.05
@@ -147,14 +147,8 @@ def columns(summary: dict) -> list[str]:
     return COLUMNS + (SEQ_COLUMNS if summary.get("sequential") else [])
 
 
-def _f(v: Any, spec: str, signed: bool = False) -> str:
-    if v is None or (isinstance(v, float) and v != v):
-        return "-"
-    return format(v, ("+" if signed else "") + spec)
-
-
 def _p(p: float | None, alpha: float) -> str:
-    return _f(p, ".3g") + (" *" if p is not None and p == p and p < alpha else "")
+    return num(p, ".3g") + (" *" if p is not None and p == p and p < alpha else "")
 
 
 def table_rows(summary: dict) -> list[list[str]]:
@@ -171,8 +165,8 @@ def table_rows(summary: dict) -> list[list[str]]:
             pts(a["delta_accuracy"], signed=True),
             _p(a.get("p_value"), alpha),
             _p(a.get("p_paired"), alpha),
-            _f(a["mean_train_seconds"], ".2f"),
-            _f(a["delta_train_seconds"], ".2f", signed=True),
+            num(a["mean_train_seconds"], ".2f"),
+            num(a["delta_train_seconds"], ".2f", signed=True),
         ])
         if summary.get("sequential"):
             v = a.get("sequential")
