@@ -30,6 +30,7 @@ from hlbcli.contract import set_lrs, sgd_hparams
 from hlbcli.resolve import resolve
 from hlbcli.run import plan_run
 from hlbcli.session import open_session
+from hlbcli.data import load_cifar
 
 
 # --- overhead ----------------------------------------------------------------------------------
@@ -230,8 +231,6 @@ def write_airbench_data(dest: str, data_dir: str | None = None) -> None:
     """The same CIFAR-10 hlb trains on, in the file format airbench's loader reads
     (``{"images": uint8 NHWC, "labels": int64, "classes": [...]}``), for side-by-side runs."""
     from pathlib import Path
-
-    from hlbcli.data import load_cifar
 
     ds = load_cifar("cifar10", data_dir, download=False)
     classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

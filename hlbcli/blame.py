@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from hlbcli.errors import HlbError, TrickBug
 from hlbcli.signals import raised_by_code
+from hlbcli import contract
 
 __all__ = ["guard_impls", "guarded", "culprit", "memory_error", "check_result", "what_it_is"]
 
@@ -79,8 +80,6 @@ def _expect(kinds: Callable[[], tuple], what: str, many: bool = False) -> Callab
 
 
 def _contract():
-    from hlbcli import contract
-
     return contract
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from hlbcli.errors import UsageError
+from hlbcli.config import unknown_key_message
 
 ENTRY_POINT_GROUP = "hlb.tricks"
 #: the DIST of ``DIST:NAME`` that names a built-in trick
@@ -103,8 +104,6 @@ class Catalog:
     def unknown(self, word: str, where: str) -> str:
         """'unknown trick 'emaa' in --disable, did you mean 'ema'?' (the ``--set`` keys' difflib
         helper); without a close name, just the first part."""
-        from hlbcli.config import unknown_key_message
-
         names = [*self.entries, *(e.qualified for e in self.entries.values() if e.qualified not in self.entries)]
         return unknown_key_message(word, [], f"trick '{word}'{where}", names)
 

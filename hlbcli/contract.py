@@ -11,6 +11,7 @@ from typing import Any, Callable, Literal
 import torch
 
 from hlbcli.config import EVAL_BATCH
+from hlbcli import hookimpl
 
 #: The stages a trick can hook into, in pipeline order.
 STAGES = ("setup", "data", "model", "loss", "optimizer", "step", "select", "run", "eval")
@@ -345,8 +346,6 @@ def trick(
     or on a trick class (``class MyTrick: hlb_trick_info, hlb_config_model = trick(...)``,
     registered as an instance). ``settings`` (a :class:`hlbcli.config.Settings` subclass)
     becomes the config section ``name``; without it the trick has no settings."""
-    from hlbcli import hookimpl
-
     info = TrickInfo(name, summary, version, tuple(requires), tuple(conflicts), tuple(overrides), tuple(replaces))
 
     # ``*_self``: the same functions work at module level and as attributes of a trick class

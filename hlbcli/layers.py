@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hlbcli.errors import ConfigError, UsageError
+from hlbcli.paths import path_error
 
 # --- TOML helpers ----------------------------------------------------------------------------
 
@@ -104,8 +105,6 @@ def load_toml_file(path: str | Path, what: str) -> dict:
     try:
         p.stat()
     except OSError as e:  # a name too long, a link loop: one line naming the option
-        from hlbcli.paths import path_error
-
         err = path_error(e, {"config file": "--config", "preset file": "--preset"}.get(what, what), p)
         if err:
             raise err from None

@@ -16,6 +16,7 @@ from hlbcli.catalog import ENTRY_POINT_GROUP, Catalog, builtin_tricks, catalog  
 from hlbcli.contract import STAGES, TrickInfo
 from hlbcli.blame import guard_impls, guarded, trick_files, what_it_is
 from hlbcli.errors import HlbError, TrickBug, UsageError
+from hlbcli import core_plugin
 
 CORE_NAME = "core"
 
@@ -130,8 +131,6 @@ def build_manager(
     (tests, :mod:`hlbcli.testing`). ``check_relations=False`` skips the requires/conflicts
     check (listing tricks is not running them together).
     """
-    from hlbcli import core_plugin
-
     pm = new_plugin_manager()
     cat = catalog()
     known = cat.refs()

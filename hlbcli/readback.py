@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 from hlbcli.config import MAX_ARMS, MAX_RUNS, MAX_SEED
 from hlbcli.errors import UsageError
+from hlbcli.record import versions
 
 #: statuses a run record may have
 STATUSES = ("completed", "diverged", "failed", "interrupted")
@@ -75,8 +76,6 @@ def _parse(path: Path, st: os.stat_result) -> Any:
 
 @functools.lru_cache(maxsize=1)
 def _build() -> tuple[str, str]:
-    from hlbcli.record import versions
-
     v = versions()
     return v["hlbcli"], v["torch"]
 

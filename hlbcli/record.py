@@ -15,6 +15,7 @@ from typing import Any
 
 from hlbcli.errors import HlbError, UsageError
 from hlbcli.paths import broken_link, path_error
+from hlbcli import __version__
 
 try:
     import fcntl
@@ -27,8 +28,6 @@ def versions() -> dict[str, str]:
     import pydantic
     import torch
     import torchvision
-
-    from hlbcli import __version__
 
     return {
         "hlbcli": __version__,

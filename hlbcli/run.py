@@ -24,6 +24,8 @@ from hlbcli.build import build_optimization
 from hlbcli.selection import run_selection
 from hlbcli.step import StepRecord, build_step
 from hlbcli.stream import epoch_set, epoch_steps
+from hlbcli.blame import culprit, memory_error, raised, raised_in_torch, raised_natively
+from hlbcli.errors import out_of_memory
 
 
 class Timer:
@@ -256,8 +258,6 @@ def _numeric_failure(e: BaseException) -> bool:
     1e300: "value cannot be converted to type float without overflow"): a divergence. Only
     torch's own: raised by an op or in torch's Python code. A trick's ``raise`` or its own
     Python arithmetic (``int(math.inf)``) is the trick's bug, whatever its words."""
-    from hlbcli.blame import raised_in_torch, raised_natively
-
     if not isinstance(e, (RuntimeError, OverflowError, FloatingPointError)):
         return False
     if re.search(r"\b(overflow|nan|inf|infinity|non-finite)\b", str(e).lower()) is None:
@@ -269,9 +269,6 @@ def run_error(session: Any, seed: int, e: BaseException) -> HlbError | None:
     """The one-line error for what ended a run, when it can be named: the machine's memory,
     a trick's code (found from the traceback), foreign code calling ``sys.exit``. None: hlb's
     own bug (an internal error, reported as such)."""
-    from hlbcli.blame import culprit, memory_error, raised
-    from hlbcli.errors import out_of_memory
-
     if isinstance(e, HlbError):
         return e
     words = memory_error(e)

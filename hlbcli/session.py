@@ -19,6 +19,7 @@ from hlbcli.hostmem import apply_host_memory
 from hlbcli.model import check_fits, half_weights
 from hlbcli.plugins import TrickManager
 from hlbcli.record import source_commit
+from hlbcli.step import fused_forward_loss
 
 
 def resolve_device(device: str) -> torch.device:
@@ -113,8 +114,6 @@ class Session:
         else None (the step calls the forward and the loss apart)."""
         if not (self.compiled and self.cfg.train.compile_loss):
             return None
-        from hlbcli.step import fused_forward_loss
-
         key: tuple = (loss_fn, soft)
         try:
             hash(key)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from hlbcli.contract import RunContext, StepAction, Transform, set_lrs
+from hlbcli.errors import TrickError
 
 
 def build_step(
@@ -106,8 +107,6 @@ def group_schedules(groups: list[dict], run_table: list[float], total_steps: int
     or 1-D tensor of at least ``total_steps + 1`` multipliers of its base lr, step ``i`` using
     value ``i``) where it carries one, else the run's (``hlb_lr_schedule``). Read once, before
     the loop; groups without their own share the run's list."""
-    from hlbcli.errors import TrickError
-
     tables = []
     for g in groups:
         own = g.get("lr_schedule")

@@ -29,6 +29,10 @@ from typing import Any, Iterable
 from hlbcli.data import synthetic
 from hlbcli.errors import ConfigError, UsageError
 from hlbcli.plugins import TrickManager, build_manager
+from hlbcli.experiments.batch import TrainOptions, train_batch
+from hlbcli.resolve import resolve
+from hlbcli.run import fit, plan_run, run_seed
+from hlbcli.session import check_session, open_session
 
 __all__ = ["ConfigError", "HookRecorder", "TINY_SETS", "UsageError", "check", "manager", "plan", "plugin_name",
            "resolve_config", "run", "run_record", "session", "synthetic", "train"]
@@ -92,8 +96,6 @@ def resolve_config(
     not validate, and :class:`UsageError` (``testing.UsageError``, which ``ConfigError`` and
     ``hlbcli.TrickError`` subclass) for anything else the user could get wrong: an unknown
     preset or trick, a ``sets`` item that is not ``key=value``."""
-    from hlbcli.resolve import resolve
-
     extra = _named(plugins, names)
     all_sets = [*(TINY_SETS if tiny else []), *sets]
     if tiny and preset == "smoke":
@@ -103,8 +105,6 @@ def resolve_config(
 
 def train(cfg: Any, tm: TrickManager, runs: int = 1, seed: int = 0, device: str = "cpu") -> dict:
     """Train in this process, quietly; return the summary (``runs`` holds each run record)."""
-    from hlbcli.experiments.batch import TrainOptions, train_batch
-
     summary, _ = train_batch(cfg, tm, TrainOptions(runs=runs, seed=seed, device=device, quiet=True, download=False))
     return summary
 
@@ -112,15 +112,11 @@ def train(cfg: Any, tm: TrickManager, runs: int = 1, seed: int = 0, device: str 
 def check(cfg: Any, tm: TrickManager) -> None:
     """What ``--dry-run`` checks: sizes, and every trick's ``hlb_validate`` on the built model
     with the data's shape from the config. Raises the trick's :class:`hlbcli.TrickError`."""
-    from hlbcli.session import check_session
-
     check_session(cfg, tm)
 
 
 def session(cfg: Any, tm: TrickManager, device: str = "cpu"):
     """Load the data and build the model once, as ``hlb train`` does before its runs."""
-    from hlbcli.session import open_session
-
     return open_session(cfg, tm, device, download=False)
 
 
@@ -128,8 +124,6 @@ def plan(session: Any, seed: int = 0):
     """Reset the weights to ``seed``'s and call every build-time hook, as a run starts: the
     returned plan holds ``optimizers``, ``transforms``, ``actions``, ``loss_fn``, ``lr_table``
     and ``ctx``. Nothing trains."""
-    from hlbcli.run import plan_run
-
     return plan_run(session, seed)
 
 
@@ -138,8 +132,6 @@ def run(session: Any, seed: int = 0):
     ``epochs`` (per-epoch metrics) and ``phases``; the session's model holds the final weights.
     The loop alone: ``hlb_run_end`` is not called (:func:`run_record` calls it), and an error
     goes up as it is."""
-    from hlbcli.run import fit
-
     return fit(session, seed)
 
 
@@ -148,8 +140,6 @@ def run_record(session: Any, seed: int = 0, arm: str | None = None, out: Any = N
     ``status``, ``accuracy``, ``epochs``, ``final``, ``phases``, ``message``), ``hlb_run_end``
     called last whatever the outcome. A failed run's error goes up (a trick's bug as a
     ``TrickBug``); ``arm`` and ``out`` become ``ctx.arm`` and ``ctx.out``."""
-    from hlbcli.run import run_seed
-
     return run_seed(session, seed, arm=arm, out=out)
 
 

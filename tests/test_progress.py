@@ -1,4 +1,4 @@
-"""The progress of a battery (hlbcli.progress.BatteryProgress): plain lines with the runs done, the
+"""The progress of a battery (hlbcli.experiments.battery_progress): plain lines with the runs done, the
 time spent and an estimate of the rest where stdout is not a terminal, a live table where it is."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ def _console(terminal: bool):
 
 
 def test_progress_counts_runs_and_estimates_the_rest_in_plain_lines():
-    from hlbcli.progress import BatteryProgress as Progress
+    from hlbcli.experiments.battery_progress import BatteryProgress as Progress
 
     buf, console = _console(False)
     t = [100.0]
@@ -38,7 +38,8 @@ def test_progress_counts_runs_and_estimates_the_rest_in_plain_lines():
 
 def test_progress_on_a_terminal_is_a_live_table():
     from hlbcli.experiments.summary import rich_table
-    from hlbcli.progress import BatteryProgress as Progress, clock
+    from hlbcli.experiments.battery_progress import BatteryProgress as Progress
+    from hlbcli.progress import clock
 
     buf, console = _console(True)
     summary = {"preset": "smoke", "arms": [

@@ -25,6 +25,10 @@ import json
 import re
 
 from hlbcli.errors import HlbError, UsageError
+from hlbcli.config import unknown_key_message
+from hlbcli.layers import check_depth, layered_sources, leaf_keys, parse_value
+from hlbcli.plugins import catalog
+from hlbcli.resolve import resolve_data
 
 #: the start of one setting in a --vary value: a key, then '='
 _PIECE = re.compile(r"\s*[^\s=,\[\]{}\"']+\s*=")
@@ -65,8 +69,6 @@ def parse_vary(word: str) -> tuple[str, list[str]]:
     """One ``--vary`` value: the arm's name and its ``KEY=VALUE`` settings (for
     :func:`hlbcli.layers.apply_set`). One line for a piece without ``=``, an empty key, a bad
     TOML list or table, a key given twice."""
-    from hlbcli.layers import check_depth, parse_value
-
     sets: list[str] = []
     keys: list[str] = []
     for piece in split_settings(word):
@@ -102,9 +104,6 @@ def folder_of(name: str) -> str:
 def check_sections(sets: list[str], base: dict) -> None:
     """Each key of the arm names a section of the baseline's resolved config ``base``: a core
     section or one of a trick the baseline turns on."""
-    from hlbcli.config import unknown_key_message
-    from hlbcli.plugins import catalog
-
     sections = [k for k, v in base.items() if isinstance(v, dict)]
     for s in sets:
         key = s.partition("=")[0]
@@ -166,9 +165,6 @@ def check_distinct(arms: list) -> None:
 def resolve_arm(opts, arm):
     """The arm's config and plugin manager: ``opts.sets`` then the arm's own settings, each
     named ``--vary KEY`` in the messages about settings that would do nothing."""
-    from hlbcli.layers import layered_sources, leaf_keys, parse_value
-    from hlbcli.resolve import resolve_data
-
     data, user = layered_sources(opts.preset, opts.config, [*opts.sets, *arm.sets])
     for s in arm.sets:
         key, _, raw = s.partition("=")

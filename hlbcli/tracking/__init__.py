@@ -31,6 +31,8 @@ from hlbcli.blame import what_it_is
 from hlbcli.catalog import origin
 from hlbcli.errors import HlbError, UsageError
 from hlbcli.signals import raised_by_code
+from hlbcli.layers import TRACK_SECTION, load_toml_file
+from hlbcli.record import source_commit as checkout
 
 #: the entry-point group a third-party tracker is declared in: ``NAME = "module:Class"``
 GROUP = "hlb.trackers"
@@ -134,8 +136,6 @@ def parse(words: Iterable[str]) -> list[tuple[str, str | None]]:
 def from_config(path: str | Path | None) -> list[tuple[str, str | None]]:
     """The ``[track]`` table of a ``--config`` file as (name, target): ``NAME = true`` (its
     default target), ``NAME = "TARGET"``, ``NAME = false`` (off)."""
-    from hlbcli.layers import TRACK_SECTION, load_toml_file
-
     if path is None:
         return []
     table = load_toml_file(path, "config file").get(TRACK_SECTION, {})
@@ -382,7 +382,5 @@ def flat_config(config: dict, prefix: str = "") -> dict[str, Any]:
 def source_commit() -> str | None:
     """The git commit of hlb's own source (:func:`hlbcli.record.source_commit`), None when it
     does not run from a git checkout."""
-    from hlbcli.record import source_commit as checkout
-
     commit, _ = checkout()
     return None if commit == "not a git checkout" else commit

@@ -29,6 +29,7 @@ from typing import Any
 
 from hlbcli.errors import UsageError
 from hlbcli.tracking import Command, Run, Tracker, flat_config, source_commit
+from hlbcli import __version__
 
 #: MLflow's limits per log_batch call
 _MAX_PARAMS, _MAX_METRICS, _MAX_VALUE = 100, 1000, 6000
@@ -164,8 +165,6 @@ class MlflowTracker(Tracker):
             pass
 
     def _tags(self) -> dict[str, str]:
-        from hlbcli import __version__
-
         tags = {"hlb_version": __version__, "mlflow.source.name": "hlb", **({"out": self.out} if self.out else {})}
         if self.commit:
             tags.update(git_commit=self.commit, **{"mlflow.source.git.commit": self.commit})
