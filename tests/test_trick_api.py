@@ -120,3 +120,32 @@ def test_the_core_imports_no_trick(path):
 def test_records_statistics_and_pictures_import_nothing_of_the_experiments_layer(name):
     up = {m for m in _imported(CORE / name) if m.startswith("hlbcli.experiments")}
     assert not up, f"hlbcli/{name} imports {up}: records, statistics and pictures sit below the experiments layer"
+
+
+def test_the_core_has_no_import_circle():
+    """No module of hlbcli reaches itself through hlbcli's imports, those inside functions
+    included (CONTRIBUTING, "The house")."""
+    mods = {str(p.relative_to(CORE.parent))[:-3].replace("/", ".").replace(".__init__", ""): p for p in CORE.rglob("*.py")}
+    graph = {}
+    for m, p in mods.items():
+        out = set()
+        for name in _imported(p):
+            if name.startswith("hlbcli"):
+                out.add(name if name in mods else name.rsplit(".", 1)[0] if name.rsplit(".", 1)[0] in mods else name)
+        for node in ast.walk(ast.parse(p.read_text())):  # from hlbcli import record: the module hlbcli.record
+            if isinstance(node, ast.ImportFrom) and node.module in ("hlbcli", "hlbcli.experiments", "hlbcli.tracking"):
+                out |= {f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in mods}
+        graph[m] = {t for t in out if t in mods and t != m and t not in ("hlbcli", "hlbcli.experiments", "hlbcli.tracking")}
+    state: dict[str, int] = {}
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for t in graph[m]:
+            assert state.get(t) != 1, "import circle: " + " -> ".join(path[path.index(t):] + [t]) if t in path else t
+            if t not in state:
+                visit(t, path + [t])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
