@@ -66,7 +66,7 @@ def train(
         runs=runs, seed=seed, device=device, data_dir=str(data_dir) if data_dir else None,
         download=not no_download, out=out, quiet=quiet, deterministic=deterministic,
         stop_on_failure=stop_on_failure, resume=resume, label=label, preset=preset, track=open_trackers(track or [], config, quiet),
-        changed=changed_settings(preset, str(config) if config else None, set_ or [], cfg), timer=timer,
+        changed=changed_settings(preset, str(config) if config else None, set_ or [], cfg),
     )
     _, code = train_batch(cfg, tm, opts)
     raise typer.Exit(code)
