@@ -252,3 +252,18 @@ def test_wall_timer_on_the_cpu_and_cuda_events_read_elapsed_time_in_seconds(monk
     t = timers.TIMERS["cuda-events"](torch.device("cuda:1"))
     assert t.name == "cuda-events" and t.seconds(t.start()) == pytest.approx(1.2345)
     assert calls == [("record", "stream of cuda:1")] * 2
+
+
+def test_ablate_resume_on_another_machine_is_one_warning_line(cli, tmp_path):
+    args = ["ablate", "--preset", "smoke", *ONE_EPOCH, "--disable", "ema", "--out", tmp_path, "-q"]
+    code, _, err = cli(*args, "--runs", "1")
+    assert code == 0, err
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    fp = summary["machine"]  # the arms' own (their processes' threads)
+    assert fp["cpu"] == machine.fingerprint("cpu")["cpu"] and fp["device"] == "cpu" and not _warnings(err)
+    for p in tmp_path.glob("arms/*/run-*.json"):
+        _edit(p, threads=999)
+    code, _, err = cli(*args, "--runs", "2", "--resume")
+    assert code == 0, err
+    (line,) = _warnings(err)
+    assert f"the runs kept in {tmp_path} and the runs trained now ran on different machines (threads: 999 vs " in line
