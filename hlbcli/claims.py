@@ -13,16 +13,21 @@ from typing import Any
 
 from hlbcli import readback, stats
 from hlbcli.output import p_value, pts, synthetic
+from hlbcli.machine import runs_machine
 from hlbcli.readback import config_difference
 from hlbcli.record import source_commit
 from hlbcli.record import versions
 
 #: the significance level of the "runs needed" figure
 CLAIM_ALPHA = 0.01
-#: how the time per run is measured (hlbcli.run.Timer and fit)
-TIMER = ("wall clock (time.perf_counter) around the timed phases: data-aware init, training steps and the final "
-         "evaluation with TTA; per-epoch evaluation, data loading, building and compile warm-up untimed; on CUDA "
-         "torch.cuda.synchronize() before each reading (no CUDA events)")
+#: what the time per run covers (hlbcli.run.fit): the same whichever timer reads it
+TIMED = ("inside the timed region: the data-aware init (whitening included), every training step with its epoch's "
+         "augmentation, and the final evaluation with TTA; outside it: data loading, building the model, "
+         "compilation and warm-up, and the per-epoch evaluation")
+#: how each timer of hlbcli.timers.TIMERS reads a phase (hlb bench --timer)
+TIMERS = {"wall": "wall clock (time.perf_counter; on CUDA torch.cuda.synchronize() before each reading)",
+          "cuda-events": "CUDA events (torch.cuda.Event(enable_timing=True) recorded at each phase's start and end, "
+                         "the end synchronized, elapsed_time / 1000)"}
 TEST = "one-sided one-sample t-test (scipy.stats.ttest_1samp, alternative='greater'); H0: the true mean is below the target"
 NEEDED = (f"smallest n with sqrt(n) (mean - target) / std > t.ppf(1 - {CLAIM_ALPHA}, n - 1) at the observed mean "
           "and std (Student's t, bisection; a plug-in figure, not a power analysis)")
@@ -80,6 +85,12 @@ def runs_source(runs: list[dict], here: tuple[str, bool] | None = None) -> tuple
     return (" + ".join(seen), dirty) if seen else here
 
 
+def timer_of(runs: list[dict]) -> str:
+    """The timer that timed ``runs``, as their records name it (several: joined by " + "); a
+    record written before records named it was timed by the wall clock."""
+    return " + ".join(dict.fromkeys(str(r.get("timer") or "wall") for r in runs)) or "wall"
+
+
 def claim_report(runs: list[dict], target: float | None, device: str | None) -> dict:
     """The claim's fields over the completed runs of ``runs``; ``target`` None: no test."""
     done = [r for r in runs if r.get("status") == "completed"]
@@ -106,7 +117,9 @@ def claim_report(runs: list[dict], target: float | None, device: str | None) -> 
         "time_mean": b["time_mean"],
         "time_std": b["time_std"],
         "time_ci95": b["time_ci95"],
-        "timer": TIMER,
+        "timer": timer_of(done),
+        "timed": "; ".join(TIMERS.get(t, t) for t in timer_of(done).split(" + ")) + "; " + TIMED,
+        "machine": runs_machine(done),
         "device": " + ".join(devices) if len(devices) > 1 else device or (devices[0] if devices else None),
         "torch": versions()["torch"],
         "git_commit": commit,
@@ -145,6 +158,6 @@ def format_claim(rep: dict) -> str:
                      + (f"p < {CLAIM_ALPHA:g} needs n = {need} at this mean and std" if need else
                         f"no n gives p < {CLAIM_ALPHA:g} at this mean and std"))
     tlo, thi = rep["time_ci95"]
-    lines.append(f"  per run   {rep['time_mean']:.3f} s  95% CI {tlo:.3f}-{thi:.3f}  (init + train steps + final eval with TTA)")
+    lines.append(f"  per run   {rep['time_mean']:.3f} s  95% CI {tlo:.3f}-{thi:.3f}  (init + train steps + final eval with TTA; timer {rep.get('timer', 'wall')})")
     lines.append(f"  source    torch {rep['torch']}, git {rep['git_commit']}" + (" (with uncommitted changes)" if rep["git_dirty"] else ""))
     return "\n".join(lines)

@@ -253,12 +253,16 @@ def bench(
     against_disable: Optional[List[str]] = typer.Option(None, "--against-disable", help="like --disable, side B only; repeatable"),
     against_enable: Optional[List[str]] = typer.Option(None, "--against-enable", help="like --enable, side B only; repeatable"),
     track: Optional[List[str]] = TrackOpt,
+    timer: str = typer.Option("wall", "--timer", help="what times the phases: wall (the wall clock, synchronized) or cuda-events (CUDA events, on a GPU)"),
 ) -> None:
     """Time a preset over N seeds: accuracy and time statistics, and each timed phase.
 
     Compile and warm-up are excluded from the timed figure and reported beside it."""
     _threads_from_env()
     _check_seeds(seed, runs)
+    from hlbcli.timers import check_timer
+
+    check_timer(timer, device)
     if against or against_set or against_disable or against_enable:
         from hlbcli.experiments.alternate import bench_against
         from hlbcli.tracking import open_trackers
@@ -266,7 +270,7 @@ def bench(
         raise typer.Exit(bench_against(preset, against or preset, config, set_ or [], enable or [], disable or [],
                                        against_set or [], against_enable or [], against_disable or [], runs, seed,
                                        device, data_dir, not no_download, out, resume, target,
-                                       open_trackers(track or [], config)))
+                                       open_trackers(track or [], config), timer))
     from hlbcli import record
     from hlbcli.bench import bench_report, format_report
     from hlbcli.claims import claim_line, claim_report, folder_runs, format_claim
@@ -280,7 +284,7 @@ def bench(
     opts = TrainOptions(
         runs=runs, seed=seed, device=device, data_dir=str(data_dir) if data_dir else None, download=not no_download,
         out=out, quiet=True, resume=resume, preset=preset, progress=True, command="bench", track=open_trackers(track or [], config),
-        changed=changed_settings(preset, str(config) if config else None, set_ or [], cfg),
+        changed=changed_settings(preset, str(config) if config else None, set_ or [], cfg), timer=timer,
     )
     summary, code = train_batch(cfg, tm, opts)
     if out:  # the claim covers every record of the folder trained with this config

@@ -4,7 +4,8 @@ ablation's ``DIR/arms/<arm>``) compared seed by seed. The seeds both folders com
 confidence interval and the paired t-test, Welch's test on the same seeds beside it
 (:func:`hlbcli.stats.paired_difference`). Records are read and checked by :mod:`hlbcli.readback`.
 Refused with one line (exit 2): a folder without valid records, folders trained on different
-data (their records' ``config.data``), folders that share no completed seed."""
+data (their records' ``config.data``), folders that share no completed seed. Folders timed on
+different machines (:func:`hlbcli.machine.difference`) are one warning line."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from hlbcli import readback, stats
 from hlbcli.errors import UsageError
+from hlbcli.machine import runs_machine, warn_different
 from hlbcli.output import p_value, pts
 from hlbcli.readback import first_difference
 from hlbcli.record import _clean
@@ -53,7 +55,8 @@ def load(folder: Path) -> tuple[dict[int, float], dict, dict]:
         print(f"warning: left out {p}: {why}", file=sys.stderr, flush=True)
     data = _data_of(folder, runs)
     accs = {r["seed"]: r["accuracy"] for r in runs if r.get("status") == "completed"}
-    info = {"folder": str(folder), "records": len(runs), "completed": len(accs), "left_out": len(found.left_out())}
+    info = {"folder": str(folder), "records": len(runs), "completed": len(accs), "left_out": len(found.left_out()),
+            "machine": runs_machine(runs)}
     return accs, data, info
 
 
@@ -61,6 +64,7 @@ def compare(dir_a: Path, dir_b: Path) -> dict:
     """The comparison of two folders as a JSON-ready dict (see the module's docstring)."""
     a, data_a, info_a = load(dir_a)
     b, data_b, info_b = load(dir_b)
+    warn_different(str(dir_a), info_a["machine"], str(dir_b), info_b["machine"])
     if data_a != data_b:
         raise UsageError(f"{dir_a} and {dir_b} were trained on different data ({first_difference(data_a, data_b, 'data')})", HINT)
     shared = sorted(set(a) & set(b))

@@ -4,7 +4,7 @@ PNG in a data URI, the per-epoch curves inline SVG, and a Content-Security-Polic
 fetch). It shows the summary table (the ablation's is :mod:`hlbcli.experiments.summary`'s, cell
 for cell), what ``--until-resolved`` or ``bench --target`` adds, the accuracy picture
 (:mod:`hlbcli.plot`), the curves (:mod:`hlbcli.report_svg`), the settings in which the arms
-differ, the environment the records name, and relative links to the records (the page keeps
+differ, the environment and machine the records name (:mod:`hlbcli.report_env`), and relative links to the records (the page keeps
 working when the folder moves with it). The folder is read through :mod:`hlbcli.readback`."""
 
 from __future__ import annotations
@@ -23,23 +23,16 @@ from hlbcli import readback, record
 from hlbcli.claims import check_claim
 from hlbcli.errors import UsageError
 from hlbcli.output import SYNTHETIC, pct, pts, runs_saved_line, seconds, synthetic
+from hlbcli.report_env import environment_rows
 from hlbcli.report_svg import curves
-from hlbcli import __version__
-from hlbcli.claims import runs_source
 from hlbcli.experiments import sequential
 from hlbcli.experiments.summary import columns, footnote, table_rows
 from hlbcli.plot import plot_summary, plot_target
-from hlbcli.record import source_commit
 
 REPORT_NAME = "report.html"
 HINT = "point at the --out folder of hlb train, hlb bench or hlb ablate"
 #: the first column of the summary table of a ``hlb train`` or ``hlb bench`` folder
 TRAIN_COLUMNS = ["runs", "n", "accuracy", "std", "ci95", "min", "max", "time s", "median time s"]
-#: what the records say about where they ran: (title, key path in a record)
-ENVIRONMENT = [("device", ("device",)), ("hlbcli", ("versions", "hlbcli")), ("torch", ("versions", "torch")),
-               ("torchvision", ("versions", "torchvision")), ("python", ("versions", "python")),
-               ("CUDA", ("versions", "cuda")), ("precision", ("precision",)), ("compiled", ("compiled",)),
-               ("compile mode", ("compile_mode",)), ("deterministic", ("deterministic",))]
 
 
 # --- reading the folder ------------------------------------------------------------------------
@@ -224,7 +217,7 @@ def claim_section(b: dict | None) -> str:
     rows += [["time per run", f"{seconds(b.get('time_mean'))} s (95% CI {seconds(tlo)} to {seconds(thi)})"],
              ["claim line", str(b.get("summary_line", ""))]]
     methods = " ".join(f"{name}: {b[k]}." for k, name in (("test", "test"), ("runs_needed_method", "runs needed"),
-                                                              ("timer", "time")) if b.get(k))
+                                                              ("timed" if b.get("timed") else "timer", "time")) if b.get(k))
     return ("<h2>Claim (bench.json)</h2><p>over every record of the folder trained with this config "
             "(the summary above: this batch's seeds)</p>") + _table(None, rows, "claim") + f'<p class="note">{_e(methods)}</p>'
 
@@ -274,32 +267,10 @@ def config_section(arms: list[dict]) -> str:
               "from each arm's config.json</p>" + whole)
 
 
-def _get(rec: dict, path: tuple[str, ...]) -> Any:
-    for k in path:
-        rec = rec.get(k) if isinstance(rec, dict) else None
-    return rec
-
-
-def _shown(v: Any) -> str:
-    return "-" if v is None or v == "" else v if isinstance(v, str) else json.dumps(v)
-
-
 def environment_section(rep: dict) -> str:
-    recs = [r for a in rep["arms"] for r in a["runs"]]
-    rows = []
-    for title, path in ENVIRONMENT:
-        seen = list(dict.fromkeys(_shown(_get(r, path)) for r in recs))
-        rows.append([title, "; ".join(seen) if seen else "-"])
-    b, ran = rep["bench"], runs_source(recs)
-    if ran:
-        rows.append(["commit", ran[0] + (" (with uncommitted changes)" if ran[1] else "") + " (run records)"])
-    elif b and b.get("git_commit"):
-        rows.append(["commit", f"{b['git_commit']}" + (" (with uncommitted changes)" if b.get("git_dirty") else "") + " (bench.json)"])
-    else:
-        rows.append(["commit", "not in the records (written by an hlb that did not record it)"])
-    commit, dirty = source_commit()
-    rows.append(["this page", f"hlb report {__version__}, {commit}" + (" (with uncommitted changes)" if dirty else "")])
-    return _table(None, rows, "environment") + f'<p class="note">from the {len(recs)} run record(s) summarised (values apart by ; where they differ)</p>'
+    """The records' environment and machine (:mod:`hlbcli.report_env`)."""
+    rows, n = environment_rows(rep)
+    return _table(None, rows, "environment") + f'<p class="note">from the {n} run record(s) summarised (values apart by ; where they differ)</p>'
 
 
 def _href(path: Path, page: Path) -> str:

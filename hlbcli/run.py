@@ -18,6 +18,7 @@ from hlbcli.config import to_dict
 from hlbcli.contract import RunContext, StepAction, Transform
 from hlbcli.data import normalize
 from hlbcli.errors import HlbError
+from hlbcli.machine import fingerprint
 from hlbcli.session import Session, device_name, reset_weights
 from hlbcli.signals import Interrupted
 from hlbcli.build import build_optimization
@@ -26,18 +27,7 @@ from hlbcli.step import StepRecord, build_step
 from hlbcli.stream import epoch_set, epoch_steps
 from hlbcli.blame import culprit, memory_error, raised, raised_in_torch, raised_natively
 from hlbcli.errors import out_of_memory
-
-
-class Timer:
-    """Wall time of the timed phases, synchronising the device when it reads the clock."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-
-    def now(self) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter()
+from hlbcli.timers import TIMERS
 
 
 @dataclass
@@ -149,12 +139,12 @@ def fit(
     caller sees them when the run ends in an error); ``on_step(step, total, epoch, epochs)``: after
     each step, outside it (host-side progress, :class:`hlbcli.progress.StepProgress`)."""
     cfg, tm, ds = session.cfg, session.tm, session.dataset
-    timer = Timer(session.device)
+    timer = TIMERS[session.timer](session.device)
     phases = phases if phases is not None else {}
     phases.update(init=0.0, train=0.0, eval=0.0)
-    t0 = timer.now()
+    t0 = timer.start()
     plan = plan_run(session, seed, warmup, ctx)
-    phases["init"] = timer.now() - t0
+    phases["init"] = timer.seconds(t0)
     ctx, transforms, actions, keep = plan.ctx, plan.transforms, plan.actions, plan.keep
     steps = plan.record
     model, fwd, gen = session.model, session.forward_model, ctx.generator
@@ -169,7 +159,7 @@ def fit(
     status, message = "completed", ""
 
     for epoch in range(num_epochs):
-        t0 = timer.now()
+        t0 = timer.start()
         ctx.rebuild_step = False
         tm.hook.hlb_epoch_start(epoch=epoch, ctx=ctx)
         batch_tr = [tr for tr in transforms if tr.level == "batch" and tr.active(epoch)]
@@ -189,7 +179,7 @@ def fit(
             if on_step is not None:
                 on_step(step, total_steps, epoch + 1, num_epochs)
         train_loss, train_acc = steps.read(plan.k)
-        dt = timer.now() - t0
+        dt = timer.seconds(t0)
         phases["train"] += dt
         elapsed += dt
         row = {"epoch": epoch + 1, "steps": step, "train_loss": train_loss, "train_acc": train_acc, "val_acc": None, "elapsed": elapsed}
@@ -213,7 +203,7 @@ def fit(
     accuracy = float("nan")
     final: dict = {}
     if status == "completed":
-        t0 = timer.now()
+        t0 = timer.start()
         for a in actions:
             if a.where == "at_end":
                 a.fn(step)
@@ -221,7 +211,7 @@ def fit(
         forward = tm.hook.hlb_eval_forward(model=fwd, cfg=cfg, ctx=ctx, final=True)
         final = tm.hook.hlb_evaluate(model=model, images=ds.test_images, labels=ds.test_labels, forward=forward,
                                      ctx=ctx, final=True)
-        dt = timer.now() - t0
+        dt = timer.seconds(t0)
         phases["eval"] = dt
         accuracy = final["accuracy"]
         elapsed += dt
@@ -317,7 +307,8 @@ def run_seed(session: Any, seed: int, on_epoch: Callable[[dict], None] | None = 
     rec = {
         "seed": seed, "arm": arm, "status": "interrupted", "accuracy": None, "train_seconds": None,
         "tricks": tricks, "trick_sources": {n: tm.origins[n] for n in tricks}, "config": to_dict(session.cfg),
-        "device": device_name(session.device), "versions": record.versions(),
+        "device": device_name(session.device), "versions": record.versions(), "machine": fingerprint(session.device),
+        "timer": session.timer,
         "git_commit": session.source[0], "git_dirty": session.source[1], "deterministic": session.deterministic, "compiled": session.compiled,
         "precision": session.precision, "compile_mode": session.cfg.train.compile_mode if session.compiled else None,
         "eval_batch_size": session.eval_batch_size, "host_memory": session.host_memory,

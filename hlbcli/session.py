@@ -83,6 +83,8 @@ class Session:
     host_memory: str = "system"
     warmup_seconds: float = 0.0
     warmed_up: bool = False
+    #: what times the runs' phases: ``wall`` or ``cuda-events`` (:data:`hlbcli.timers.TIMERS`; ``hlb bench --timer``)
+    timer: str = "wall"
     #: ``train.compile_loss``: the compiled forward+loss graphs, one per (loss, soft targets),
     #: kept for every seed of the session (:meth:`hlbcli.run.RunPlan.step_fn`)
     fused: dict = field(default_factory=dict)

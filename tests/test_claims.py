@@ -88,7 +88,7 @@ def test_bench_claim_is_extended_by_resume_and_covers_the_whole_folder(cli, tmp_
     assert rep["runs_needed"] == stats.runs_needed(*stats.mean_std(accs), 0.05)
     for key in ("test", "runs_needed_method", "timer", "torch", "git_commit", "device", "summary_line"):
         assert rep[key], key
-    assert "per-epoch evaluation" in rep["timer"] and "synchronize" in rep["timer"]
+    assert rep["timer"] == "wall" and "per-epoch evaluation" in rep["timed"] and "synchronize" in rep["timed"]
     line = out.strip().splitlines()[-1]
     assert line == rep["summary_line"] and line.startswith("smoke: ") and "mean over n=6" in line
     assert "for mean < 5% (one-sided t-test)" in line and f"torch {rep['torch']}" in line

@@ -38,6 +38,7 @@ from hlbcli.run import run_seed, warm_up
 from hlbcli.session import device_name, open_session
 from hlbcli.signals import interruptible
 from hlbcli.tracking import Command, around
+from hlbcli.machine import runs_machine, warn_different
 
 SIDES = ("A", "B")
 
@@ -66,9 +67,10 @@ def worker_cmd(
     no_download: bool = typer.Option(False, "--no-download"),
     seed: int = typer.Option(0, "--seed"),
     arm: Optional[str] = typer.Option(None, "--arm", help="the side's name, written into each record"),
+    timer: str = typer.Option("wall", "--timer", help="what times the phases (hlbcli.timers.TIMERS)"),
 ) -> None:
     raise typer.Exit(worker(SimpleNamespace(preset=preset, device=device, data_dir=data_dir, no_download=no_download,
-                                            seed=seed, arm=arm)))
+                                            seed=seed, arm=arm, timer=timer)))
 
 
 def worker(a: SimpleNamespace) -> int:
@@ -84,6 +86,7 @@ def worker(a: SimpleNamespace) -> int:
     try:
         cfg, tm = resolve(a.preset)
         session = open_session(cfg, tm, a.device, a.data_dir, not a.no_download)
+        session.timer = getattr(a, "timer", "wall")
         warm_up(session, a.seed, a.arm)
     except HlbError as e:
         send({"error": e.line()})
@@ -142,7 +145,7 @@ def _start(name: str, label: str, folder: Path, config: dict, opts: dict) -> _Si
     folder.mkdir(parents=True, exist_ok=True)
     record.write_json(folder / "config.json", config)
     cmd = [sys.executable, "-m", "hlbcli.experiments.alternate", "worker", "--preset", str(folder / "config.json"),
-           "--device", opts["device"], "--seed", str(opts["seed"]), "--arm", name]
+           "--device", opts["device"], "--seed", str(opts["seed"]), "--arm", name, "--timer", opts.get("timer", "wall")]
     if opts.get("data_dir"):
         cmd += ["--data-dir", str(opts["data_dir"])]
     if not opts.get("download", True):
@@ -205,6 +208,7 @@ def report(pairs: list[dict], labels: dict[str, str], ready: dict[str, dict], ru
         "workers": {side: {k: ready.get(side, {}).get(k) for k in ("pid", "device", "load_seconds", "build_seconds", "warmup_seconds")}
                     for side in SIDES},
         "device": ready.get("A", {}).get("device"),
+        "machine": runs_machine([p[side] for p in pairs for side in SIDES if isinstance(p.get(side), dict)]),
         "torch": record.versions()["torch"],
     }
 
@@ -239,7 +243,7 @@ def summary_line(rep: dict) -> str:
 
 def run_alternation(configs: dict[str, dict], labels: dict[str, str], runs: int, seed: int, device: str = "auto",
                     data_dir: str | None = None, download: bool = True, out: Path | None = None,
-                    say=lambda text: None, track=None, preset: str = "") -> tuple[dict, int]:
+                    say=lambda text: None, track=None, preset: str = "", timer: str = "wall") -> tuple[dict, int]:
     """Time ``configs["A"]`` and ``configs["B"]`` (resolved, checked) in alternation for ``runs``
     pairs; returns (the report, the exit code). With ``out``: records in out/A and out/B,
     bench.json in out. ``track`` (:class:`hlbcli.tracking.Trackers`): told of each finished run
@@ -252,7 +256,7 @@ def run_alternation(configs: dict[str, dict], labels: dict[str, str], runs: int,
         sides: list[_Side] = []
         pairs: list[dict] = []
         ready: dict[str, dict] = {}
-        opts = {"device": device, "data_dir": data_dir, "download": download, "seed": seed, "out": out}
+        opts = {"device": device, "data_dir": data_dir, "download": download, "seed": seed, "out": out, "timer": timer}
 
         def write(partial: bool) -> dict:
             rep = report(pairs, labels, ready, runs)
@@ -297,6 +301,7 @@ def run_alternation(configs: dict[str, dict], labels: dict[str, str], runs: int,
 
         def finish() -> tuple[dict, int]:
             _stop(sides)
+            warn_different(*(x for side in SIDES for x in (f"side {side}", runs_machine([p[side] for p in pairs if side in p]))))
             rep = write(partial=False)
             bad = any(p[s]["status"] != "completed" for p in pairs for s in SIDES)
             return rep, 1 if bad else 0
@@ -315,7 +320,7 @@ def run_alternation(configs: dict[str, dict], labels: dict[str, str], runs: int,
 
 def bench_against(preset: str, against: str, config, sets: list[str], enable: list[str], disable: list[str],
                   b_sets: list[str], b_enable: list[str], b_disable: list[str], runs: int, seed: int, device: str,
-                  data_dir, download: bool, out, resume: bool, target, track=None) -> int:
+                  data_dir, download: bool, out, resume: bool, target, track=None, timer: str = "wall") -> int:
     """``hlb bench --against``: both sides resolved and checked here, before any process starts
     (a bad side is one line naming it); then :func:`run_alternation`, its report printed."""
     if resume or target is not None:
@@ -337,7 +342,7 @@ def bench_against(preset: str, against: str, config, sets: list[str], enable: li
 
     rep, code = run_alternation(configs, labels, runs, seed, device, str(data_dir) if data_dir else None, download,
                                 Path(out) if out else None, say=lambda text: typer.echo(text, err=True), track=track,
-                                preset=preset)
+                                preset=preset, timer=timer)
     if rep.get("error"):
         typer.echo(f"error: {rep['error']}", err=True)
     typer.echo(f"{format_report(rep)}\n{rep['summary_line']}")

@@ -11,6 +11,7 @@ from typing import Any
 from hlbcli import readback, record, stats
 from hlbcli.config import config_defaults, to_dict
 from hlbcli.errors import UsageError
+from hlbcli.machine import fingerprint, runs_machine, warn_different
 from hlbcli.output import Printer
 from hlbcli.readback import FINISHED
 from hlbcli.readback import config_difference
@@ -41,18 +42,21 @@ class TrainOptions(RunOptions):
     #: the settings changed from the preset, furthest first (:func:`hlbcli.resolve.changed_settings`):
     #: a divergence's message names them as its likeliest cause
     changed: tuple[str, ...] = ()
+    #: what times the runs: ``wall`` or ``cuda-events`` (``hlb bench --timer``; :data:`hlbcli.timers.TIMERS`)
+    timer: str = "wall"
 
 
 def summarize(runs: list[dict], **extra: Any) -> dict:
     """A batch's summary (summary.json of ``hlb train`` and ``hlb bench``, and of each arm and
     side), from the one statistics block (:func:`hlbcli.stats.run_block`): n, mean, std, min,
     max and the 95% interval of the completed runs' accuracies (clipped to [0, 1], named
-    ``ci95_method``), their train seconds; ``extra`` and the records after them."""
+    ``ci95_method``), their train seconds, the machine they ran on (:func:`hlbcli.machine.runs_machine`);
+    ``extra`` and the records after them."""
     b = stats.run_block(runs)
     return {"n": b["n"], "n_started": b["n_started"], "mean_accuracy": b["mean"], "std_accuracy": b["std"],
             "min_accuracy": b["min"], "max_accuracy": b["max"], "ci95": b["ci95"], "mean_train_seconds": b["time_mean"],
-            "std_train_seconds": b["time_std"], "median_train_seconds": b["time_median"], **extra, "runs": runs,
-            "ci95_method": b["ci95_method"]}
+            "std_train_seconds": b["time_std"], "median_train_seconds": b["time_median"],
+            "machine": runs_machine(runs), **extra, "runs": runs, "ci95_method": b["ci95_method"]}
 
 
 def earlier_runs(out: Path, config: dict, resume: bool, check: bool = True,
@@ -189,6 +193,10 @@ class Batch:
         opts, printer, out = self.opts, self.printer, self.out
         with interruptible():
             self.session = session = open_session(self.cfg, self.tm, opts.device, opts.data_dir, opts.download, opts.deterministic)
+            session.timer = opts.timer
+            if self.earlier:  # --resume: the records kept, timed on another machine?
+                warn_different(f"the records kept in {out}", runs_machine([r for _, r in self.earlier.values()]),
+                               "this machine", fingerprint(session.device))
             printer.info(
                 f"{len(session.dataset.train_labels)} training images ({session.dataset.name}) on "
                 f"{device_name(session.device)}; tricks: {', '.join(self.tricks) or 'none'}; load {session.load_seconds:.2f}s"

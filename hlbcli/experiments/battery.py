@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from hlbcli.errors import UsageError
+from hlbcli.machine import runs_machine, warn_different
 from hlbcli.experiments.plan import (AblateOptions, Arm, claim_out, default_out, finished_seeds, plan_battery, plan_of,
                                      plan_runs)
 from hlbcli.experiments.summary import rich_table, summarize, write_summary
@@ -193,7 +194,8 @@ def run_ablation(opts: AblateOptions, say=None, console=None, track=None) -> tup
         hold = claim_out(opts.out or default_out(opts.preset), plan_of(opts, arms), opts.resume)
         try:
             out = hold.folder
-            kept = sum(len(finished_seeds(a, opts, out)) for a in arms) if opts.resume else 0
+            kept_runs = {(a.name, s): r for a in arms for s, r in finished_seeds(a, opts, out).items()} if opts.resume else {}
+            kept = len(kept_runs)
             progress = Progress(len(arms) * plan_runs(opts), kept, console, opts.quiet,
                                 render=lambda summary: rich_table(summary, live=True))
             if say is not None:
@@ -205,8 +207,14 @@ def run_ablation(opts: AblateOptions, say=None, console=None, track=None) -> tup
                 train = lambda got: backend.train(battery, got)  # noqa: E731
                 if opts.until_resolved:
                     train = lambda got: run_rounds(backend, battery, got)  # noqa: E731
-                return around(track, command, lambda: run_to_summary(train, battery.write, battery.end,
-                                                                     stop=backend.stop, out=out))
+                summary, code = around(track, command, lambda: run_to_summary(train, battery.write, battery.end,
+                                                                              stop=backend.stop, out=out))
+            if kept_runs:  # --resume: the runs kept and the runs trained now, on another machine?
+                now = [r for row in summary.get("arms", []) for r in row.get("runs", [])
+                       if (row.get("name"), r.get("seed")) not in kept_runs]
+                warn_different(f"the runs kept in {out}", runs_machine(list(kept_runs.values())),
+                               "the runs trained now", runs_machine(now))
+            return summary, code
         finally:
             hold.release()
     finally:

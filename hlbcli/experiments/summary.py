@@ -9,6 +9,7 @@ from typing import Any
 
 from hlbcli import readback, record, stats
 from hlbcli.errors import UsageError
+from hlbcli.machine import runs_machine
 from hlbcli.experiments import sequential
 from hlbcli.output import SYNTHETIC, num, pct, pts, runs_saved_line, synthetic
 from hlbcli.experiments.plan import BASELINE, AblateOptions, Arm, arm_records, options_of, plan_runs
@@ -63,7 +64,8 @@ def arm_stats(arm: Arm, runs: list[dict], base: dict | None) -> dict:
 
 def summarize(opts: AblateOptions, arms: list[Arm], out: Path, status: dict[str, str], partial: bool,
               strict: bool = False) -> dict:
-    """The summary from the arms' records; those left out are named in its ``rejected``.
+    """The summary from the arms' records; those left out are named in its ``rejected``; the
+    machine the runs ran on (:func:`hlbcli.machine.runs_machine`).
     ``strict`` (``hlb summary``): also the records' versions and config are checked."""
     rows, left = [], []
     base_row = base_done = None
@@ -94,6 +96,7 @@ def summarize(opts: AblateOptions, arms: list[Arm], out: Path, status: dict[str,
         "significance": SIGNIFICANCE,
         "ci95_method": stats.ACCURACY_CI,
         "partial": partial,
+        "machine": runs_machine([r for row in rows for r in row["runs"]]),
         "arms": rows,
         "rejected": [{"file": str(p), "why": why} for p, why in left],
         **({"sequential": sequential.totals(rows, opts, partial)} if opts.until_resolved else {}),
