@@ -16,7 +16,7 @@ from pathlib import Path
 
 #: keys whose values are times, dates or provenance, never the numbers a run trained
 IGNORED = {"train_seconds", "elapsed", "phases", "timestamp", "started", "finished", "git_commit", "git_dirty",
-           "load_seconds", "build_seconds", "compile_seconds", "seconds", "pid", "host", "out", "versions"}
+           "load_seconds", "build_seconds", "compile_seconds", "seconds", "pid", "host", "out", "versions", "machine", "timer"}
 
 
 def _diff(a, b, where: str) -> str | None:
