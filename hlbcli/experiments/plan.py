@@ -326,6 +326,30 @@ def arm_records(arm: Arm, opts: AblateOptions, out: Path, strict: bool = False) 
     return readback.read_records(out / "arms" / arm.folder, range(opts.seed, opts.seed + plan_runs(opts)), strict=strict)
 
 
+def arm_path(path: Path) -> Path:
+    """A folder a command was given, an arm's name allowed for its folder: ``OUT/arms/-ema`` is
+    ``OUT/arms/no-ema`` (:attr:`Arm.folder`, the arms of ``OUT``'s plan), said in one note line.
+    A path that exists is itself; one under ``OUT/arms/`` that names no arm is refused, listing
+    the arms there; any other is the command's own to check."""
+    path = Path(path)
+    if path.exists():
+        return path
+    arms_dir = next((p for p in path.parents if p.name == "arms"), None)
+    if arms_dir is None:
+        return path
+    out, name = arms_dir.parent, path.relative_to(arms_dir).as_posix()
+    arms = options_of(readback.read_plan(out), out)[1] if (out / PLAN_NAME).is_file() else []
+    for arm in arms:
+        if name == arm.name:
+            print(f"note: arm '{arm.name}' is the folder {arms_dir / arm.folder}", file=sys.stderr, flush=True)
+            return arms_dir / arm.folder
+    shown = [a.name if a.name == a.folder else f"{a.name} ({a.folder})" for a in arms]
+    if not shown and arms_dir.is_dir():
+        shown = sorted(p.name for p in arms_dir.iterdir() if p.is_dir())
+    raise UsageError(f"{path} is not a folder, nor the name of an arm of {out}",
+                     f"name one of its arms, by name or folder: {', '.join(shown)}" if shown else f"{arms_dir} holds no arm")
+
+
 def plan_runs(opts: AblateOptions) -> int:
     """The most seeds per arm: ``max_runs`` with ``until_resolved``, else ``runs``."""
     return (opts.max_runs or opts.runs) if opts.until_resolved else opts.runs

@@ -1,0 +1,77 @@
+"""An arm is named one way on every screen (``-ema``, ``+cutmix``, ``tta->othertta``, a
+``--vary`` arm's settings) and kept in a folder of another (``arms/no-ema``): the commands that
+take an arm's folder take either (issue 36, item 3)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hlbcli import record
+from hlbcli.experiments import plan as plans
+from hlbcli.experiments.plan import AblateOptions, Arm
+from test_errors import assert_one_line_error
+
+ARMS = [Arm("baseline"), Arm("-ema", disabled=["ema"]), Arm("+cutmix", enabled=["cutmix"]),
+        Arm("tta->othertta", disabled=["tta"], enabled=["othertta"], replaced={"tta": "othertta"}),
+        Arm("train.lr=0.5", sets=["train.lr=0.5"])]
+
+
+def _rec(seed: int, acc: float) -> dict:
+    return {"seed": seed, "status": "completed", "accuracy": acc, "train_seconds": 1.5,
+            "versions": record.versions(), "config": {"data": {"dataset": "synthetic"}}}
+
+
+def _ablation(d: Path) -> Path:
+    d.mkdir(parents=True)
+    (d / "ablation.json").write_text(json.dumps(plans.plan_of(AblateOptions(preset="smoke", runs=2), ARMS)))
+    for k, arm in enumerate(ARMS):
+        (d / "arms" / arm.folder).mkdir(parents=True)
+        for seed in (0, 1):
+            (d / "arms" / arm.folder / f"run-{seed:03d}-seed{seed}.json").write_text(json.dumps(_rec(seed, 0.9 - k / 100 + seed / 1000)))
+    return d
+
+
+@pytest.mark.parametrize("arm", ARMS[1:], ids=lambda a: a.name)
+def test_compare_takes_an_arms_name_or_its_folder(cli, tmp_path, arm):
+    d = _ablation(tmp_path / "abl")
+    assert arm.folder != arm.name
+    code, by_name, err = cli("compare", d / "arms/baseline", d / "arms" / arm.name, "--json")
+    assert code == 0, err
+    assert err.strip() == f"note: arm '{arm.name}' is the folder {d / 'arms' / arm.folder}"
+    code, by_folder, err = cli("compare", d / "arms/baseline", d / "arms" / arm.folder, "--json")
+    assert code == 0, err
+    assert "note:" not in err  # a folder that is one is read as it is, and nothing is said
+    assert json.loads(by_name)["difference"] == json.loads(by_folder)["difference"]
+    assert json.loads(by_name)["B"]["folder"] == str(d / "arms" / arm.folder)
+
+
+def test_an_arms_name_that_is_neither_lists_the_arms(cli, tmp_path):
+    d = _ablation(tmp_path / "abl")
+    code, out, err = cli("compare", d / "arms/baseline", d / "arms/-emma")
+    assert_one_line_error(code, err, 2, "is not a folder, nor the name of an arm of")
+    assert "-ema (no-ema)" in err and "+cutmix (with-cutmix)" in err and "baseline" in err
+
+
+def test_an_arms_folder_without_a_plan_lists_the_folders(cli, tmp_path):
+    d = _ablation(tmp_path / "abl")
+    (d / "ablation.json").unlink()
+    code, out, err = cli("compare", d / "arms/baseline", d / "arms/-ema")
+    assert_one_line_error(code, err, 2, "is not a folder, nor the name of an arm of")
+    assert "no-ema" in err and "with-cutmix" in err
+
+
+@pytest.mark.parametrize("command", ["summary", "plot", "report"])
+def test_the_other_commands_that_take_an_arms_folder_take_its_name(cli, tmp_path, command):
+    d = _ablation(tmp_path / "abl")
+    if command == "plot":
+        pytest.importorskip("matplotlib")
+    if command in ("plot", "report"):
+        assert cli("summary", d / "arms/no-ema")[0] == 0
+    code, out, err = cli(command, d / "arms/-ema", *(["--out", tmp_path / "x.png"] if command == "plot" else []))
+    assert f"note: arm '-ema' is the folder {d / 'arms/no-ema'}" in err
+    assert code == 0, err
+    code, out, err = cli(command, d / "arms/-nothing")
+    assert_one_line_error(code, err, 2, "is not a folder, nor the name of an arm of")
