@@ -1,0 +1,67 @@
+"""The tables a newcomer reads (issue 36): ``--until-resolved``'s table says its verdict without
+a fixed-n star beside it, in plain column names, and says when ``no effect`` cannot be reached;
+the README's figure for the first look at 4 seeds is held to :mod:`hlbcli.stats`."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from hlbcli import stats
+from hlbcli.experiments import summary as summaries
+
+
+def _arm(name: str, p: float | None, seq: dict | None) -> dict:
+    return {"name": name, "n": 6, "mean_accuracy": 0.9, "std_accuracy": 0.005, "ci95": [0.89, 0.91],
+            "delta_accuracy": None if p is None else -0.004, "p_value": p, "p_paired": p,
+            "mean_train_seconds": 2.0, "delta_train_seconds": None if p is None else 0.1,
+            **({"sequential": seq} if seq else {})}
+
+
+def _summary(delta: float | None, sequential: bool = True) -> dict:
+    seq = {"resolved": False, "how": "open", "look": 6, "pairs": 6, "interval": [-0.011, 0.002]}
+    s = {"preset": "smoke", "seeds": list(range(6)), "significance": 0.05, "partial": False,
+         "arms": [_arm("baseline", None, None), _arm("-ema", 0.014, seq if sequential else None)]}
+    if sequential:
+        s["sequential"] = {"method": "t confidence sequence", "alpha": 0.05, "delta": delta, "max_runs": 12,
+                           "looks": [3, 6, 9, 12], "runs_spent": 12, "runs_max": 24, "runs_saved": None}
+    return s
+
+
+def test_a_sequential_verdict_has_no_fixed_n_star_beside_it():
+    s = _summary(delta=0.002)
+    cols, (_, row) = summaries.columns(s), summaries.table_rows(s)
+    assert cols[-2:] == ["verdict", "interval (anytime-valid, pts)"]
+    cells = dict(zip(cols, row))
+    assert cells["p Welch"] == "0.014" and cells["p paired"] == "0.014"  # the number stays, its star goes
+    assert cells["verdict"] == "open after 6 runs" and cells["interval (anytime-valid, pts)"] == "[-1.10, +0.20]"
+    note = summaries.footnote(s)
+    assert "* where p <" not in note and "Δ paired CS" not in summaries.markdown(s)
+    for col in ("verdict:", "interval (anytime-valid, pts):", "p Welch and p paired:"):
+        assert sum(line.startswith(col) for line in note.splitlines()) == 1, note
+    assert "no effect once it lies within +-0.2 points" in note and "add --delta" not in note
+
+
+def test_a_fixed_plan_keeps_its_star():
+    s = _summary(delta=None, sequential=False)
+    cells = dict(zip(summaries.columns(s), summaries.table_rows(s)[1]))
+    assert cells["p Welch"] == "0.014 *" and "verdict" not in cells
+    assert "* where p < 0.05" in summaries.footnote(s)
+
+
+def test_without_delta_the_table_says_no_effect_cannot_be_reached():
+    note = summaries.footnote(_summary(delta=None))
+    assert "no arm can be called 'no effect': add --delta D" in note
+    assert "no effect once" not in note
+
+
+@pytest.mark.parametrize("t,half", [(4, 3.0), (6, 1.0), (8, 0.7), (12, 0.5), (20, 0.4)])
+def test_the_readmes_interval_widths_at_a_spread_of_half_a_point(t, half):
+    """docs/statistics.md and the README: at alpha 0.05 and paired differences of sample std 0.5
+    points, the interval at t seeds is +-half points."""
+    xs = [(-1) ** i * 0.5 for i in range(t)]  # mean 0; scaled below to a sample std of exactly 0.5
+    m, s = stats.mean_std(xs)
+    xs = [0.5 * (x - m) / s for x in xs]
+    lo, hi = stats.t_confidence_sequence(xs, 0.05)
+    assert math.isclose((hi - lo) / 2, half, abs_tol=0.05)
