@@ -61,7 +61,7 @@ def train(
     _check_seeds(seed, runs)
     _check_resume(resume, out)
 
-    cfg, tm = resolve(preset, str(config) if config else None, set_ or [], enable or [], disable or [])
+    cfg, tm = resolve(preset, str(config) if config else None, set_ or [], enable or [], disable or [], only_on=True)
     opts = TrainOptions(
         runs=runs, seed=seed, device=device, data_dir=str(data_dir) if data_dir else None,
         download=not no_download, out=out, quiet=quiet, deterministic=deterministic,
@@ -291,7 +291,7 @@ def bench(
     from hlbcli.tracking import open_trackers
 
     _check_resume(resume, out)
-    cfg, tm = resolve(preset, str(config) if config else None, set_ or [], enable or [], disable or [])
+    cfg, tm = resolve(preset, str(config) if config else None, set_ or [], enable or [], disable or [], only_on=True)
     opts = TrainOptions(
         runs=runs, seed=seed, device=device, data_dir=str(data_dir) if data_dir else None, download=not no_download,
         out=out, quiet=True, resume=resume, preset=preset, progress=True, command="bench", track=open_trackers(track or [], config),

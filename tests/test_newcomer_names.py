@@ -75,3 +75,15 @@ def test_the_other_commands_that_take_an_arms_folder_take_its_name(cli, tmp_path
     assert code == 0, err
     code, out, err = cli(command, d / "arms/-nothing")
     assert_one_line_error(code, err, 2, "is not a folder, nor the name of an arm of")
+
+
+@pytest.mark.parametrize("command", ["train", "bench"])
+def test_disabling_a_trick_that_is_off_is_refused_as_ablate_refuses_it(cli, command):
+    code, out, err = cli(command, "--preset", "smoke", "--disable", "cutmix", "--set", "train.epochs=1")
+    line = assert_one_line_error(code, err, 2, "--disable cutmix: the preset does not turn 'cutmix' on, so there is nothing to take away")
+    assert "active tricks: whitening, dirac" in line and line.endswith("drop --disable cutmix)")
+    code, out, err = cli("ablate", "--preset", "smoke", "--disable", "cutmix", "--dry-run")
+    assert_one_line_error(code, err, 2, "--disable cutmix: the preset does not turn 'cutmix' on", "use --enable cutmix")
+    # a trick --enable turns on may be named by --disable too: that contradiction has its own line
+    code, out, err = cli(command, "--preset", "smoke", "--enable", "cutmix", "--disable", "cutmix")
+    assert_one_line_error(code, err, 2, "--enable cutmix and --disable cutmix contradict each other")

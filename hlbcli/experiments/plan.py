@@ -24,7 +24,7 @@ from hlbcli.experiments.vary import folder_of, parse_vary
 from hlbcli.layers import active_tricks, layered
 from hlbcli.plot import require_matplotlib
 from hlbcli.plugins import check_names
-from hlbcli.resolve import check_swaps, parse_swaps, replaced_by, resolve
+from hlbcli.resolve import check_disable, check_swaps, parse_swaps, replaced_by, resolve
 from hlbcli.session import check_session, resolve_device
 
 BASELINE = "baseline"
@@ -122,12 +122,9 @@ def plan_arms(active: list[str], disable: Iterable[str], enable: Iterable[str], 
     ``--enable`` is a swap."""
     arms = [Arm(BASELINE)]
     seen: set[str] = set()
+    disable = list(disable)
+    check_disable(active, disable, "use --enable {name} to measure adding it")
     for name in disable:
-        if name not in active:
-            raise UsageError(
-                f"--disable {name}: the preset does not turn '{name}' on, so there is nothing to take away",
-                f"active tricks: {', '.join(active) or 'none'}; use --enable {name} to measure adding it",
-            )
         if name not in seen:
             seen.add(name)
             arms.append(Arm(f"-{name}", disabled=[name]))
