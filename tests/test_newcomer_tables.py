@@ -65,3 +65,25 @@ def test_the_readmes_interval_widths_at_a_spread_of_half_a_point(t, half):
     xs = [0.5 * (x - m) / s for x in xs]
     lo, hi = stats.t_confidence_sequence(xs, 0.05)
     assert math.isclose((hi - lo) / 2, half, abs_tol=0.05)
+
+
+def test_a_single_run_prints_no_interval(cli, tmp_path):
+    fast = ["--set", "train.epochs=1", "--set", "data.synthetic_train=1024", "--set", "data.synthetic_test=256"]
+    code, out, err = cli("train", "--preset", "smoke", *fast, "--device", "cpu")
+    assert code == 0, err
+    line = next(ln for ln in out.splitlines() if ln.startswith("1 run(s):"))
+    assert "(n = 1: no interval)" in line and "95% CI" not in line and "std" not in line
+    code, out, err = cli("train", "--preset", "smoke", *fast, "--set", "data.synthetic_train=256", "--device", "cpu", "--runs", "2")
+    assert code == 0, err
+    assert "95% CI [" in next(ln for ln in out.splitlines() if ln.startswith("2 run(s):"))
+
+
+def test_a_single_runs_claim_has_no_interval():
+    from hlbcli.claims import claim_line, format_claim
+
+    rep = {"n": 1, "accuracy_mean": 0.4, "accuracy_ci95": [0.4, 0.4], "target": None, "diverged": 0,
+           "time_mean": 1.5, "time_ci95": [1.5, 1.5], "git_commit": "not a git checkout", "git_dirty": False,
+           "device": "cpu", "torch": "2", "timer": "wall"}
+    for text in (claim_line(rep, "smoke"), format_claim(rep)):
+        assert "95% CI" not in text and "n = 1: no interval" in text
+    assert "95% CI 30.00-50.00" in claim_line({**rep, "n": 2, "accuracy_ci95": [0.3, 0.5]}, "smoke")
