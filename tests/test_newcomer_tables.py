@@ -87,3 +87,24 @@ def test_a_single_runs_claim_has_no_interval():
     for text in (claim_line(rep, "smoke"), format_claim(rep)):
         assert "95% CI" not in text and "n = 1: no interval" in text
     assert "95% CI 30.00-50.00" in claim_line({**rep, "n": 2, "accuracy_ci95": [0.3, 0.5]}, "smoke")
+
+
+def test_a_partial_ablations_plot_says_so_and_spans_two_points(monkeypatch, tmp_path):
+    plt = pytest.importorskip("matplotlib.pyplot")
+    from hlbcli import plot
+
+    figs = []
+    monkeypatch.setattr(plt, "close", figs.append)
+    s = _summary(delta=None, sequential=False)
+    s["partial"] = True
+    for a, accs in zip(s["arms"], ([0.900, 0.901], [0.899])):
+        a.update(n=len(accs), runs=[{"seed": i, "status": "completed", "accuracy": x} for i, x in enumerate(accs)],
+                 mean_accuracy=sum(accs) / len(accs), ci95=[min(accs), max(accs)])
+    plot.plot_summary(s, tmp_path / "a.png")
+    ax = figs[-1].axes[0]
+    assert "PARTIAL (3 of 12 runs)" in ax.get_title()
+    lo, hi = ax.get_ylim()
+    assert hi - lo >= plot.MIN_SPAN - 1e-9 and lo <= 89.9 and hi >= 90.1
+    s["partial"] = False
+    plot.plot_summary(s, tmp_path / "b.png")
+    assert "PARTIAL" not in figs[-1].axes[0].get_title()
