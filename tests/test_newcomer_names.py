@@ -87,3 +87,10 @@ def test_disabling_a_trick_that_is_off_is_refused_as_ablate_refuses_it(cli, comm
     # a trick --enable turns on may be named by --disable too: that contradiction has its own line
     code, out, err = cli(command, "--preset", "smoke", "--enable", "cutmix", "--disable", "cutmix")
     assert_one_line_error(code, err, 2, "--enable cutmix and --disable cutmix contradict each other")
+
+
+@pytest.mark.parametrize("word,close", [("94x", "94"), ("smok", "smoke"), ("94-muno", "94-muon"), ("zzz", None)])
+def test_an_unknown_preset_suggests_the_closest_name(cli, word, close):
+    code, out, err = cli("train", "--preset", word)
+    line = assert_one_line_error(code, err, 2, f"unknown preset '{word}'", "choose one of: 94, 94-muon")
+    assert (f"did you mean '{close}'?" in line) if close else "did you mean" not in line
