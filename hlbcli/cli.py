@@ -14,7 +14,7 @@ from typing import List, Optional
 import typer
 
 from hlbcli.cli_options import (ConfigOpt, DataDirOpt, DeviceOpt, DisableOpt, EnableOpt, NoDownloadOpt, PresetOpt,
-                                ResumeOpt, SetOpt, TrackOpt, VaryOpt, global_options)
+                                ResumeOpt, SetOpt, TrackOpt, VaryOpt, bare_flags, global_options)
 from hlbcli.cli_show import config_app, tricks_app
 from hlbcli.cli_tail import run
 from hlbcli.config import MAX_RUNS, MAX_SEED
@@ -315,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in args or os.environ.get("HLB_DEBUG") == "1"
     args = [a for a in args if a != "--debug"]
     cmd = typer.main.get_command(app)
+    bare_flags(cmd)
     with signals.hlb_handlers():
         code = run(cmd, args, debug)
     if argv is None:

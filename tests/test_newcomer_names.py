@@ -94,3 +94,13 @@ def test_an_unknown_preset_suggests_the_closest_name(cli, word, close):
     code, out, err = cli("train", "--preset", word)
     line = assert_one_line_error(code, err, 2, f"unknown preset '{word}'", "choose one of: 94, 94-muon")
     assert (f"did you mean '{close}'?" in line) if close else "did you mean" not in line
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["ablate"], ["bench"], ["compare"], ["tricks", "list"], ["config", "show"]])
+def test_flags_show_no_bool_type_in_help(cli, monkeypatch, command):
+    monkeypatch.setenv("COLUMNS", "160")
+    code, out, err = cli(*command, "--help")
+    assert code == 0, err
+    assert "--help" in out and "<bool>" not in out
+    if command == ["train"]:
+        assert "--quiet" in out and "<path>" in out  # the options that take a value keep their type
