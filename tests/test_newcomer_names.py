@@ -104,3 +104,19 @@ def test_flags_show_no_bool_type_in_help(cli, monkeypatch, command):
     assert "--help" in out and "<bool>" not in out
     if command == ["train"]:
         assert "--quiet" in out and "<path>" in out  # the options that take a value keep their type
+
+
+def test_the_readmes_quoting_rule_is_what_parse_value_does():
+    """README: a bare word is a string; quotes are needed where a string would read as another
+    TOML value, starts with a bracket, or sits inside a list."""
+    from hlbcli.errors import UsageError
+    from hlbcli.layers import parse_value
+
+    assert parse_value("random") == parse_value('"random"') == "random"
+    assert parse_value("two words") == "two words"
+    assert parse_value("true") is True and parse_value('"true"') == "true"
+    assert parse_value("5") == 5 and parse_value('"5"') == "5" and parse_value("inf") == float("inf")
+    assert parse_value("2024-01-01") != "2024-01-01" and parse_value('"2024-01-01"') == "2024-01-01"
+    assert parse_value('[16,"abc"]') == [16, "abc"] and parse_value('"[a]"') == "[a]"
+    with pytest.raises(UsageError):
+        parse_value("[16,abc]")
