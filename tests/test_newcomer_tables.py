@@ -5,6 +5,7 @@ the README's figure for the first look at 4 seeds is held to :mod:`hlbcli.stats`
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 
@@ -108,3 +109,40 @@ def test_a_partial_ablations_plot_says_so_and_spans_two_points(monkeypatch, tmp_
     s["partial"] = False
     plot.plot_summary(s, tmp_path / "b.png")
     assert "PARTIAL" not in figs[-1].axes[0].get_title()
+
+
+def _fits(text: str, width: int = 160) -> None:
+    lines = text.splitlines()
+    assert all(len(line) <= width for line in lines), max(lines, key=len)
+    assert "…" not in text, text
+
+
+@pytest.mark.parametrize("live", [False, True])
+@pytest.mark.parametrize("delta", [None, 0.002])
+def test_the_ablation_table_fits_160_columns_without_cutting_a_cell(live, delta):
+    from rich.console import Console
+
+    s = _summary(delta)
+    s["arms"].append({**s["arms"][1], "name": "tta->othertta"})
+    s["arms"].append({**s["arms"][1], "name": "model.widths=[64,256,256],train.lr=0.5",
+                      "sequential": {**s["arms"][1]["sequential"], "how": "no effect"}})
+    console = Console(width=160, record=True, force_terminal=True, color_system=None)
+    console.print(summaries.rich_table(s, live=live))
+    text = console.export_text()
+    _fits(text)
+    for cell in ("[89.00, 91.00]", "[-1.10, +0.20]", "0.014", "90.00%", "tta->othertta"):
+        assert cell in text
+    assert "model.widths=[64,256," in text and "256],train.lr=0.5" in text  # the long name folds, whole
+
+
+def test_the_train_output_fits_160_columns(cli, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "160")
+    code, out, err = cli("train", "--preset", "smoke", "--set", "train.epochs=2", "--set", "data.synthetic_train=256",
+                         "--set", "data.synthetic_test=128", "--device", "cpu", "--runs", "2")
+    assert code == 0, err
+    # the per-epoch table fits; the prose lines (the legend, the summary) are soft-wrapped on
+    # purpose: a terminal wraps them, a log keeps them whole
+    table = [ln for ln in out.splitlines() if re.match(r"\s+(epoch|\d+)\s", ln)]
+    assert len(table) == 2 * 3  # a header and two epochs per run
+    _fits("\n".join(table))
+    assert "…" not in out

@@ -224,14 +224,21 @@ def markdown(summary: dict) -> str:
 def rich_table(summary: dict, live: bool = False):
     """The table as a rich ``Table``; ``live`` marks the arms still training (the progress
     display)."""
+    from rich import box
     from rich.table import Table
 
-    t = Table(title=f"ablation of {summary['preset']}", title_justify="left")
-    for i, c in enumerate(columns(summary)):
-        t.add_column(c, justify="left" if i == 0 else "right", no_wrap=True)
-    for a, r in zip(summary["arms"], table_rows(summary)):
-        if live and a.get("status") not in ("completed",):
-            r = [f"{r[0]} ({a.get('status', 'waiting')})", *r[1:]]
+    rows = [[f"{r[0]} ({a.get('status', 'waiting')})", *r[1:]] if live and a.get("status") not in ("completed",) else r
+            for a, r in zip(summary["arms"], table_rows(summary))]
+    # a narrow terminal (160 columns) wraps the headers and the words of the arms' names and
+    # verdicts, never cuts a cell short: each number's column is as wide as its widest cell;
+    # no lines between columns (their room goes to the cells)
+    t = Table(title=f"ablation of {summary['preset']}", title_justify="left", box=box.SIMPLE_HEAD)
+    cols = columns(summary)
+    for i, c in enumerate(cols):
+        words = i == 0 or c == SEQ_COLUMNS[0]
+        t.add_column(c, justify="left" if i == 0 else "right", overflow="fold",
+                     min_width=None if words else max(len(r[i]) for r in rows))
+    for r in rows:
         t.add_row(*r)
     return t
 
