@@ -73,6 +73,9 @@ def test_the_other_commands_that_take_an_arms_folder_take_its_name(cli, tmp_path
     code, out, err = cli(command, d / "arms/-ema", *(["--out", tmp_path / "x.png"] if command == "plot" else []))
     assert f"note: arm '-ema' is the folder {d / 'arms/no-ema'}" in err
     assert code == 0, err
+    if command == "plot":  # a file in the arm's folder, by the arm's name
+        code, out, err = cli("plot", d / "arms/-ema/summary.json", "--out", tmp_path / "y.png")
+        assert code == 0 and f"note: arm '-ema' is the folder {d / 'arms/no-ema'}" in err, err
     code, out, err = cli(command, d / "arms/-nothing")
     assert_one_line_error(code, err, 2, "is not a folder, nor the name of an arm of")
 

@@ -337,9 +337,9 @@ def arm_path(path: Path) -> Path:
     out, name = arms_dir.parent, path.relative_to(arms_dir).as_posix()
     arms = options_of(readback.read_plan(out), out)[1] if (out / PLAN_NAME).is_file() else []
     for arm in arms:
-        if name == arm.name:
+        if name == arm.name or name.startswith(f"{arm.name}/"):  # (a file in it: OUT/arms/-ema/summary.json)
             print(f"note: arm '{arm.name}' is the folder {arms_dir / arm.folder}", file=sys.stderr, flush=True)
-            return arms_dir / arm.folder
+            return arms_dir / arm.folder / name[len(arm.name) + 1:]
     shown = [a.name if a.name == a.folder else f"{a.name} ({a.folder})" for a in arms]
     if not shown and arms_dir.is_dir():
         shown = sorted(p.name for p in arms_dir.iterdir() if p.is_dir())
