@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hlbcli import readback, stats
-from hlbcli.output import p_value, pts, synthetic
+from hlbcli.output import NO_INTERVAL, p_value, pts, synthetic
 from hlbcli.machine import runs_machine
 from hlbcli.readback import config_difference
 from hlbcli.record import source_commit
@@ -132,7 +132,8 @@ def claim_line(rep: dict, preset: str) -> str:
     """The claim in one line, ready for a README."""
     lo, hi = rep["accuracy_ci95"]
     clipped = ", clipped to 0-100" if rep.get("accuracy_ci95_clipped") else ""
-    line = f"{preset}: {pts(rep['accuracy_mean'])}% mean over n={rep['n']} (95% CI {pts(lo)}-{pts(hi)}{clipped})"
+    ci = f"95% CI {pts(lo)}-{pts(hi)}{clipped}" if rep["n"] > 1 else NO_INTERVAL[1:-1]
+    line = f"{preset}: {pts(rep['accuracy_mean'])}% mean over n={rep['n']} ({ci})"
     if rep["target"] is not None:
         line += f", p={p_value(rep['p_value'])} for mean < {100 * rep['target']:g}% (one-sided t-test)"
     if rep["diverged"]:
@@ -142,14 +143,16 @@ def claim_line(rep: dict, preset: str) -> str:
     short = " + ".join(c[:7] if c != "not a git checkout" else c for c in commit.split(" + "))
     hlb = f"hlb {short}{'+dirty' if rep['git_dirty'] else ''}" if commit != "not a git checkout" else "hlb (not a git checkout)"
     data = " on synthetic data, not a CIFAR-10 result" if rep.get("synthetic") else ""
-    return (f"{line}{data}; {rep['time_mean']:.3g} s per run (95% CI {tlo:.3g}-{thi:.3g}) on {rep['device']}, "
+    tci = f" (95% CI {tlo:.3g}-{thi:.3g})" if rep["n"] > 1 else ""
+    return (f"{line}{data}; {rep['time_mean']:.3g} s per run{tci} on {rep['device']}, "
             f"torch {rep['torch']}, {hlb}")
 
 
 def format_claim(rep: dict) -> str:
     """The claim's lines below ``hlb bench``'s report."""
     lo, hi = rep["accuracy_ci95"]
-    lines = [f"  claim     mean {pts(rep['accuracy_mean'])}%  95% CI {pts(lo)}%-{pts(hi)}% ({stats.ACCURACY_CI_SHORT})  "
+    ci = f"95% CI {pts(lo)}%-{pts(hi)}% ({stats.ACCURACY_CI_SHORT})" if rep["n"] > 1 else NO_INTERVAL
+    lines = [f"  claim     mean {pts(rep['accuracy_mean'])}%  {ci}  "
              f"over {rep['n']} completed run(s)"
              + (f", {rep['diverged']} diverged" if rep["diverged"] else "")]
     if rep["target"] is not None:
@@ -158,6 +161,7 @@ def format_claim(rep: dict) -> str:
                      + (f"p < {CLAIM_ALPHA:g} needs n = {need} at this mean and std" if need else
                         f"no n gives p < {CLAIM_ALPHA:g} at this mean and std"))
     tlo, thi = rep["time_ci95"]
-    lines.append(f"  per run   {rep['time_mean']:.3f} s  95% CI {tlo:.3f}-{thi:.3f}  (init + train steps + final eval with TTA; timer {rep.get('timer', 'wall')})")
+    tci = f"95% CI {tlo:.3f}-{thi:.3f}" if rep["n"] > 1 else NO_INTERVAL
+    lines.append(f"  per run   {rep['time_mean']:.3f} s  {tci}  (init + train steps + final eval with TTA; timer {rep.get('timer', 'wall')})")
     lines.append(f"  source    torch {rep['torch']}, git {rep['git_commit']}" + (" (with uncommitted changes)" if rep["git_dirty"] else ""))
     return "\n".join(lines)

@@ -14,7 +14,7 @@ from typing import List, Optional
 import typer
 
 from hlbcli.cli_options import (ConfigOpt, DataDirOpt, DeviceOpt, DisableOpt, EnableOpt, NoDownloadOpt, PresetOpt,
-                                ResumeOpt, SetOpt, TrackOpt, VaryOpt, global_options)
+                                ResumeOpt, SetOpt, TrackOpt, VaryOpt, bare_flags, global_options)
 from hlbcli.cli_show import config_app, tricks_app
 from hlbcli.cli_tail import run
 from hlbcli.config import MAX_RUNS, MAX_SEED
@@ -61,7 +61,7 @@ def train(
     _check_seeds(seed, runs)
     _check_resume(resume, out)
 
-    cfg, tm = resolve(preset, str(config) if config else None, set_ or [], enable or [], disable or [])
+    cfg, tm = resolve(preset, str(config) if config else None, set_ or [], enable or [], disable or [], only_on=True)
     opts = TrainOptions(
         runs=runs, seed=seed, device=device, data_dir=str(data_dir) if data_dir else None,
         download=not no_download, out=out, quiet=quiet, deterministic=deterministic,
@@ -170,6 +170,16 @@ def ablate(
     raise typer.Exit(code)
 
 
+def _arm_path(folder: Path) -> Path:
+    """``OUT/arms/-ema`` (an arm's name, as every table shows it) read as its folder
+    ``OUT/arms/no-ema``, said in a note (:func:`hlbcli.experiments.plan.arm_path`)."""
+    if folder.exists():
+        return folder
+    from hlbcli.experiments.plan import arm_path
+
+    return arm_path(folder)
+
+
 @app.command("summary")
 def summary_cmd(
     folder: Path = typer.Argument(..., help="an --out folder of hlb ablate or hlb train"),
@@ -184,6 +194,7 @@ def summary_cmd(
     from hlbcli.output import Printer
     from hlbcli.readback import PLAN_NAME
 
+    folder = _arm_path(folder)
     if not folder.is_dir():
         raise UsageError(f"{folder} is not a folder", "point at the --out folder of hlb ablate or hlb train")
     with record.claim(folder, "folder"):
@@ -206,7 +217,7 @@ def plot_cmd(
     from hlbcli.plot import plot_dir, require_matplotlib
 
     require_matplotlib()
-    typer.echo(str(plot_dir(folder, out)))
+    typer.echo(str(plot_dir(_arm_path(folder), out)))
 
 
 @app.command("compare")
@@ -218,7 +229,7 @@ def compare_cmd(
     """Compare two folders of runs seed by seed: B - A (mean, 95% CI), paired t-test and Welch's."""
     from hlbcli.compare import compare, format_table, to_json
 
-    rep = compare(dir_a, dir_b)
+    rep = compare(_arm_path(dir_a), _arm_path(dir_b))
     typer.echo(to_json(rep) if json_ else format_table(rep))
 
 
@@ -230,7 +241,7 @@ def report_cmd(
     """Write one self-contained HTML page of a folder's results (opens offline): table, pictures, configs, environment, records."""
     from hlbcli.report import write_report
 
-    typer.echo(str(write_report(folder, out)))
+    typer.echo(str(write_report(_arm_path(folder), out)))
 
 
 @app.command()
@@ -280,7 +291,7 @@ def bench(
     from hlbcli.tracking import open_trackers
 
     _check_resume(resume, out)
-    cfg, tm = resolve(preset, str(config) if config else None, set_ or [], enable or [], disable or [])
+    cfg, tm = resolve(preset, str(config) if config else None, set_ or [], enable or [], disable or [], only_on=True)
     opts = TrainOptions(
         runs=runs, seed=seed, device=device, data_dir=str(data_dir) if data_dir else None, download=not no_download,
         out=out, quiet=True, resume=resume, preset=preset, progress=True, command="bench", track=open_trackers(track or [], config),
@@ -304,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in args or os.environ.get("HLB_DEBUG") == "1"
     args = [a for a in args if a != "--debug"]
     cmd = typer.main.get_command(app)
+    bare_flags(cmd)
     with signals.hlb_handlers():
         code = run(cmd, args, debug)
     if argv is None:

@@ -62,3 +62,13 @@ def global_options(
 ) -> None:
     """The options before a command. ``--debug`` is taken out of the words by ``hlbcli.cli.main``
     before typer sees them (so it works after a command too); it is declared here to be shown."""
+
+
+def bare_flags(cmd) -> None:
+    """A flag takes no value, so ``--help`` shows it no ``<bool>`` type: each flag of ``cmd``
+    and of its subcommands (their ``--help`` included) gets an empty metavar."""
+    for param in [*cmd.params, cmd.get_help_option(cmd.context_class(cmd))]:
+        if getattr(param, "is_flag", False):  # (typer's options are of its own copy of click)
+            param.metavar = ""
+    for sub in getattr(cmd, "commands", {}).values():
+        bare_flags(sub)

@@ -13,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from hlbcli.config import unknown_key_message
 from hlbcli.errors import ConfigError, UsageError
 from hlbcli.paths import path_error
 
@@ -141,7 +142,8 @@ def load_preset(name: str) -> dict:
         return load_toml_file(name, "preset file")
     ref = resources.files("hlbcli.presets").joinpath(f"{name}.toml")
     if not ref.is_file():
-        raise UsageError(f"unknown preset '{name}'", f"choose one of: {', '.join(preset_names())}")
+        raise UsageError(unknown_key_message(name, [], f"preset '{name}'", preset_names()),
+                         f"choose one of: {', '.join(preset_names())}")
     return tomllib.loads(ref.read_text(encoding="utf-8"))
 
 

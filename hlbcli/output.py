@@ -84,6 +84,10 @@ def runs_saved_line(seq: dict) -> str:
             + runs_saved(seq))
 
 
+#: what a single run says where several would give their spread and interval
+NO_INTERVAL = "(n = 1: no interval)"
+
+
 class Printer:
     """``progress``: show progress within runs (None: unless quiet); a quiet printer that shows
     it (``hlb bench``) prints it, and its notes, on stderr."""
@@ -151,9 +155,10 @@ class Printer:
             self.console.print("no run completed", markup=False)
             return
         lo, hi = s["ci95"]
+        spread = (f"std {pts(s['std_accuracy'])} pts min {pct(s['min_accuracy'])} 95% CI [{pct(lo)}, {pct(hi)}] "
+                  f"({ACCURACY_CI_SHORT})") if s["n"] > 1 else NO_INTERVAL
         line = (
-            f"\n{s['n']} run(s): accuracy mean {pct(s['mean_accuracy'])} std {pts(s['std_accuracy'])} pts "
-            f"min {pct(s['min_accuracy'])} 95% CI [{pct(lo)}, {pct(hi)}] ({ACCURACY_CI_SHORT}); "
+            f"\n{s['n']} run(s): accuracy mean {pct(s['mean_accuracy'])} {spread}; "
             f"time mean {s['mean_train_seconds']:.2f}s median {s['median_train_seconds']:.2f}s"
         )
         if synthetic(s.get("runs", [])):

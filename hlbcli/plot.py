@@ -77,6 +77,21 @@ def arm_label(name: str, width: int, lines: int = LABEL_LINES) -> str:
     return "\n".join(out)
 
 
+#: the least span of the accuracy axis, in points
+MIN_SPAN = 2.0
+
+
+def partial_mark(summary: dict) -> str:
+    """``PARTIAL (k of n runs)`` for a summary of a stopped command, else ``""``."""
+    if not summary.get("partial"):
+        return ""
+    if "arms" in summary:
+        k, n = sum(a.get("n", 0) for a in summary["arms"]), len(summary["arms"]) * len(summary.get("seeds") or [])
+    else:
+        k, n = summary.get("n", 0), summary.get("runs_requested") or summary.get("n", 0)
+    return f"PARTIAL ({k} of {n} runs)"
+
+
 def plot_summary(summary: dict, path: Path, title: str | None = None, label: str | None = None) -> Path:
     """Draw ``summary`` into ``path`` (its suffix: the format); ``label`` names a ``hlb train``
     summary's one group (default: the folder ``path`` is in)."""
@@ -104,7 +119,7 @@ def plot_summary(summary: dict, path: Path, title: str | None = None, label: str
             shown += [*ys, lo, hi]
     if shown:
         lo, hi = min(shown), max(shown)
-        pad = max(0.05 * (hi - lo), 0.1)
+        pad = max(0.05 * (hi - lo), 0.1, (MIN_SPAN - (hi - lo)) / 2)  # a few close runs: no magnified noise
         ax.set_ylim(max(0.0, lo - pad), min(100.0, hi + pad))
     base = 100 * gs[0]["mean"] if gs and gs[0]["accs"] else None
     if base is not None and len(gs) > 1:
@@ -116,6 +131,8 @@ def plot_summary(summary: dict, path: Path, title: str | None = None, label: str
     data = "\n(synthetic data: not a CIFAR-10 result)" if synthetic([r for a in summary.get("arms", [summary])
                                                                     for r in a.get("runs", [])]) else ""
     head = title or (f"ablation of {summary.get('preset')}" if "arms" in summary else "accuracy per run")
+    mark = partial_mark(summary)
+    data = (f"\n{mark}" if mark else "") + data  # a line of its own: never wrapped apart
     ax.set_title("\n".join(textwrap.wrap(head, int(9 * fig.get_figwidth()))) + data)  # 12 points: about 9 an inch
     ax.grid(axis="y", alpha=0.3)
     seq = summary.get("sequential")

@@ -26,7 +26,7 @@ from hlbcli.output import SYNTHETIC, pct, pts, runs_saved_line, seconds, synthet
 from hlbcli.report_env import environment_rows
 from hlbcli.report_svg import curves
 from hlbcli.experiments import sequential
-from hlbcli.experiments.summary import columns, footnote, table_rows
+from hlbcli.experiments.summary import SEQ_COLUMNS, columns, footnote, table_rows
 from hlbcli.plot import plot_summary, plot_target
 
 REPORT_NAME = "report.html"
@@ -169,7 +169,8 @@ def train_row(s: dict, name: str) -> list[str]:
 def summary_section(rep: dict) -> str:
     s = rep["summary"]
     if rep["kind"] == "ablation":
-        return _table(columns(s), table_rows(s), "summary") + f'<p class="note">{_e(footnote(s))}</p>'
+        lines = "<br>".join(_e(line) for line in footnote(s).splitlines())  # (the sequential columns' a line each)
+        return _table(columns(s), table_rows(s), "summary") + f'<p class="note">{lines}</p>'
     note = (f"accuracy, ci95, min and max in %, std in points; ci95: {s.get('ci95_method', 'the 95% t interval of the mean')}; "
             "time s: the mean of the timed seconds per run (init, training steps, final evaluation)")
     if s.get("partial"):
@@ -194,7 +195,7 @@ def sequential_section(s: dict) -> str:
                          str(a.get("n_started", a["n"])), str(v.get("pairs")), sequential.interval_text(v)])
     delta = f"; no effect: within +-{100 * seq['delta']:g} points" if seq.get("delta") else ""
     return ("<h2>Until resolved</h2>"
-            + _table(["arm", "verdict", "resolved", "runs spent", "pairs", "Δ paired CS (points)"], rows, "sequential")
+            + _table(["arm", "verdict", "resolved", "runs spent", "pairs", SEQ_COLUMNS[1]], rows, "sequential")
             + f'<p>{_e(runs_saved_line(seq))}</p>'
             + f'<p class="note">{_e(seq.get("method"))} at {1 - seq.get("alpha", 0.05):.0%}, valid at every look '
               f'(looks at {_e(", ".join(map(str, seq.get("looks", []))))} seeds){_e(delta)}; {_e(seq.get("reference", ""))}</p>')

@@ -21,16 +21,31 @@ def resolve(
     disable: Iterable[str] = (),
     extra: dict[str, object] | None = None,
     replaced: dict[str, str] | None = None,
+    only_on: bool = False,
 ) -> tuple[Any, TrickManager]:
     """preset < --config FILE < --set; then the active tricks (preset list + --enable -
     --disable, each key of ``replaced`` swapped for its value) are registered, each
-    contributing its settings section, and the whole is validated."""
+    contributing its settings section, and the whole is validated. ``only_on`` (``hlb train``,
+    ``hlb bench``): a ``--disable`` of a trick that is not on is refused (:func:`check_disable`)."""
     enable, disable = list(enable), list(disable)
     extra = extra or {}
-    check_names([n for n in enable if n not in extra], "--enable")
-    check_names([n for n in disable if n not in extra], "--disable")
+    on = check_names([n for n in enable if n not in extra], "--enable")
+    off = check_names([n for n in disable if n not in extra], "--disable")
     data, user = layered_sources(preset, config_file, list(sets))
+    if only_on:
+        check_disable(catalog().refs_of(active_tricks(data, on, []), "the tricks list", extra), off, "drop --disable {name}")
     return resolve_data(data, user, enable, disable, extra, replaced)
+
+
+def check_disable(active: list[str], disable: Iterable[str], fix: str) -> None:
+    """Each ``--disable`` name is a trick of ``active`` (the preset's, with ``--enable``): one
+    line for the first that is not, nothing to take away (``fix``: what to do, ``{name}`` in it)."""
+    for name in disable:
+        if name not in active:
+            raise UsageError(
+                f"--disable {name}: the preset does not turn '{name}' on, so there is nothing to take away",
+                f"active tricks: {', '.join(active) or 'none'}; {fix.format(name=name)}",
+            )
 
 
 def resolve_data(

@@ -119,9 +119,10 @@ def _open(driver, page: Path, shot: Path) -> dict:
 
 def _expected_rows(s: dict) -> list[list[str]]:
     """The summary table's cells from summary.json, formatted as the page says: accuracies in %,
-    spreads and differences in points, seconds with 2 decimals, p with 3 significant digits."""
+    spreads and differences in points, seconds with 2 decimals, p with 3 significant digits (a
+    star below the significance level, but beside a sequential verdict, which decides)."""
     def p(v):
-        return "-" if v is None else f"{v:.3g}" + (" *" if v < s["significance"] else "")
+        return "-" if v is None else f"{v:.3g}" + (" *" if v < s["significance"] and not s.get("sequential") else "")
 
     def sec(v, signed=False):
         return "-" if v is None else format(v, "+.2f" if signed else ".2f")

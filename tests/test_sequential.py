@@ -178,7 +178,7 @@ def test_rounds_stop_a_resolved_arm_and_run_the_other_to_its_budget(seq_children
     assert (seq["runs_spent"], seq["runs_max"], seq["runs_saved"]) == (30, 36, 6)
     assert seq["method"] == "t confidence sequence" and "Howard" in seq["reference"]
     md = (tmp_path / "summary.md").read_text()
-    assert "| resolved | Δ paired CS |" in md and "effect - after 6 runs" in md and "budget spent after 12 runs" in md
+    assert "| verdict | interval (anytime-valid, pts) |" in md and "effect - after 6 runs" in md and "budget spent after 12 runs" in md
     assert "until resolved: 30 runs of at most 36 (--max-runs 12 x 3 arms): 6 saved" in md
     assert all(a["status"] == "completed" for a in summary["arms"]) and not summary["partial"]
     # the plan keeps the settings; hlb summary finds the same verdicts

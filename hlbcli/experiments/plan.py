@@ -24,7 +24,7 @@ from hlbcli.experiments.vary import folder_of, parse_vary
 from hlbcli.layers import active_tricks, layered
 from hlbcli.plot import require_matplotlib
 from hlbcli.plugins import check_names
-from hlbcli.resolve import check_swaps, parse_swaps, replaced_by, resolve
+from hlbcli.resolve import check_disable, check_swaps, parse_swaps, replaced_by, resolve
 from hlbcli.session import check_session, resolve_device
 
 BASELINE = "baseline"
@@ -122,12 +122,9 @@ def plan_arms(active: list[str], disable: Iterable[str], enable: Iterable[str], 
     ``--enable`` is a swap."""
     arms = [Arm(BASELINE)]
     seen: set[str] = set()
+    disable = list(disable)
+    check_disable(active, disable, "use --enable {name} to measure adding it")
     for name in disable:
-        if name not in active:
-            raise UsageError(
-                f"--disable {name}: the preset does not turn '{name}' on, so there is nothing to take away",
-                f"active tricks: {', '.join(active) or 'none'}; use --enable {name} to measure adding it",
-            )
         if name not in seen:
             seen.add(name)
             arms.append(Arm(f"-{name}", disabled=[name]))
@@ -324,6 +321,30 @@ def options_of(plan: dict, out: Path) -> tuple[AblateOptions, list[Arm]]:
 def arm_records(arm: Arm, opts: AblateOptions, out: Path, strict: bool = False) -> readback.Records:
     """The arm's run records of this ablation's seeds, one per seed (:mod:`hlbcli.readback`)."""
     return readback.read_records(out / "arms" / arm.folder, range(opts.seed, opts.seed + plan_runs(opts)), strict=strict)
+
+
+def arm_path(path: Path) -> Path:
+    """A folder a command was given, an arm's name allowed for its folder: ``OUT/arms/-ema`` is
+    ``OUT/arms/no-ema`` (:attr:`Arm.folder`, the arms of ``OUT``'s plan), said in one note line.
+    A path that exists is itself; one under ``OUT/arms/`` that names no arm is refused, listing
+    the arms there; any other is the command's own to check."""
+    path = Path(path)
+    if path.exists():
+        return path
+    arms_dir = next((p for p in path.parents if p.name == "arms"), None)
+    if arms_dir is None:
+        return path
+    out, name = arms_dir.parent, path.relative_to(arms_dir).as_posix()
+    arms = options_of(readback.read_plan(out), out)[1] if (out / PLAN_NAME).is_file() else []
+    for arm in arms:
+        if name == arm.name or name.startswith(f"{arm.name}/"):  # (a file in it: OUT/arms/-ema/summary.json)
+            print(f"note: arm '{arm.name}' is the folder {arms_dir / arm.folder}", file=sys.stderr, flush=True)
+            return arms_dir / arm.folder / name[len(arm.name) + 1:]
+    shown = [a.name if a.name == a.folder else f"{a.name} ({a.folder})" for a in arms]
+    if not shown and arms_dir.is_dir():
+        shown = sorted(p.name for p in arms_dir.iterdir() if p.is_dir())
+    raise UsageError(f"{path} is not a folder, nor the name of an arm of {out}",
+                     f"name one of its arms, by name or folder: {', '.join(shown)}" if shown else f"{arms_dir} holds no arm")
 
 
 def plan_runs(opts: AblateOptions) -> int:

@@ -142,23 +142,25 @@ def rebuild_summary(folder: Path) -> dict:
 
 COLUMNS = ["arm", "n", "accuracy", "std", "ci95", "Δ acc", "p Welch", "p paired", "time s", "Δ time s"]
 #: the columns ``--until-resolved`` adds: the verdict (and the runs spent), the anytime-valid
-#: interval of the paired difference
-SEQ_COLUMNS = ["resolved", "Δ paired CS"]
+#: interval of the paired difference; the fixed-n p-values beside them lose their star (the
+#: verdict is what decides)
+SEQ_COLUMNS = ["verdict", "interval (anytime-valid, pts)"]
 
 
 def columns(summary: dict) -> list[str]:
     return COLUMNS + (SEQ_COLUMNS if summary.get("sequential") else [])
 
 
-def _p(p: float | None, alpha: float) -> str:
-    return num(p, ".3g") + (" *" if p is not None and p == p and p < alpha else "")
+def _p(p: float | None, alpha: float | None) -> str:
+    """A p-value, starred below ``alpha`` (None: never)."""
+    return num(p, ".3g") + (" *" if alpha is not None and p is not None and p == p and p < alpha else "")
 
 
 def table_rows(summary: dict) -> list[list[str]]:
     rows = []
     for a in summary["arms"]:
         lo, hi = a["ci95"]
-        alpha = summary.get("significance", SIGNIFICANCE)
+        alpha = None if summary.get("sequential") else summary.get("significance", SIGNIFICANCE)
         rows.append([
             a["name"],
             f"{a['n']}" + (f"/{a['n_started']}" if a.get("n_started", a["n"]) != a["n"] else ""),
@@ -187,10 +189,18 @@ def footnote(summary: dict) -> str:
     ) if summary["seeds"] else "no seeds"
     seq = summary.get("sequential")
     if seq and summary["seeds"]:
-        note = note.replace(" in every arm", f" at most; {runs_saved_line(seq)}; resolved: the "
-                            f"{seq['method']} of the paired differences ({1 - seq['alpha']:.0%}, valid at every look, "
-                            "in points) excludes 0 (effect +/-)"
-                            + (f" or lies within +-{100 * seq['delta']:g} points (no effect)" if seq.get("delta") else ""))
+        delta = seq.get("delta")
+        note = note.replace(f"; * where p < {alpha:g}", "").replace(" in every arm", f" at most; {runs_saved_line(seq)}")
+        note += "\n" + "\n".join([
+            "verdict: effect + or - once the interval excludes 0"
+            + (f", no effect once it lies within +-{100 * delta:g} points" if delta else "")
+            + ", else open (more seeds to come) or budget spent (--max-runs reached);",
+            f"interval (anytime-valid, pts): the {1 - seq['alpha']:.0%} {seq['method']} of the per-seed differences "
+            "from the baseline, in points, which holds at every look at once;",
+            f"p Welch and p paired: the fixed-n tests of the seeds there are, starless here, as stopping at the first "
+            f"p < {alpha:g} would not keep the error rate: read the verdict",
+            *([] if delta else ["no arm can be called 'no effect': add --delta D (in accuracy: 0.002 is 0.2 points)"]),
+        ])
     if summary.get("partial"):
         note += "; PARTIAL: interrupted or failed before every run finished"
     if synthetic([r for a in summary.get("arms", []) for r in a.get("runs", [])]):
@@ -207,21 +217,28 @@ def markdown(summary: dict) -> str:
         "| " + " | ".join(["---"] + ["---:"] * (len(cols) - 1)) + " |",
     ]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
-    lines += ["", footnote(summary), ""]
+    lines += ["", footnote(summary).replace("\n", "  \n"), ""]  # (a line each: a hard break)
     return "\n".join(lines)
 
 
 def rich_table(summary: dict, live: bool = False):
     """The table as a rich ``Table``; ``live`` marks the arms still training (the progress
     display)."""
+    from rich import box
     from rich.table import Table
 
-    t = Table(title=f"ablation of {summary['preset']}", title_justify="left")
-    for i, c in enumerate(columns(summary)):
-        t.add_column(c, justify="left" if i == 0 else "right", no_wrap=True)
-    for a, r in zip(summary["arms"], table_rows(summary)):
-        if live and a.get("status") not in ("completed",):
-            r = [f"{r[0]} ({a.get('status', 'waiting')})", *r[1:]]
+    rows = [[f"{r[0]} ({a.get('status', 'waiting')})", *r[1:]] if live and a.get("status") not in ("completed",) else r
+            for a, r in zip(summary["arms"], table_rows(summary))]
+    # a narrow terminal (160 columns) wraps the headers and the words of the arms' names and
+    # verdicts, never cuts a cell short: each number's column is as wide as its widest cell;
+    # no lines between columns (their room goes to the cells)
+    t = Table(title=f"ablation of {summary['preset']}", title_justify="left", box=box.SIMPLE_HEAD)
+    cols = columns(summary)
+    for i, c in enumerate(cols):
+        words = i == 0 or c == SEQ_COLUMNS[0]
+        t.add_column(c, justify="left" if i == 0 else "right", overflow="fold",
+                     min_width=None if words else max(len(r[i]) for r in rows))
+    for r in rows:
         t.add_row(*r)
     return t
 
