@@ -15,8 +15,7 @@ from hlbcli import readback, stats
 from hlbcli.output import NO_INTERVAL, p_value, pts, synthetic
 from hlbcli.machine import runs_machine
 from hlbcli.readback import config_difference
-from hlbcli.record import source_commit
-from hlbcli.record import versions
+from hlbcli.record import source_commit, versions
 
 #: the significance level of the "runs needed" figure
 CLAIM_ALPHA = 0.01

@@ -17,7 +17,7 @@ from hlbcli import record
 from hlbcli.config import to_dict
 from hlbcli.contract import RunContext, StepAction, Transform
 from hlbcli.data import normalize
-from hlbcli.errors import HlbError
+from hlbcli.errors import HlbError, out_of_memory
 from hlbcli.machine import fingerprint
 from hlbcli.session import Session, device_name, reset_weights
 from hlbcli.signals import Interrupted
@@ -26,7 +26,6 @@ from hlbcli.selection import run_selection
 from hlbcli.step import StepRecord, build_step
 from hlbcli.stream import epoch_set, epoch_steps
 from hlbcli.blame import culprit, memory_error, raised, raised_in_torch, raised_natively
-from hlbcli.errors import out_of_memory
 from hlbcli.timers import TIMERS
 
 

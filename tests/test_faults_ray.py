@@ -28,7 +28,8 @@ from ray_head import free_port, start_head
 ray = pytest.importorskip("ray", reason="the Ray backend's tests need the 'ray' extra: pip install 'hlbcli[ray]'")
 
 from hlbcli.errors import UsageError  # noqa: E402
-from hlbcli.experiments.ray_cluster import ClusterLost, Health, fit, http2_answer  # noqa: E402
+from hlbcli.experiments.ray_cluster import ClusterLost, Health, fit  # noqa: E402
+from hlbcli.experiments.ray_probe import http2_answer  # noqa: E402
 
 FAST = tiny_sets("data.synthetic_train=128", "data.synthetic_test=64", "train.epochs=1")
 # about a second a run on one core: the head can be killed between two

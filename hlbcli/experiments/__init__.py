@@ -7,7 +7,7 @@
 - :mod:`~hlbcli.experiments.battery`: the :class:`~hlbcli.experiments.battery.Backend` interface,
   what every backend reports into, and ``run_ablation``.
 - :mod:`~hlbcli.experiments.local_backend` and :mod:`~hlbcli.experiments.ray_backend` (with
-  :mod:`~hlbcli.experiments.ray_cluster`): the two backends.
+  :mod:`~hlbcli.experiments.ray_cluster` and :mod:`~hlbcli.experiments.ray_probe`): the two backends.
 - :mod:`~hlbcli.experiments.tail`: the one interrupt-and-summary tail they all share.
 - :mod:`~hlbcli.experiments.summary`: the battery's summary and its table (the progress display
   is :mod:`hlbcli.progress`'s, one for runs and batteries).

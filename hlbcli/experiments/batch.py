@@ -13,8 +13,7 @@ from hlbcli.config import config_defaults, to_dict
 from hlbcli.errors import UsageError
 from hlbcli.machine import fingerprint, runs_machine, warn_different
 from hlbcli.output import Printer
-from hlbcli.readback import FINISHED
-from hlbcli.readback import config_difference
+from hlbcli.readback import FINISHED, config_difference
 from hlbcli.run import run_seed, warm_up
 from hlbcli.session import device_name, open_session
 from hlbcli.experiments.options import RunOptions

@@ -34,7 +34,8 @@ from typing import Any, Iterator
 
 from hlbcli import record
 from hlbcli.errors import HlbError, UsageError
-from hlbcli.experiments.ray_cluster import INSTALL_HINT, Health, _import_ray, connect, fit, gcs_address, target
+from hlbcli.experiments.ray_cluster import Health, connect, fit, gcs_address, target
+from hlbcli.experiments.ray_probe import INSTALL_HINT, _import_ray
 from hlbcli.signals import Interrupted
 from hlbcli.experiments.batch import earlier_runs, summarize
 from hlbcli.experiments.summary import run_path

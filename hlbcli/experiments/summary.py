@@ -28,14 +28,13 @@ def arm_stats(arm: Arm, runs: list[dict], base: dict | None) -> dict:
     b = stats.run_block(runs)
     accs, times, mean, std, tmean = b["accuracies"], b["times"], b["mean"], b["std"], b["time_mean"]
     lo, hi = b["ci95"]
-    done = [r for r in runs if r.get("status") == "completed" and r.get("accuracy") is not None]
     row: dict[str, Any] = {
         "name": arm.name,
         "disabled": list(arm.disabled),
         "enabled": list(arm.enabled),
         "replaced": dict(arm.replaced),
         "sets": list(arm.sets),
-        "n": len(done),
+        "n": b["n"],
         "n_started": len(runs),
         "seeds": b["seeds"],
         "mean_accuracy": mean,
@@ -46,7 +45,7 @@ def arm_stats(arm: Arm, runs: list[dict], base: dict | None) -> dict:
         "mean_train_seconds": tmean,
         "delta_train_seconds": None,
     }
-    by_seed = {r["seed"]: r["accuracy"] for r in done if isinstance(r.get("seed"), int)}
+    by_seed = {seed: acc for seed, acc in zip(b["seeds"], accs) if isinstance(seed, int)}
     row["p_paired"], row["n_paired"], row["delta_paired"] = None, 0, None
     if base is not None:
         base_accs = base["_accs"]
