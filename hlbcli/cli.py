@@ -14,7 +14,9 @@ from typing import List, Optional
 import typer
 
 from hlbcli.cli_options import (ConfigOpt, DataDirOpt, DeviceOpt, DisableOpt, EnableOpt, NoDownloadOpt, PresetOpt,
-                                ResumeOpt, SetOpt, TrackOpt, VaryOpt, bare_flags, global_options)
+                                ResumeOpt, SetOpt, TrackOpt, VaryOpt, bare_flags, check_resume, check_seeds, global_options,
+                                threads_from_env)
+from hlbcli.cli_search import search
 from hlbcli.cli_show import config_app, tricks_app
 from hlbcli.cli_tail import run
 from hlbcli.config import MAX_RUNS, MAX_SEED
@@ -31,6 +33,7 @@ app = typer.Typer(
 )
 app.add_typer(tricks_app, name="tricks")
 app.add_typer(config_app, name="config")
+app.command()(search)
 
 @app.command()
 def train(
@@ -57,9 +60,9 @@ def train(
     from hlbcli.resolve import changed_settings, resolve
     from hlbcli.tracking import open_trackers
 
-    _threads_from_env()
-    _check_seeds(seed, runs)
-    _check_resume(resume, out)
+    threads_from_env()
+    check_seeds(seed, runs)
+    check_resume(resume, out)
 
     cfg, tm = resolve(preset, str(config) if config else None, set_ or [], enable or [], disable or [], only_on=True)
     opts = TrainOptions(
@@ -73,33 +76,6 @@ def train(
 
 
 #: the most CPU threads ``HLB_THREADS`` may ask for
-MAX_THREADS = 1024
-
-
-def _threads_from_env() -> None:
-    """``HLB_THREADS=K`` (set by ``hlb ablate --workers``): this process uses K CPU threads.
-    Checked first by train, bench and ablate (whose arms and sides inherit it)."""
-    k = os.environ.get("HLB_THREADS", "").strip()
-    if not k:
-        return
-    if not (k.isascii() and k.isdigit() and 1 <= int(k) <= MAX_THREADS):
-        raise UsageError(f"HLB_THREADS={k!r} is not a thread count", f"set it to an integer from 1 to {MAX_THREADS}, or unset it")
-    import torch
-
-    torch.set_num_threads(int(k))
-
-
-def _check_resume(resume: bool, out: Optional[Path]) -> None:
-    if resume and out is None:
-        raise UsageError("--resume needs --out: the folder of the batch to go on with", "add --out DIR, the folder the stopped command wrote")
-
-
-def _check_seeds(seed: int, runs: int) -> None:
-    """The last seed must fit torch's generators too."""
-    if seed + runs - 1 > MAX_SEED:
-        raise UsageError(f"--seed {seed} with --runs {runs} goes past the largest seed {MAX_SEED}", "use a smaller --seed")
-
-
 @app.command()
 def ablate(
     preset: str = PresetOpt,
@@ -140,9 +116,9 @@ def ablate(
     from hlbcli.experiments.summary import print_table
     from hlbcli.tracking import open_trackers
 
-    _threads_from_env()  # the arms inherit it: a bad one would end each of them
-    _check_seeds(seed, runs)
-    _check_resume(resume, out)
+    threads_from_env()  # the arms inherit it: a bad one would end each of them
+    check_seeds(seed, runs)
+    check_resume(resume, out)
     opts = AblateOptions(
         preset=preset, config=str(config) if config else None, sets=set_ or [], disable=disable or [],
         enable=enable or [], swap=swap or [], vary=vary or [], leave_one_out=leave_one_out, runs=runs, seed=seed, workers=workers, device=device,
@@ -269,8 +245,8 @@ def bench(
     """Time a preset over N seeds: accuracy and time statistics, and each timed phase.
 
     Compile and warm-up are excluded from the timed figure and reported beside it."""
-    _threads_from_env()
-    _check_seeds(seed, runs)
+    threads_from_env()
+    check_seeds(seed, runs)
     from hlbcli.timers import check_timer
 
     check_timer(timer, device)
@@ -290,7 +266,7 @@ def bench(
     from hlbcli.resolve import changed_settings, resolve
     from hlbcli.tracking import open_trackers
 
-    _check_resume(resume, out)
+    check_resume(resume, out)
     cfg, tm = resolve(preset, str(config) if config else None, set_ or [], enable or [], disable or [], only_on=True)
     opts = TrainOptions(
         runs=runs, seed=seed, device=device, data_dir=str(data_dir) if data_dir else None, download=not no_download,

@@ -1,6 +1,13 @@
 """The options that several ``hlb`` commands share."""
 
+import os
+from pathlib import Path
+from typing import Optional
+
 import typer
+
+from hlbcli.config import MAX_SEED
+from hlbcli.errors import UsageError
 
 PresetOpt = typer.Option("94", "--preset", "-p", help="preset name (see `hlb config presets`) or a .toml path")
 ConfigOpt = typer.Option(None, "--config", "-c", help="TOML file layered over the preset")
@@ -72,3 +79,30 @@ def bare_flags(cmd) -> None:
             param.metavar = ""
     for sub in getattr(cmd, "commands", {}).values():
         bare_flags(sub)
+
+
+MAX_THREADS = 1024
+
+
+def threads_from_env() -> None:
+    """``HLB_THREADS=K`` (set by ``hlb ablate --workers``): this process uses K CPU threads.
+    Checked first by train, bench and ablate (whose arms and sides inherit it)."""
+    k = os.environ.get("HLB_THREADS", "").strip()
+    if not k:
+        return
+    if not (k.isascii() and k.isdigit() and 1 <= int(k) <= MAX_THREADS):
+        raise UsageError(f"HLB_THREADS={k!r} is not a thread count", f"set it to an integer from 1 to {MAX_THREADS}, or unset it")
+    import torch
+
+    torch.set_num_threads(int(k))
+
+
+def check_resume(resume: bool, out: Optional[Path]) -> None:
+    if resume and out is None:
+        raise UsageError("--resume needs --out: the folder of the batch to go on with", "add --out DIR, the folder the stopped command wrote")
+
+
+def check_seeds(seed: int, runs: int) -> None:
+    """The last seed must fit torch's generators too."""
+    if seed + runs - 1 > MAX_SEED:
+        raise UsageError(f"--seed {seed} with --runs {runs} goes past the largest seed {MAX_SEED}", "use a smaller --seed")

@@ -53,7 +53,8 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def _toml_scalar(v: Any) -> str:
+def toml_value(v: Any) -> str:
+    """A value as TOML writes it (what `--set KEY=VALUE` reads back)."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int):
@@ -67,19 +68,19 @@ def _toml_scalar(v: Any) -> str:
     if isinstance(v, str):  # a TOML basic string: JSON's escapes are TOML's, plus DEL
         return json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_scalar(x) for x in v) + "]"
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
     if v is None:
         return '""'
     raise TypeError(f"cannot write {type(v).__name__} as TOML")
 
 
 def _toml_key(k: str) -> str:
-    return k if k and all(c.isascii() and (c.isalnum() or c in "_-") for c in k) else _toml_scalar(str(k))
+    return k if k and all(c.isascii() and (c.isalnum() or c in "_-") for c in k) else toml_value(str(k))
 
 
 def dump_toml(data: dict, _prefix: str = "") -> str:
     """Write a nested dict as TOML (scalars first, then one table per sub-dict)."""
-    lines = [f"{_toml_key(k)} = {_toml_scalar(v)}" for k, v in data.items() if not isinstance(v, dict)]
+    lines = [f"{_toml_key(k)} = {toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
     out = "\n".join(lines)
     for k, v in data.items():
         if isinstance(v, dict):

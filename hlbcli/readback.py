@@ -313,7 +313,11 @@ def check_plan(plan: Any) -> str | None:
             return f"arm {a['name']!r}: sets {sets!r} is not a list of KEY=VALUE settings"
         if i and not (a.get("disabled") or a.get("enabled") or sets):
             return f"arm {a['name']!r} switches no trick and changes no setting"
-        if sets and (not i or a.get("disabled") or a.get("enabled") or a.get("replaced")):
+        folder = a.get("folder")
+        if folder is not None and not (isinstance(folder, str) and re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", folder)):
+            return f"arm {a['name']!r}: folder {folder!r} is not a plain folder name"
+        # a search's trial (its own folder) may switch tricks and change settings at once
+        if sets and (not i or (a.get("disabled") or a.get("enabled") or a.get("replaced")) and not folder):
             return f"arm {a['name']!r}: sets belong to an arm of --vary alone, not to " + ("the baseline" if not i else "an arm that switches tricks")
     return None
 

@@ -349,16 +349,16 @@ def test_an_arm_that_dies_without_a_word_is_named_by_its_exit(cli, monkeypatch, 
 def test_hlb_threads_sets_torch_threads(monkeypatch):
     import torch
 
-    from hlbcli.cli import _threads_from_env
+    from hlbcli.cli_options import threads_from_env
 
     before = torch.get_num_threads()
     try:
         monkeypatch.setenv("HLB_THREADS", "2")
-        _threads_from_env()
+        threads_from_env()
         assert torch.get_num_threads() == 2
         monkeypatch.setenv("HLB_THREADS", "x")
         with pytest.raises(UsageError, match="HLB_THREADS"):
-            _threads_from_env()  # an error, no longer ignored
+            threads_from_env()  # an error, no longer ignored
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)

@@ -181,14 +181,19 @@ def dry_run_lines(opts: AblateOptions, out: Path) -> list[str]:
     return lines
 
 
-def run_ablation(opts: AblateOptions, say=None, console=None, track=None) -> tuple[dict, int]:
+def run_ablation(opts: AblateOptions, say=None, console=None, track=None, arms: list[Arm] | None = None,
+                 leaves=None) -> tuple[dict, int]:
     """Check, train every arm on the chosen backend, write and return the summary (and the
     exit code). Whatever ends this process, what trains for it ends too. ``console`` (rich)
     shows the progress; ``say`` gets the lines worth a log; ``track``: the trackers
-    (:class:`hlbcli.tracking.Trackers`), told of the battery, each finished run and the end."""
+    (:class:`hlbcli.tracking.Trackers`), told of the battery, each finished run and the end.
+    ``arms``: arms planned and checked by the caller (a search's confirmation), instead of the
+    options' ``--disable``/``--enable``/``--swap``/``--vary``; ``leaves``: with
+    ``--until-resolved``, when an arm leaves the rounds (:func:`~hlbcli.experiments.sequential.run_rounds`)."""
     backend = backend_for(opts)
     backend.check()
-    arms = plan_battery(opts, fetch=backend.DATA_HERE, data_here=backend.DATA_HERE)
+    if arms is None:
+        arms = plan_battery(opts, fetch=backend.DATA_HERE, data_here=backend.DATA_HERE)
     leave = backend.connect()  # an unreachable cluster, or one without what a task needs: before --out
     try:
         hold = claim_out(opts.out or default_out(opts.preset), plan_of(opts, arms), opts.resume)
@@ -206,7 +211,7 @@ def run_ablation(opts: AblateOptions, say=None, console=None, track=None) -> tup
             with progress:
                 train = lambda got: backend.train(battery, got)  # noqa: E731
                 if opts.until_resolved:
-                    train = lambda got: run_rounds(backend, battery, got)  # noqa: E731
+                    train = lambda got: run_rounds(backend, battery, got, **({"leaves": leaves} if leaves else {}))  # noqa: E731
                 summary, code = around(track, command, lambda: run_to_summary(train, battery.write, battery.end,
                                                                               stop=backend.stop, out=out))
             if kept_runs:  # --resume: the runs kept and the runs trained now, on another machine?

@@ -171,8 +171,11 @@ class LocalBackend:
         note = cpu_note(opts, b.arms[0].config, len(b.arms) * opts.runs)
         if note:
             b.say(note)
-        pending = list(b.arms)
         seen = {a.name: set(b.finished(a)) if opts.resume else set() for a in b.arms}
+        pending = [a for a in b.arms if len(seen[a.name]) < opts.runs]  # (--resume: an arm with every seed has no process)
+        for a in b.arms:
+            if a not in pending:
+                b.status[a.name] = "completed"
 
         def poll() -> None:
             """The runs the arms' processes finished since the last look: progress."""

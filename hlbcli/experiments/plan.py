@@ -59,9 +59,14 @@ class Arm:
     #: ``KEY=VALUE`` overrides on top of the common ``--set`` (``--vary``,
     #: :mod:`hlbcli.experiments.vary`): the arm is named by them
     sets: list[str] = field(default_factory=list)
+    #: its folder under ``arms/`` where it is not made from its name (a search's trials:
+    #: ``trial-0007``, :mod:`hlbcli.experiments.search`)
+    dir: str | None = None
 
     @property
     def folder(self) -> str:
+        if self.dir:
+            return self.dir
         if self.name == BASELINE:
             return BASELINE
         if self.sets:
@@ -173,6 +178,24 @@ def _add(arms: list[Arm], arm: Arm) -> None:
         arms.append(arm)
 
 
+def check_arm(opts: AblateOptions, arm: Arm, specs: dict | None = None):
+    """The arm's config resolved and checked in this process (its settings, its tricks, its
+    sizes against the data's shape, each trick's ``hlb_validate``), kept on the arm
+    (``config``, ``defaults``, ``sources``); returns the config. ``specs``: dataset -> the shape
+    of its data on disk, where it was read (else the config's)."""
+    if arm.sets:
+        cfg, tm = vary.resolve_arm(opts, arm)
+    else:
+        cfg, tm = resolve(opts.preset, opts.config, opts.sets, arm.enabled, arm.disabled + arm.silenced,
+                          replaced=arm.replaced)
+    own_data = tm.owners().get("hlb_dataset_build", "core") != "core"  # a trick brings its data
+    # sizes, and each trick's hlb_validate against the data's shape and the model
+    check_session(cfg, tm, None if own_data else (specs or {}).get(cfg.data.dataset))
+    arm.config, arm.defaults = to_dict(cfg), config_defaults(cfg)
+    arm.sources = {n: tm.origins[n] for n in tm.trick_names()}
+    return cfg
+
+
 def validate_arms(opts: AblateOptions, arms: list[Arm], specs: dict | None = None) -> list[str]:
     """Resolve every arm's config in this process, so that a bad ``--set``, an unknown name or
     a trick another one needs fails now, not after hours of training. ``specs``: dataset ->
@@ -183,15 +206,7 @@ def validate_arms(opts: AblateOptions, arms: list[Arm], specs: dict | None = Non
         try:
             if arm.sets:  # the baseline (arms[0]) is resolved by now
                 vary.check_sections(arm.sets, arms[0].config)
-                cfg, tm = vary.resolve_arm(opts, arm)
-            else:
-                cfg, tm = resolve(opts.preset, opts.config, opts.sets, arm.enabled, arm.disabled + arm.silenced,
-                                  replaced=arm.replaced)
-            own_data = tm.owners().get("hlb_dataset_build", "core") != "core"  # a trick brings its data
-            # sizes, and each trick's hlb_validate against the data's shape and the model
-            check_session(cfg, tm, None if own_data else (specs or {}).get(cfg.data.dataset))
-            arm.config, arm.defaults = to_dict(cfg), config_defaults(cfg)
-            arm.sources = {n: tm.origins[n] for n in tm.trick_names()}
+            cfg = check_arm(opts, arm, specs)
         except HlbError as e:
             if arm.name == BASELINE:
                 raise
@@ -248,9 +263,10 @@ def plan_battery(opts: AblateOptions, fetch: bool = False, data_here: bool = Tru
     return arms
 
 
-def default_out(preset: str) -> Path:
+def default_out(preset: str, command: str = "ablate") -> Path:
+    """``./hlb-COMMAND-PRESET-TIME``: where a battery's results go without ``--out``."""
     stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(preset).stem if preset.endswith(".toml") else preset)
-    return Path(f"hlb-ablate-{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    return Path(f"hlb-{command}-{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def plan_of(opts: AblateOptions, arms: list[Arm]) -> dict:
@@ -264,7 +280,8 @@ def plan_of(opts: AblateOptions, arms: list[Arm]) -> dict:
         "seed": opts.seed,
         "runs": opts.runs,
         "arms": [{"name": a.name, "disabled": a.disabled, "enabled": a.enabled, "silenced": a.silenced,
-                  **({"replaced": a.replaced} if a.replaced else {}), **({"sets": a.sets} if a.sets else {})}
+                  **({"replaced": a.replaced} if a.replaced else {}), **({"sets": a.sets} if a.sets else {}),
+                  **({"folder": a.dir} if a.dir else {})}
                  for a in arms],
         # only with --until-resolved: a fixed plan reads as before
         **({"sequential": {"method": SEQUENTIAL_METHOD, "max_runs": opts.max_runs, "alpha": opts.alpha,
@@ -314,7 +331,8 @@ def options_of(plan: dict, out: Path) -> tuple[AblateOptions, list[Arm]]:
     if seq:
         opts.until_resolved, opts.max_runs, opts.alpha, opts.delta = True, seq["max_runs"], seq["alpha"], seq.get("delta")
     arms = [Arm(a["name"], list(a.get("disabled", [])), list(a.get("enabled", [])), list(a.get("silenced", [])),
-                dict(a.get("replaced", {})), sets=list(a.get("sets", []))) for a in plan["arms"]]
+                dict(a.get("replaced", {})), sets=list(a.get("sets", [])), dir=a.get("folder"))
+            for a in plan["arms"]]
     return opts, arms
 
 

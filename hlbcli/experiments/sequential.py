@@ -47,15 +47,18 @@ def judge(diffs: list[float], alpha: float, delta: float | None) -> tuple[str, l
     return OPEN, [lo, hi]
 
 
-def _accs(finished: dict[int, dict]) -> dict[int, float]:
-    return {s: r["accuracy"] for s, r in finished.items()
-            if r.get("status") == "completed" and isinstance(r.get("accuracy"), (int, float))}
+def _values(finished: dict[int, dict], key: str) -> dict[int, float]:
+    return {s: r[key] for s, r in finished.items()
+            if r.get("status") == "completed" and isinstance(r.get(key), (int, float))}
 
 
-def verdict(base: dict[int, dict], arm: dict[int, dict], opts: AblateOptions) -> dict:
+def verdict(base: dict[int, dict], arm: dict[int, dict], opts: AblateOptions, key: str = "accuracy",
+            sign: float = 1.0) -> dict:
     """An arm's state from the finished records (by seed) of the baseline and of the arm: the
-    first look that resolved it, else the last look both have all the seeds of."""
-    b, a = _accs(base), _accs(arm)
+    first look that resolved it, else the last look both have all the seeds of. ``key``: the
+    records' figure compared (``train_seconds`` with ``sign`` -1: ``effect +`` is faster)."""
+    b = {s: sign * v for s, v in _values(base, key).items()}
+    a = {s: sign * v for s, v in _values(arm, key).items()}
     out = {"resolved": False, "how": OPEN, "look": 0, "pairs": 0, "interval": [None, None]}
     for n in looks(opts):
         seeds = range(opts.seed, opts.seed + n)
@@ -99,23 +102,36 @@ def totals(rows: list[dict], opts: AblateOptions, partial: bool = False) -> dict
             "runs_saved": None if partial else most - spent}
 
 
-def run_rounds(backend, battery, got: list[int]) -> None:
+def resolved_line(arm, base: dict[int, dict], mine: dict[int, dict], opts: AblateOptions) -> str | None:
+    """The line an arm leaves the rounds with once its verdict is resolved (else None)."""
+    v = verdict(base, mine, opts)
+    if not v["resolved"]:
+        return None
+    return f"arm {arm.name}: {describe(v, opts.delta)}, paired difference in {interval_text(v)} points"
+
+
+def run_rounds(backend, battery, got: list[int], at: list[int] | None = None, leaves=resolved_line) -> None:
     """Train ``battery`` round by round (see the module): each round sets the plan's runs per
-    arm, gives the backend the baseline and the arms not yet resolved with ``--resume``
-    semantics, then judges them. An arm that fails leaves the rounds; the baseline failing
-    ends them. The battery keeps the whole plan for its summary."""
+    arm, gives the backend the baseline and the arms still in with ``--resume`` semantics, then
+    looks at them. An arm that fails leaves the rounds; the baseline failing ends them. The
+    battery keeps the whole plan for its summary. ``at``: the seeds per arm at each look
+    (default: :func:`looks`); ``leaves(arm, base, mine, opts)``: after a look, the line an arm
+    leaves the rounds with (None: it stays), from the finished records by seed of the baseline
+    and of the arm (default: its verdict, once resolved)."""
     opts, arms = battery.opts, list(battery.arms)
     base, active = arms[0], arms[1:]
     battery.whole = (opts, arms)
     first = stats.cs_bounded_from(opts.alpha)
     try:
-        for i, n in enumerate(looks(opts)):
+        for i, n in enumerate(at or looks(opts)):
             part = replace(opts, runs=n, until_resolved=False, resume=opts.resume or i > 0)
             battery.opts, battery.arms, backend.opts = part, [base, *active], part
             if any(len(battery.finished(a)) < n for a in battery.arms):
-                battery.say(f"round {i + 1}: baseline and {len(active)} unresolved arm(s) to {n} seeds "
+                still_in = "unresolved" if leaves is resolved_line else "remaining"
+                battery.say(f"round {i + 1}: baseline and {len(active)} {still_in} arm(s) to {n} seeds "
                             f"(seeds {opts.seed}..{opts.seed + n - 1})"
-                            + (f"; too few to resolve any: the interval is bounded from {first} seeds on" if n < first else ""))
+                            + (f"; too few to resolve any: the interval is bounded from {first} seeds on"
+                               if n < first and leaves is resolved_line else ""))
                 backend.train(battery, got)
             if base.name in battery.failed:
                 return
@@ -123,9 +139,9 @@ def run_rounds(backend, battery, got: list[int]) -> None:
             for arm in active:
                 if arm.name in battery.failed:
                     continue
-                v = verdict(battery.finished(base), battery.finished(arm), opts)
-                if v["resolved"]:
-                    battery.say(f"arm {arm.name}: {describe(v, opts.delta)}, paired difference in {interval_text(v)} points")
+                line = leaves(arm, battery.finished(base), battery.finished(arm), opts)
+                if line:
+                    battery.say(line)
                 else:
                     still.append(arm)
             active = still
@@ -133,4 +149,3 @@ def run_rounds(backend, battery, got: list[int]) -> None:
                 return
     finally:
         battery.opts, battery.arms, backend.opts = opts, arms, opts
-

@@ -250,13 +250,16 @@ def print_table(summary: dict, console=None) -> None:
     if console.is_terminal:
         console.print(rich_table(summary))
     else:
-        cols = columns(summary)
-        widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
-        fmt = lambda cells: "  ".join(  # noqa: E731
-            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
-        ).rstrip()
-        console.print(fmt(cols), markup=False)
-        for r in rows:
-            console.print(fmt(r), markup=False)
+        for line in plain_lines(columns(summary), rows):
+            console.print(line, markup=False)
     console.print(footnote(summary), markup=False)
+
+
+def plain_lines(cols: list[str], rows: list[list[str]]) -> list[str]:
+    """A table as plain text (a log, a pipe): the first column left, the others right."""
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
+    fmt = lambda cells: "  ".join(  # noqa: E731
+        c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+    ).rstrip()
+    return [fmt(cols), *map(fmt, rows)]
 
