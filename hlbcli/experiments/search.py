@@ -161,6 +161,10 @@ class Search:
                                    self.progress, track=self.track)
             battery.search = self
             run_rounds(self.backend, battery, got, at=self.looks(), leaves=self.prune_line)
+            if BASELINE not in battery.failed and len(self.finished(self.base)) < self.opts.runs:
+                # every trial pruned (or none but the preset): the baseline still gets all its seeds
+                battery.arms = [self.base]
+                run_rounds(self.backend, battery, got, at=[self.opts.runs], leaves=self.prune_line)
             if BASELINE in battery.failed:
                 raise UsageError(f"the baseline (the preset) failed: {battery.failed[BASELINE] or 'see arms/baseline/train.log'}",
                                  "fix the preset (hlb train --preset ... --runs 1 shows why), then --resume")
