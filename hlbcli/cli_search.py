@@ -54,7 +54,8 @@ def search(
     opts = SearchOptions(
         preset=preset, config=str(config) if config else None, sets=set_ or [], space=str(space) if space else "",
         trials=trials, runs=seeds, objective=objective, target=target, sampler=sampler, prune_alpha=prune_alpha,
-        confirm_top=confirm_top, max_runs=max_runs, alpha=alpha, seed=seed, workers=workers, device=device,
+        confirm_top=confirm_top, max_runs=max_runs, alpha=alpha, seed=seed, at_once=workers, device=device,
+        workers=workers if backend == "local" else 1,
         data_dir=str(data_dir) if data_dir else None, download=not no_download, out=out, resume=resume, quiet=quiet,
         backend=backend, address=address, cpus_per_task=cpus_per_task,
     )

@@ -188,3 +188,17 @@ def test_a_cluster_that_does_not_answer_is_one_line_before_anything_is_written(c
                        "--out", tmp_path / "d")
     assert code == 2 and err.startswith(needle) and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "d").exists() and time.monotonic() - t0 < 30
+
+
+def test_a_search_on_ray_asks_and_tells_from_the_driver(head, hlb_proc, tmp_path):
+    pytest.importorskip("optuna", reason="hlb search needs the 'search' extra")
+    (tmp_path / "space.toml").write_text('[settings]\n"train.lr" = { low = 5.0, high = 20.0 }\n')
+    r = hlb_proc("search", "--preset", "smoke", "--space", tmp_path / "space.toml", "--trials", "3", "--seeds", "2",
+                 "--workers", "2", "--confirm-top", "0", "--device", "cpu", *set_args(FAST), "--backend", "ray",
+                 "--address", head, "--out", tmp_path / "out", env={"HLB_THREADS": "1", "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Ray task(s)" in r.stdout
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert [t["state"] for t in s["trials"]] == ["complete"] * 3 and s["trials"][0]["folder"] == "baseline"
+    for t in s["trials"][1:]:  # the same seeds as the baseline, trained by the cluster's tasks
+        assert sorted(json.loads(p.read_text())["seed"] for p in (tmp_path / "out" / "arms" / t["folder"]).glob("run-*.json")) == [0, 1]

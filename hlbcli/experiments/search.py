@@ -144,7 +144,7 @@ class Search:
                 continue
             out.append((t.number, self.arm_of(t.number, t.user_attrs)))
         room = self.opts.trials - self.done() - len(out)
-        while room > 0 and len(out) < max(1, self.opts.workers):
+        while room > 0 and len(out) < max(1, self.opts.at_once):
             out.append(self.ask())
             room = self.opts.trials - self.done() - len(out)
         return out

@@ -36,6 +36,8 @@ class SearchOptions(AblateOptions):
     prune_alpha: float = 0.2
     #: the best trials confirmed on fresh seeds at the end (0: none)
     confirm_top: int = 1
+    #: trials asked of the study at once, a wave (``--workers``; the local backend's processes too)
+    at_once: int = 1
 
 
 def require_optuna():
@@ -108,7 +110,7 @@ def open_study(optuna, opts: SearchOptions, out: Path):
             sampler = optuna.samplers.NSGAIISampler(seed=opts.seed, constraints_func=constraints)
         else:
             sampler = optuna.samplers.TPESampler(seed=opts.seed, multivariate=True, group=True,
-                                                 constant_liar=opts.workers > 1, constraints_func=constraints)
+                                                 constant_liar=opts.at_once > 1, constraints_func=constraints)
     storage = f"sqlite:///{(out / DB_FILE).resolve()}"
     return optuna.create_study(storage=storage, study_name=STUDY, directions=OBJECTIVES[opts.objective],
                                sampler=sampler, load_if_exists=True)
