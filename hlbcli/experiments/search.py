@@ -155,8 +155,9 @@ class Search:
             if not wave:
                 return
             arms = list({a.folder: a for _, a in wave if a is not self.base}.values())
-            names = ", ".join(f"{n}" for n, _ in wave)
-            self.progress.say(f"trials {names}: {len(arms)} arm(s) x {self.opts.runs} seeds with the baseline")
+            names = ", ".join(f"{n}" + (" (the preset)" if a is self.base else "") for n, a in wave)
+            self.progress.say(f"trial{'s' if len(wave) > 1 else ''} {names}: {self.opts.runs} seeds each, "
+                              f"{len(arms)} arm(s) to train beside the baseline")
             battery = TrialBattery(replace(self.opts, until_resolved=False, resume=True), [self.base, *arms], self.out,
                                    self.progress, track=self.track)
             battery.search = self

@@ -70,7 +70,17 @@ def changes(arm: dict | None) -> str:
     swapped = set(arm["replaced"].values())
     words = [f"-{d}" for d in arm["disabled"] if d not in arm["replaced"]]
     words += [f"+{e}" for e in arm["enabled"] if e not in swapped] + [f"{o}->{n}" for o, n in arm["replaced"].items()]
-    return " ".join(words + list(arm["sets"])) or "the preset"
+    return " ".join(words + [_short(s) for s in arm["sets"]]) or "the preset"
+
+
+def _short(setting: str) -> str:
+    """``train.lr=12.168673208563671`` as ``train.lr=12.17`` (the value trained is the whole)."""
+    key, _, raw = setting.partition("=")
+    try:
+        v = float(raw)
+    except ValueError:
+        return setting
+    return f"{key}={v:.4g}" if "." in raw and len(raw) > 6 else setting
 
 
 def _dominates(a: dict, b: dict) -> bool:
