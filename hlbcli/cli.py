@@ -211,13 +211,15 @@ def compare_cmd(
 
 @app.command("report")
 def report_cmd(
-    folder: Path = typer.Argument(..., help="an --out folder of hlb train, hlb bench or hlb ablate"),
+    folder: Path = typer.Argument(..., help="an --out folder of hlb train, hlb bench, hlb ablate or hlb search"),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="the HTML file to write, or a folder for report.html (default: FOLDER/report.html)"),
 ) -> None:
     """Write one self-contained HTML page of a folder's results (opens offline): table, pictures, configs, environment, records."""
     from hlbcli.report import write_report
+    from hlbcli.report_search import is_search, write_search_report
 
-    typer.echo(str(write_report(_arm_path(folder), out)))
+    folder = _arm_path(folder)
+    typer.echo(str(write_search_report(folder, out) if is_search(folder) else write_report(folder, out)))
 
 
 @app.command()

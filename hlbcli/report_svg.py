@@ -109,3 +109,32 @@ def curves(arms: list[tuple[str, list[dict]]]) -> str:
     """Both measures' charts and the legend, as HTML."""
     charts = "".join(line_chart(series(arms, key, 100.0 if pct else 1.0), title) for key, title, pct in MEASURES)
     return legend([name for name, _ in arms]) + f'<div class="charts">{charts}</div>'
+
+
+def scatter(points: list[dict], title: str, xlabel: str, width: int = 520, height: int = 340) -> str:
+    """An SVG scatter of ``points`` (dicts: x, y, label, color, big); the title names y."""
+    pts = [p for p in points if _num(p["x"]) and _num(p["y"])]
+    if not pts:
+        return f'<p class="note">{escape(title)}: no points.</p>'
+    left, right, top, bottom = 56, 12, 28, 44
+    x0, x1 = min(p["x"] for p in pts), max(p["x"] for p in pts)
+    y0, y1 = min(p["y"] for p in pts), max(p["y"] for p in pts)
+    px, py = 0.08 * (x1 - x0) or 0.5, 0.08 * (y1 - y0) or 0.5
+    x0, x1, y0, y1 = x0 - px, x1 + px, y0 - py, y1 + py
+    pw, ph = width - left - right, height - top - bottom
+    sx = lambda x: left + pw * (x - x0) / (x1 - x0)  # noqa: E731
+    sy = lambda y: top + ph * (1 - (y - y0) / (y1 - y0))  # noqa: E731
+    out = [f'<svg class="chart" role="img" width="{width}" height="{height}" viewBox="0 0 {width} {height}">',
+           f"<title>{escape(title)}</title>", f'<text x="{left}" y="16" class="ctitle">{escape(title)}</text>',
+           f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" class="frame"/>']
+    for v in ticks(y0, y1):
+        out.append(f'<line x1="{left}" x2="{left + pw}" y1="{sy(v):.1f}" y2="{sy(v):.1f}" class="grid"/>'
+                   f'<text x="{left - 6}" y="{sy(v) + 4:.1f}" class="ytick">{escape(_label(v))}</text>')
+    for v in ticks(x0, x1):
+        out.append(f'<text x="{sx(v):.1f}" y="{top + ph + 16}" class="xtick">{escape(_label(v))}</text>')
+    out.append(f'<text x="{left + pw / 2:.1f}" y="{height - 6}" class="xlabel">{escape(xlabel)}</text>')
+    for p in pts:
+        out.append(f'<circle cx="{sx(p["x"]):.1f}" cy="{sy(p["y"]):.1f}" r="{5 if p.get("big") else 3}" fill="{p["color"]}">'
+                   f"<title>{escape(p['label'])}</title></circle>")
+    out.append("</svg>")
+    return "".join(out)

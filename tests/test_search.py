@@ -152,3 +152,14 @@ def test_the_confirmation_trains_fresh_seeds_and_writes_best_only_for_a_resolved
         cfg = to_dict(resolve(str(best))[0])
         trained = json.loads((out / "confirm" / "arms" / c["folder"] / "config.json").read_text())
         assert {k: v for k, v in cfg.items() if k != "description"} == {k: v for k, v in trained.items() if k != "description"}
+
+
+def test_report_of_a_search_shows_the_trials_the_picture_and_the_confirmation(cli, searched):
+    out = searched[0]
+    code, stdout, err = cli("report", out)
+    assert code == 0, err
+    page = (out / "report.html").read_text()
+    s = _summary(out)
+    assert "Search over preset smoke (accuracy)" in page and 'id="trials"' in page
+    assert page.count("<circle") == len([t for t in s["trials"] if t.get("n")])  # a point per trial with runs
+    assert "<h2>Confirmation</h2>" in page and "http" not in page.split("<body>")[1].replace("http-equiv", "")
