@@ -158,7 +158,7 @@ def _arm_path(folder: Path) -> Path:
 
 @app.command("summary")
 def summary_cmd(
-    folder: Path = typer.Argument(..., help="an --out folder of hlb ablate or hlb train"),
+    folder: Path = typer.Argument(..., help="an --out folder of hlb ablate, hlb train or hlb search"),
 ) -> None:
     """Rebuild a folder's summary.json (and summary.md) from its run records: after a crash,
     a kill, or a hand edit. Refused while another hlb holds the folder."""
@@ -173,6 +173,13 @@ def summary_cmd(
     folder = _arm_path(folder)
     if not folder.is_dir():
         raise UsageError(f"{folder} is not a folder", "point at the --out folder of hlb ablate or hlb train")
+    if (folder / "search.json").is_file():  # a search: its study and its trials' records
+        from hlbcli.experiments.search import rebuild_search_summary
+        from hlbcli.experiments.search_summary import print_search
+
+        print_search(rebuild_search_summary(folder), Console(highlight=False, soft_wrap=True))
+        typer.echo(f"summary: {folder / 'summary.json'}")
+        return
     with record.claim(folder, "folder"):
         summary = rebuild_summary(folder) if (folder / PLAN_NAME).exists() else rebuild_train_summary(folder)
         for r in summary.get("rejected", []):  # records that fail the checks: left out, each named

@@ -163,3 +163,14 @@ def test_report_of_a_search_shows_the_trials_the_picture_and_the_confirmation(cl
     assert "Search over preset smoke (accuracy)" in page and 'id="trials"' in page
     assert page.count("<circle") == len([t for t in s["trials"] if t.get("n")])  # a point per trial with runs
     assert "<h2>Confirmation</h2>" in page and "http" not in page.split("<body>")[1].replace("http-equiv", "")
+
+
+def test_summary_rebuilds_a_search_from_its_study_and_records(cli, searched):
+    out = searched[0]
+    before = _summary(out)
+    (out / "summary.json").unlink()
+    code, stdout, err = cli("summary", out)
+    assert code == 0, err
+    after = _summary(out)
+    assert [(t["number"], t["state"], t["diff"]) for t in after["trials"]] == [(t["number"], t["state"], t["diff"]) for t in before["trials"]]
+    assert "4 trials (4 complete)" in stdout

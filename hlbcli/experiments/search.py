@@ -284,14 +284,48 @@ def confirm_search(folder: Path, opts: SearchOptions, console=None) -> tuple[dic
 
     optuna = require_optuna()
     plan = read_plan(folder)
-    opts = replace(opts, preset=plan["preset"], config=plan["config"], sets=list(plan["sets"]), objective=plan["objective"],
-                   target=plan["target"], sampler=plan["sampler"], seed=plan["seed"], runs=plan["seeds"],
-                   prune_alpha=plan["prune_alpha"], alpha=plan["alpha"] if opts.alpha == 0.05 else opts.alpha,
-                   max_runs=opts.max_runs or plan["max_runs"], confirm_top=opts.confirm_top, trials=plan["trials"], out=folder)
+    mine = options_of(plan, folder)
+    opts = replace(mine, device=opts.device, data_dir=opts.data_dir, download=opts.download, quiet=opts.quiet,
+                   workers=opts.workers, at_once=opts.at_once, backend=opts.backend, address=opts.address,
+                   cpus_per_task=opts.cpus_per_task, alpha=opts.alpha, max_runs=opts.max_runs or mine.max_runs,
+                   confirm_top=opts.confirm_top)
     backend_for(opts).check()
     hold = claim_search(folder, plan, resume=True)
     try:
         study = open_study(optuna, opts, hold.folder)
         return confirm(opts, study, hold.folder, console)
+    finally:
+        hold.release()
+
+
+def options_of(plan: dict, folder: Path) -> SearchOptions:
+    """The options a search's plan (``DIR/search.json``) was made with."""
+    return SearchOptions(preset=plan["preset"], config=plan["config"], sets=list(plan["sets"]), space=plan["space_file"],
+                         objective=plan["objective"], target=plan["target"], sampler=plan["sampler"], seed=plan["seed"],
+                         runs=plan["seeds"], prune_alpha=plan["prune_alpha"], alpha=plan["alpha"], max_runs=plan["max_runs"],
+                         confirm_top=plan["confirm_top"], trials=plan["trials"], out=folder)
+
+
+def rebuild_search_summary(folder: Path) -> dict:
+    """``hlb summary DIR`` of a search: the summary again from its study and its records (the
+    confirmation's table kept from the summary there was)."""
+    from hlbcli import record
+    from hlbcli.experiments.search_plan import read_plan
+
+    optuna = require_optuna()
+    hold = record.claim(folder, "folder")
+    try:
+        opts = options_of(read_plan(folder), hold.folder)
+        study = open_study(optuna, opts, hold.folder)
+        summary = search_summary(opts, study, hold.folder, False, 0.0)
+        try:
+            old = json.loads((hold.folder / "summary.json").read_text(encoding="utf-8"))
+            if isinstance(old, dict) and old.get("confirmation"):
+                summary["confirmation"] = old["confirmation"]
+        except (OSError, ValueError):
+            pass
+        summary["partial"] = any(t["state"] == "running" for t in summary["trials"]) or len(summary["trials"]) < opts.trials
+        write_search_summary(hold.folder, summary)
+        return summary
     finally:
         hold.release()
