@@ -21,6 +21,11 @@
 # HLB_BENCH_RUNS=5, with the same OUT).
 # Everything goes under $OUT (default ./gpu-out); the table of all that is there comes last.
 # Rehearse on the CPU: HLB_BENCH_PRESET=smoke HLB_BENCH_DEVICE=cpu HLB_BENCH_RUNS=2 bash scripts/gpu_bench.sh
+# The record search (issue 33; not run by this script, and not yet on a GPU): least time at 94% around
+# 94-record, every trial on 8 paired seeds, the best confirmed on fresh seeds (about 2 s a run, so
+# 40 trials x 8 seeds and the confirmation fit in ~15 minutes of runs plus one compile per trial's process):
+#   hlb search --preset 94-record --space scripts/spaces/94-record.toml --objective time --target 0.94 \
+#       --trials 40 --seeds 8 --max-runs 40 --out $OUT/search-94-record --data-dir "$HLB_DATA_DIR"
 set -uo pipefail
 OUT=${OUT:-./gpu-out}
 PRESET=${HLB_BENCH_PRESET:-94}

@@ -126,3 +126,11 @@ def test_nested_tables_and_integer_ranges(tmp_path):
     assert [s.key for s in space.settings] == ["train.epochs", "train.lr"]
     epochs = space.settings[0]
     assert epochs.integer and epochs.holds(4) and not epochs.holds(5) and not epochs.holds(10)
+
+
+def test_the_shipped_spaces_fit_their_presets():
+    from pathlib import Path
+
+    for path in sorted((Path(__file__).parent.parent / "scripts" / "spaces").glob("*.toml")):
+        opts, base = _base(path.stem)
+        check_space(read_space(str(path)), opts, base)
