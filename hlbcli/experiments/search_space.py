@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hlbcli.errors import HlbError, UsageError
+from hlbcli.experiments.vary import value_at
 from hlbcli.layers import load_toml_file, toml_value
 from hlbcli.plugins import catalog
 from hlbcli.resolve import resolve
@@ -211,15 +212,6 @@ def _on(section: str, active: list[str], enabled: list[str], disabled: list[str]
     return section in CORE_SECTIONS or (section in active or section in enabled) and section not in disabled
 
 
-def _at(config: dict, key: str) -> Any:
-    node = config
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def check_space(space: Space, opts, base: dict) -> None:
     """Before anything trains: every trick known; every setting a key of the preset's config (or
     of a trick the space turns on) whose every value the settings' own models accept; the
@@ -254,7 +246,7 @@ def check_space(space: Space, opts, base: dict) -> None:
             except HlbError as e:
                 raise _bad(f"settings.{s.key}", f"{toml_value(value)}: {e.message}", e.hint) from None
         if section in CORE_SECTIONS or section in active:
-            now = _at(base, s.key)
+            now = value_at(base, s.key, None)
             if not s.holds(now):
                 raise _bad(f"settings.{s.key}", f"the preset's value {toml_value(now)} lies outside {s.describe()}",
                            "widen it to hold the preset's value: the preset is the first trial")
@@ -287,7 +279,7 @@ def suggest(trial, space: Space, base: dict) -> tuple[list[str], list[str], dict
             value = trial.suggest_int(s.key, s.low, s.high, step=s.step or 1, log=s.log)
         else:
             value = trial.suggest_float(s.key, s.low, s.high, step=s.step, log=s.log)
-        if not _same(value, _at(base, s.key)):
+        if not _same(value, value_at(base, s.key, None)):
             sets.append(f"{s.key}={toml_value(value)}")
     return enabled, disabled, replaced, sets
 
@@ -300,5 +292,5 @@ def preset_params(space: Space, base: dict) -> dict[str, Any]:
     for s in space.settings:
         section = s.key.split(".")[0]
         if section in CORE_SECTIONS or section in active:
-            params[s.key] = _encode(_at(base, s.key))
+            params[s.key] = _encode(value_at(base, s.key, None))
     return params

@@ -125,16 +125,17 @@ def check_sections(sets: list[str], base: dict) -> None:
                          "see `hlb config show --preset NAME` for the sections and keys")
 
 
-def _at(config: dict, key: str):
+_MISSING = object()
+
+
+def value_at(config: dict, key: str, missing=_MISSING):
+    """The value at the dotted ``key`` of a config (``missing`` where there is none)."""
     node = config
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
-            return _MISSING
+            return missing
         node = node[part]
     return node
-
-
-_MISSING = object()
 
 
 def check_changes(name: str, sets: list[str], config: dict, base: dict) -> None:
@@ -142,7 +143,7 @@ def check_changes(name: str, sets: list[str], config: dict, base: dict) -> None:
     arm's)."""
     for s in sets:
         key = s.partition("=")[0]
-        mine, theirs = _at(config, key), _at(base, key)
+        mine, theirs = value_at(config, key), value_at(base, key)
         if mine == theirs:
             shown = "" if theirs is _MISSING else f" is already {json.dumps(theirs)}"
             raise UsageError(f"--vary {name} changes nothing: the baseline's {key}{shown}",
