@@ -338,6 +338,11 @@ def render(rep: dict, page: Path) -> str:
         "<h2>Environment</h2>", environment_section(rep),
         "<h2>Records</h2>", records_section(rep, page),
     ]
+    return page_html(title, parts)
+
+
+def page_html(title: str, parts: list[str]) -> str:
+    """The one offline page around ``parts`` (HTML already): nothing fetched, the CSP says so."""
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,">'

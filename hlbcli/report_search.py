@@ -13,7 +13,7 @@ from hlbcli import record
 from hlbcli.errors import UsageError
 from hlbcli.experiments.search_summary import COLUMNS, footnote, table_rows
 from hlbcli.plot import plot_target
-from hlbcli.report import CSP, CSS, REPORT_NAME, _table, environment_section
+from hlbcli.report import REPORT_NAME, _table, environment_section, page_html
 from hlbcli.report_svg import PALETTE, scatter
 
 
@@ -53,10 +53,7 @@ def render(folder: Path, summary: dict) -> str:
         + (f'<p class="note">its runs: hlb report {escape(str(folder / "confirm"))}</p>' if (folder / "confirm").is_dir() else ""),
         "<h2>Environment</h2>", environment_section(rep) if baseline else "",
     ]
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,">'
-            f"<title>{escape(title)}</title><style>{CSS}</style></head>\n<body>{''.join(parts)}</body></html>\n")
+    return page_html(title, parts)
 
 
 def write_search_report(folder: Path, out: str | Path | None = None) -> Path:

@@ -57,28 +57,32 @@ def _num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _plot_area(title: str, width: int, height: int, bottom: int, x0: float, x1: float, y0: float, y1: float):
+    """A chart's start: the SVG's head and title, the frame, the y grid with its labels; and the
+    x and y scales and the plot area (left, top, width, height)."""
+    left, right, top = 56, 12, 28
+    pw, ph = width - left - right, height - top - bottom
+    sx = lambda x: left + pw * (x - x0) / (x1 - x0)  # noqa: E731
+    sy = lambda y: top + ph * (1 - (y - y0) / (y1 - y0))  # noqa: E731
+    out = [f'<svg class="chart" role="img" width="{width}" height="{height}" viewBox="0 0 {width} {height}">',
+           f"<title>{escape(title)}</title>", f'<text x="{left}" y="16" class="ctitle">{escape(title)}</text>',
+           f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" class="frame"/>']
+    for v in ticks(y0, y1):
+        out.append(f'<line x1="{left}" x2="{left + pw}" y1="{sy(v):.1f}" y2="{sy(v):.1f}" class="grid"/>'
+                   f'<text x="{left - 6}" y="{sy(v) + 4:.1f}" class="ytick">{escape(_label(v))}</text>')
+    return out, sx, sy, (left, top, pw, ph)
+
+
 def line_chart(lines: list[dict], title: str, width: int = 520, height: int = 300) -> str:
     """An SVG chart of ``lines`` (dicts: label, color, points, bold), epochs on x."""
     pts = [p for ln in lines for p in ln["points"]]
     if not pts:
         return f'<p class="note">{escape(title)}: no per-epoch values in the records.</p>'
-    left, right, top, bottom = 56, 12, 28, 40
     x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
     y0, y1 = min(p[1] for p in pts), max(p[1] for p in pts)
     pad = 0.05 * (y1 - y0) or max(abs(y0) * 0.05, 0.01)
-    y0, y1 = y0 - pad, y1 + pad
     x1 = x1 if x1 > x0 else x0 + 1
-    pw, ph = width - left - right, height - top - bottom
-    sx = lambda x: left + pw * (x - x0) / (x1 - x0)  # noqa: E731
-    sy = lambda y: top + ph * (1 - (y - y0) / (y1 - y0))  # noqa: E731
-    out = [f'<svg class="chart" role="img" width="{width}" height="{height}" viewBox="0 0 {width} {height}">',
-           f"<title>{escape(title)}</title>",
-           f'<text x="{left}" y="16" class="ctitle">{escape(title)}</text>',
-           f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" class="frame"/>']
-    for v in ticks(y0, y1):
-        y = sy(v)
-        out.append(f'<line x1="{left}" x2="{left + pw}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
-                   f'<text x="{left - 6}" y="{y + 4:.1f}" class="ytick">{escape(_label(v))}</text>')
+    out, sx, sy, (left, top, pw, ph) = _plot_area(title, width, height, 40, x0, x1, y0 - pad, y1 + pad)
     for v in ticks(x0, x1, most=min(10, max(1, int(x1 - x0)))):
         if abs(v - round(v)) < 1e-9:  # whole epochs only
             x = sx(v)
@@ -116,21 +120,11 @@ def scatter(points: list[dict], title: str, xlabel: str, width: int = 520, heigh
     pts = [p for p in points if _num(p["x"]) and _num(p["y"])]
     if not pts:
         return f'<p class="note">{escape(title)}: no points.</p>'
-    left, right, top, bottom = 56, 12, 28, 44
     x0, x1 = min(p["x"] for p in pts), max(p["x"] for p in pts)
     y0, y1 = min(p["y"] for p in pts), max(p["y"] for p in pts)
     px, py = 0.08 * (x1 - x0) or 0.5, 0.08 * (y1 - y0) or 0.5
-    x0, x1, y0, y1 = x0 - px, x1 + px, y0 - py, y1 + py
-    pw, ph = width - left - right, height - top - bottom
-    sx = lambda x: left + pw * (x - x0) / (x1 - x0)  # noqa: E731
-    sy = lambda y: top + ph * (1 - (y - y0) / (y1 - y0))  # noqa: E731
-    out = [f'<svg class="chart" role="img" width="{width}" height="{height}" viewBox="0 0 {width} {height}">',
-           f"<title>{escape(title)}</title>", f'<text x="{left}" y="16" class="ctitle">{escape(title)}</text>',
-           f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" class="frame"/>']
-    for v in ticks(y0, y1):
-        out.append(f'<line x1="{left}" x2="{left + pw}" y1="{sy(v):.1f}" y2="{sy(v):.1f}" class="grid"/>'
-                   f'<text x="{left - 6}" y="{sy(v) + 4:.1f}" class="ytick">{escape(_label(v))}</text>')
-    for v in ticks(x0, x1):
+    out, sx, sy, (left, top, pw, ph) = _plot_area(title, width, height, 44, x0 - px, x1 + px, y0 - py, y1 + py)
+    for v in ticks(x0 - px, x1 + px):
         out.append(f'<text x="{sx(v):.1f}" y="{top + ph + 16}" class="xtick">{escape(_label(v))}</text>')
     out.append(f'<text x="{left + pw / 2:.1f}" y="{height - 6}" class="xlabel">{escape(xlabel)}</text>')
     for p in pts:

@@ -15,9 +15,9 @@ from typing import Iterable
 from hlbcli import readback, record
 from hlbcli.errors import HlbError, UsageError
 from hlbcli.experiments.options import RunOptions
+from hlbcli.experiments.sequential import SEQUENTIAL_METHOD, check_sequential
 from hlbcli.readback import PLAN_NAME
-from hlbcli.stats import cs_bounded_from
-from hlbcli.config import MAX_RUNS, MAX_SEED, config_defaults, to_dict
+from hlbcli.config import config_defaults, to_dict
 from hlbcli.data import load_cifar, locate_cifar
 from hlbcli.experiments import vary
 from hlbcli.experiments.vary import folder_of, parse_vary
@@ -109,7 +109,7 @@ class AblateOptions(RunOptions):
     retries: int = 3
     #: add seeds in rounds of ``runs`` until each arm is resolved (:mod:`hlbcli.experiments.sequential`)
     until_resolved: bool = False
-    #: the most seeds per arm with ``until_resolved`` (None: DEFAULT_MAX_RUNS)
+    #: the most seeds per arm with ``until_resolved`` (None: :data:`~hlbcli.experiments.sequential.DEFAULT_MAX_RUNS`)
     max_runs: int | None = None
     #: an interval within +-delta resolves an arm as "no effect" (None: never)
     delta: float | None = None
@@ -374,37 +374,3 @@ def plan_runs(opts: AblateOptions) -> int:
 def finished_seeds(arm: Arm, opts: AblateOptions, out: Path) -> dict[int, dict]:
     """The arm's records already over (completed or diverged) for this ablation's seeds."""
     return {s: r for s, (_, r) in arm_records(arm, opts, out).runs.items() if r["status"] in readback.FINISHED}
-
-
-#: the ``method`` of a plan's ``sequential`` table: :func:`hlbcli.stats.t_confidence_sequence`
-SEQUENTIAL_METHOD = "t-cs"
-#: --max-runs when not given
-DEFAULT_MAX_RUNS = 20
-
-
-def check_sequential(opts: AblateOptions) -> None:
-    """``--until-resolved`` and its options, before anything trains; sets the default
-    ``max_runs``."""
-    if not opts.until_resolved:
-        given = [n for n, v in (("--max-runs", opts.max_runs), ("--delta", opts.delta)) if v is not None]
-        given += ["--alpha"] if opts.alpha != 0.05 else []
-        if given:
-            raise UsageError(f"{given[0]} is an option of --until-resolved", "add --until-resolved, or drop it")
-        return
-    if opts.max_runs is None:
-        opts.max_runs = max(DEFAULT_MAX_RUNS, opts.runs)
-    if not opts.runs <= opts.max_runs <= MAX_RUNS:
-        raise UsageError(f"--max-runs {opts.max_runs}: must lie in --runs ({opts.runs})..{MAX_RUNS}",
-                         "--runs is the first round's seeds per arm (and each next round's); --max-runs the most any arm gets")
-    if opts.seed + opts.max_runs - 1 > MAX_SEED:
-        raise UsageError(f"--seed {opts.seed} with --max-runs {opts.max_runs} goes past the largest seed {MAX_SEED}",
-                         "use a smaller --seed")
-    if not 0 < opts.alpha < 1:
-        raise UsageError(f"--alpha {opts.alpha:g}: must lie between 0 and 1", "0.05: a 95% confidence sequence")
-    first = cs_bounded_from(opts.alpha)
-    if opts.max_runs < first:
-        raise UsageError(f"--alpha {opts.alpha:g} with --max-runs {opts.max_runs}: no look can resolve an arm, the interval "
-                         f"is bounded from {first} seeds on", f"raise --max-runs to {first} or more, or use a larger --alpha: at 0.05 it is bounded from 4")
-    if opts.delta is not None and not 0 < opts.delta < 1:
-        raise UsageError(f"--delta {opts.delta:g}: must lie between 0 and 1 (a difference in accuracy, which is a fraction)",
-                         "e.g. --delta 0.002: 0.2 points of accuracy")

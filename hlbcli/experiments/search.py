@@ -81,8 +81,8 @@ class Search:
         a = attrs["arm"]
         if a["folder"] == BASELINE:
             return self.base
-        arm = Arm(f"trial-{number:04d}" if a["folder"] == f"trial-{number:04d}" else a["folder"],
-                  list(a["disabled"]), list(a["enabled"]), [], dict(a["replaced"]), sets=list(a["sets"]), dir=a["folder"])
+        arm = Arm(a["folder"], list(a["disabled"]), list(a["enabled"]), [], dict(a["replaced"]), sets=list(a["sets"]),
+                  dir=a["folder"])
         check_arm(self.opts, arm, self.specs)
         return arm
 

@@ -11,6 +11,7 @@ the baseline, a false winner comes out with probability at most ``--alpha``
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 from hlbcli import record
@@ -29,11 +30,10 @@ def confirm_options(opts, m: int, out: Path) -> AblateOptions:
     """The confirmation's battery: the seeds after the search's, ``--alpha`` over ``m`` trials,
     rounds of as many seeds as the first bounded interval needs, up to ``--max-runs``."""
     each = opts.alpha / m
-    c = AblateOptions(preset=opts.preset, config=opts.config, sets=list(opts.sets), runs=cs_bounded_from(each),
-                      seed=opts.seed + opts.runs, device=opts.device, data_dir=opts.data_dir, download=opts.download,
-                      out=out / CONFIRM_DIR, quiet=opts.quiet, resume=(out / CONFIRM_DIR).exists(), workers=opts.workers,
-                      backend=opts.backend, address=opts.address, block=opts.block, cpus_per_task=opts.cpus_per_task,
-                      retries=opts.retries, until_resolved=True, max_runs=opts.max_runs, alpha=each)
+    shared = {f.name: getattr(opts, f.name) for f in fields(AblateOptions)}  # the search's own fields left behind
+    c = AblateOptions(**{**shared, "sets": list(opts.sets), "runs": cs_bounded_from(each), "seed": opts.seed + opts.runs,
+                         "out": out / CONFIRM_DIR, "resume": (out / CONFIRM_DIR).exists(), "until_resolved": True,
+                         "alpha": each})
     check_sequential(c)
     return c
 

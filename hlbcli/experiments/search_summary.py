@@ -8,7 +8,6 @@ from pathlib import Path
 
 from hlbcli import record
 from hlbcli.experiments.plan import BASELINE, Arm, finished_seeds
-from hlbcli.experiments.search_plan import OBJECTIVES
 from hlbcli.experiments.summary import plain_lines
 from hlbcli.output import num, pct, pts
 from hlbcli.stats import ci95, mean_std, t_confidence_sequence, cs_bounded_from

@@ -22,11 +22,47 @@ from __future__ import annotations
 from dataclasses import replace
 
 from hlbcli import stats
+from hlbcli.config import MAX_RUNS, MAX_SEED
+from hlbcli.errors import UsageError
 
 METHOD = "t confidence sequence"
 REFERENCE = ("Lai (1976), On confidence sequences, Ann. Statist. 4:265-280; Howard, Ramdas, McAuliffe "
              "and Sekhon (2021), Time-uniform, nonparametric, nonasymptotic confidence sequences, Ann. Statist. 49:1055-1080")
 EFFECT_UP, EFFECT_DOWN, NO_EFFECT, BUDGET, OPEN = "effect +", "effect -", "no effect", "budget spent", "open"
+
+
+#: the ``method`` of a plan's ``sequential`` table: :func:`hlbcli.stats.t_confidence_sequence`
+SEQUENTIAL_METHOD = "t-cs"
+#: --max-runs when not given
+DEFAULT_MAX_RUNS = 20
+
+
+def check_sequential(opts: AblateOptions) -> None:
+    """``--until-resolved`` and its options, before anything trains; sets the default
+    ``max_runs``."""
+    if not opts.until_resolved:
+        given = [n for n, v in (("--max-runs", opts.max_runs), ("--delta", opts.delta)) if v is not None]
+        given += ["--alpha"] if opts.alpha != 0.05 else []
+        if given:
+            raise UsageError(f"{given[0]} is an option of --until-resolved", "add --until-resolved, or drop it")
+        return
+    if opts.max_runs is None:
+        opts.max_runs = max(DEFAULT_MAX_RUNS, opts.runs)
+    if not opts.runs <= opts.max_runs <= MAX_RUNS:
+        raise UsageError(f"--max-runs {opts.max_runs}: must lie in --runs ({opts.runs})..{MAX_RUNS}",
+                         "--runs is the first round's seeds per arm (and each next round's); --max-runs the most any arm gets")
+    if opts.seed + opts.max_runs - 1 > MAX_SEED:
+        raise UsageError(f"--seed {opts.seed} with --max-runs {opts.max_runs} goes past the largest seed {MAX_SEED}",
+                         "use a smaller --seed")
+    if not 0 < opts.alpha < 1:
+        raise UsageError(f"--alpha {opts.alpha:g}: must lie between 0 and 1", "0.05: a 95% confidence sequence")
+    first = stats.cs_bounded_from(opts.alpha)
+    if opts.max_runs < first:
+        raise UsageError(f"--alpha {opts.alpha:g} with --max-runs {opts.max_runs}: no look can resolve an arm, the interval "
+                         f"is bounded from {first} seeds on", f"raise --max-runs to {first} or more, or use a larger --alpha: at 0.05 it is bounded from 4")
+    if opts.delta is not None and not 0 < opts.delta < 1:
+        raise UsageError(f"--delta {opts.delta:g}: must lie between 0 and 1 (a difference in accuracy, which is a fraction)",
+                         "e.g. --delta 0.002: 0.2 points of accuracy")
 
 
 def looks(opts: AblateOptions) -> list[int]:
