@@ -247,6 +247,10 @@ class RunContext:
     #: arm of the local backend: ``DIR/arms/<arm folder>``), None when there is none (no
     #: ``--out``; a Ray task, whose records the driver writes on its own machine)
     out: Path | None = None
+    #: the progress display's, during the final evaluation only: called by
+    #: :func:`hlbcli.evaluation.eval_logits` with (images done, images) after each batch of a
+    #: pass (0 as it starts), host-side; None otherwise. The core's: a trick leaves it alone
+    eval_progress: Callable[[int, int], None] | None = None
 
     def autocast(self):
         """The autocast context of this run (a no-op without autocast)."""

@@ -57,15 +57,21 @@ def eval_logits(model: torch.nn.Module, images: torch.Tensor, forward: Callable[
     """``forward``'s fp32 logits (N, K) for the uint8 ``images``, as the core's evaluation
     computes them: in batches of ``ctx.eval_batch_size`` (:func:`net_input` each), under
     ``torch.no_grad()`` and ``ctx.autocast()``, with ``model`` in eval mode (its mode restored
-    afterwards, also when ``forward`` raises)."""
+    afterwards, also when ``forward`` raises). In the final evaluation each batch is told to
+    ``ctx.eval_progress`` (the progress display's ETA), host-side: no device value is read."""
     bs = ctx.eval_batch_size
     was_training = model.training
     model.eval()
     out = []
+    told = ctx.eval_progress
     try:
         with torch.no_grad(), ctx.autocast():
+            if told is not None:
+                told(0, len(images))
             for i in range(0, len(images), bs):
                 out.append(forward(net_input(images[i : i + bs], ctx)).float())
+                if told is not None:
+                    told(min(i + bs, len(images)), len(images))
     finally:
         model.train(was_training)
     if not out:

@@ -4,10 +4,11 @@ are printed in percent (run records and summaries on disk keep fractions)."""
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 from rich.console import Console
-from hlbcli.progress import StepProgress
+from hlbcli.progress import PROGRESS_FILE_ENV, StepProgress, file_report
 from hlbcli.stats import ACCURACY_CI_SHORT
 
 #: under the first run's per-epoch table: what its columns mean
@@ -112,11 +113,15 @@ class Printer:
     def error(self, text: str) -> None:
         self.err.print(f"error: {text}", markup=False)
 
-    def steps(self, label: str):
-        """A context giving the ``on_step`` progress of one run (None when not shown)."""
-        if not self.show_progress:
+    def steps(self, label: str, seed: int | None = None):
+        """A context giving the ``on_step`` progress of one run (None when neither shown nor
+        reported): on the progress console where shown; into the file ``$HLB_PROGRESS_FILE``
+        where set (an ablation's arm: the battery reads it), quiet or not."""
+        path = os.environ.get(PROGRESS_FILE_ENV)
+        if not self.show_progress and not path:
             return contextlib.nullcontext(None)
-        return StepProgress(self.progress_console, label)
+        return StepProgress(self.progress_console if self.show_progress else None, label,
+                            report=file_report(path) if path else None, seed=seed)
 
     def run_header(self, i: int, n: int, seed: int) -> None:
         if self.quiet:

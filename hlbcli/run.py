@@ -136,7 +136,8 @@ def fit(
     phase's graphs) and skips the per-epoch evaluation's output. ``ctx``: the run's context
     when the caller made it; ``phases``: a dict the timed seconds are kept in as they pass (so a
     caller sees them when the run ends in an error); ``on_step(step, total, epoch, epochs)``: after
-    each step, outside it (host-side progress, :class:`hlbcli.progress.StepProgress`)."""
+    each step, outside it (host-side progress, :class:`hlbcli.progress.StepProgress`); its
+    ``evaluating``, where it has one, becomes ``ctx.eval_progress`` for the final evaluation."""
     cfg, tm, ds = session.cfg, session.tm, session.dataset
     timer = TIMERS[session.timer](session.device)
     phases = phases if phases is not None else {}
@@ -208,8 +209,12 @@ def fit(
                 a.fn(step)
         tm.hook.hlb_train_end(ctx=ctx)
         forward = tm.hook.hlb_eval_forward(model=fwd, cfg=cfg, ctx=ctx, final=True)
-        final = tm.hook.hlb_evaluate(model=model, images=ds.test_images, labels=ds.test_labels, forward=forward,
-                                     ctx=ctx, final=True)
+        ctx.eval_progress = getattr(on_step, "evaluating", None)
+        try:
+            final = tm.hook.hlb_evaluate(model=model, images=ds.test_images, labels=ds.test_labels, forward=forward,
+                                         ctx=ctx, final=True)
+        finally:
+            ctx.eval_progress = None
         dt = timer.seconds(t0)
         phases["eval"] = dt
         accuracy = final["accuracy"]

@@ -7,17 +7,21 @@ The worker protocol, JSON lines: the parent starts ``python -m hlbcli.experiment
 worker --preset SIDE/config.json ...``; the child opens its session and answers
 ``{"ready": ...}`` (or ``{"error": LINE}`` and exits 2); then each ``{"seed": s}`` on its stdin
 is answered with ``{"record": REC, "pid", "sessions", "started", "ended"}`` (``run_seed``'s
-record; ``"error"`` beside it when the run raised, then the child exits 1); EOF ends it. The
-child's own prints go to its stderr (a log), never into the protocol."""
+record; ``"error"`` beside it when the run raised, then the child exits 1), after any number of
+``{"progress": STATE}`` lines on the way (where the run is, about once a second:
+:meth:`hlbcli.progress.StepProgress.state`); EOF ends it. The child's own prints go to its
+stderr (a log), never into the protocol."""
 
 from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -31,6 +35,7 @@ from hlbcli.output import num
 from hlbcli.errors import HlbError, UsageError
 from hlbcli.config import to_dict
 from hlbcli.experiments.batch import summarize
+from hlbcli.experiments.battery_progress import BatteryProgress
 from hlbcli.experiments.local_backend import _die_with_parent, _last_error
 from hlbcli.experiments.tail import run_to_summary
 from hlbcli.resolve import resolve
@@ -39,6 +44,7 @@ from hlbcli.session import device_name, open_session
 from hlbcli.signals import interruptible
 from hlbcli.tracking import Command, around
 from hlbcli.machine import runs_machine, warn_different
+from hlbcli.progress import StepProgress
 
 SIDES = ("A", "B")
 
@@ -101,7 +107,8 @@ def worker(a: SimpleNamespace) -> int:
             kept: list[dict] = []
             started = time.time()
             try:
-                rec = run_seed(session, seed, keep=kept.append, arm=a.arm)
+                told = StepProgress(None, "", report=lambda state: send({"progress": state}), seed=seed)
+                rec = run_seed(session, seed, keep=kept.append, arm=a.arm, on_step=told)
             except HlbError as e:
                 send({"record": kept[-1] if kept else None, "error": e.line(), "pid": os.getpid()})
                 return 1
@@ -115,8 +122,39 @@ def worker(a: SimpleNamespace) -> int:
 
 
 class _Side:
-    def __init__(self, name: str, label: str, folder: Path, proc: subprocess.Popen, log):
+    """A side's process; a thread reads its answers into a queue, so that the parent, waiting,
+    keeps its progress display moving (``progress``: a
+    :class:`~hlbcli.experiments.battery_progress.BatteryProgress`, or None)."""
+
+    def __init__(self, name: str, label: str, folder: Path, proc: subprocess.Popen, log, progress=None):
         self.name, self.label, self.folder, self.proc, self.log = name, label, folder, proc, log
+        self.progress = progress
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            for line in self.proc.stdout:
+                self.lines.put(line)
+        except (OSError, ValueError):
+            pass
+        self.lines.put("")  # EOF
+
+    def _line(self) -> str:
+        """The next line of the protocol (``""``: the child is gone); progress lines go to the
+        display, which ticks while it waits."""
+        while True:
+            try:
+                line = self.lines.get(timeout=0.5)
+            except queue.Empty:
+                if self.progress is not None:
+                    self.progress.tick()
+                continue
+            if line.startswith('{"progress"'):
+                if self.progress is not None:
+                    self.progress.run_progress(self.name, json.loads(line)["progress"])
+                continue
+            return line
 
     def ask(self, msg: dict | None) -> dict:
         """Send ``msg`` (None: only read) and read one answer; a child gone is one line naming it."""
@@ -124,9 +162,9 @@ class _Side:
             if msg is not None:
                 self.proc.stdin.write(json.dumps(msg) + "\n")
                 self.proc.stdin.flush()
-            line = self.proc.stdout.readline()
         except OSError:
-            line = ""
+            pass
+        line = self._line()
         if not line:
             self.proc.wait()
             raise UsageError(f"side {self.name} ({self.label}) stopped (exit {self.proc.returncode}): {self.last_error()}",
@@ -141,7 +179,7 @@ class _Side:
         return _last_error(Path(self.log.name)) or "no output"
 
 
-def _start(name: str, label: str, folder: Path, config: dict, opts: dict) -> _Side:
+def _start(name: str, label: str, folder: Path, config: dict, opts: dict, progress=None) -> _Side:
     folder.mkdir(parents=True, exist_ok=True)
     record.write_json(folder / "config.json", config)
     cmd = [sys.executable, "-m", "hlbcli.experiments.alternate", "worker", "--preset", str(folder / "config.json"),
@@ -154,7 +192,7 @@ def _start(name: str, label: str, folder: Path, config: dict, opts: dict) -> _Si
     # a session of its own: Ctrl-C reaches the parent only, which then stops both children
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
                             start_new_session=True, preexec_fn=_die_with_parent())
-    side = _Side(name, label, folder, proc, log)
+    side = _Side(name, label, folder, proc, log, progress)
     side.hint = f"see {log.name}" if opts.get("out") else "rerun with --out DIR to keep each side's worker.log"
     return side
 
@@ -243,11 +281,13 @@ def summary_line(rep: dict) -> str:
 
 def run_alternation(configs: dict[str, dict], labels: dict[str, str], runs: int, seed: int, device: str = "auto",
                     data_dir: str | None = None, download: bool = True, out: Path | None = None,
-                    say=lambda text: None, track=None, preset: str = "", timer: str = "wall") -> tuple[dict, int]:
+                    say=lambda text: None, track=None, preset: str = "", timer: str = "wall",
+                    progress: BatteryProgress | None = None) -> tuple[dict, int]:
     """Time ``configs["A"]`` and ``configs["B"]`` (resolved, checked) in alternation for ``runs``
     pairs; returns (the report, the exit code). With ``out``: records in out/A and out/B,
     bench.json in out. ``track`` (:class:`hlbcli.tracking.Trackers`): told of each finished run
-    from its record here, in this process, as arm A or B."""
+    from its record here, in this process, as arm A or B. ``progress``: told where each side's
+    run is while the parent waits, and of each finished run."""
     hold = record.claim(out) if out else None
     tmp = None if out else tempfile.TemporaryDirectory(prefix="hlb-alternate-")
     root = hold.folder if hold else Path(tmp.name)
@@ -272,7 +312,7 @@ def run_alternation(configs: dict[str, dict], labels: dict[str, str], runs: int,
         def train(got: list[int]) -> None:
             with interruptible():
                 for side in SIDES:
-                    sides.append(_start(side, labels[side], root / side, configs[side], opts))
+                    sides.append(_start(side, labels[side], root / side, configs[side], opts, progress))
                 by = {s.name: s for s in sides}
                 for s in sides:
                     ready[s.name] = s.ask(None)
@@ -293,6 +333,8 @@ def run_alternation(configs: dict[str, dict], labels: dict[str, str], runs: int,
                         raise UsageError(f"side {side} ({labels[side]}), seed {seed + i}: {got_['error']}",
                                          by[side].hint, exit_code=1)
                     pair[side] = rec
+                    if progress is not None:
+                        progress.run_finished(side, rec)
                     pair["order"].append([side, got_["pid"], got_["sessions"], got_["started"], got_["ended"]])
                     if len(pair["order"]) == 2:
                         pairs.append(pair)
@@ -339,10 +381,13 @@ def bench_against(preset: str, against: str, config, sets: list[str], enable: li
     if configs["A"] == configs["B"]:
         raise UsageError("sides A and B resolve to the same config", "name another preset with --against, or change B with --against-set/--against-enable/--against-disable")
     import typer  # the command line's printer, as cli.py's
+    from rich.console import Console
 
-    rep, code = run_alternation(configs, labels, runs, seed, device, str(data_dir) if data_dir else None, download,
-                                Path(out) if out else None, say=lambda text: typer.echo(text, err=True), track=track,
-                                preset=preset, timer=timer)
+    progress = BatteryProgress(2 * runs, console=Console(stderr=True, highlight=False, soft_wrap=True))
+    with progress:
+        rep, code = run_alternation(configs, labels, runs, seed, device, str(data_dir) if data_dir else None, download,
+                                    Path(out) if out else None, say=progress.say, track=track,
+                                    preset=preset, timer=timer, progress=progress)
     if rep.get("error"):
         typer.echo(f"error: {rep['error']}", err=True)
     typer.echo(f"{format_report(rep)}\n{rep['summary_line']}")

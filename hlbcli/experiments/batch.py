@@ -238,7 +238,7 @@ class Batch:
 
         if run:
             self.track.run_start(run)
-        with printer.steps(f"run {i + 1}/{opts.runs} (seed {seed})") as on_step:
+        with printer.steps(f"run {i + 1}/{opts.runs} (seed {seed})", seed) as on_step:
             # a run that fails or is stopped keeps its record first, then raises
             rec = run_seed(session, seed, on_epoch, lambda r: self.keep(r, path, run), arm=opts.label or None, out=out,
                            on_step=on_step)

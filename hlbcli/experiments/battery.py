@@ -84,6 +84,15 @@ class Battery:
             path = next(iter(sorted(self.arm_dir(arm).glob(f"run-*-seed{rec.get('seed')}.json"))), None)
             self.track.replay(arm.name, rec, path, arm.folder)
 
+    def run_progress(self, arm: Arm, state: dict) -> None:
+        """Where ``arm``'s current run is, as its process reported it."""
+        self.progress.run_progress(arm.name, state)
+
+    def tick(self) -> None:
+        """A backend's loop looked: the plain line that keeps a log from going silent
+        (:meth:`hlbcli.experiments.battery_progress.BatteryProgress.tick`)."""
+        self.progress.tick()
+
     def arm_done(self, arm: Arm) -> None:
         """An arm has all its runs (or has stopped): the summary, and its row."""
         summary = self.write(partial=True)

@@ -1,7 +1,8 @@
 """The local backend of ``hlb ablate``: each arm is ``hlb train`` in a process of its own on this
 machine, ``--workers`` at a time (one GPU each, or a share of the CPU cores), reading the arm's
 resolved config from ``arms/<arm>/config.json``; the battery follows them through the records
-they write."""
+they write, and through ``arms/<arm>/progress.json`` where each reports its current run
+(:func:`hlbcli.progress.file_report`; removed when the arm's process ends)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,12 @@ from pathlib import Path
 from hlbcli import record
 from hlbcli.experiments.plan import ARM_CONFIG, AblateOptions, Arm
 from hlbcli.estimate import gpu_recipe_note
+from hlbcli.progress import PROGRESS_FILE_ENV, read_report
 from hlbcli.signals import interruptible
+
+#: the file in an arm's folder its process reports its current run to, while it runs
+PROGRESS_FILE = "progress.json"
+
 
 def child_command(opts: AblateOptions, arm: Arm, arm_dir: Path) -> list[str]:
     """The arm's ``hlb train``: its config is the file :data:`ARM_CONFIG` in ``arm_dir``,
@@ -178,12 +184,17 @@ class LocalBackend:
                 b.status[a.name] = "completed"
 
         def poll() -> None:
-            """The runs the arms' processes finished since the last look: progress."""
+            """The runs the arms' processes finished since the last look, and where their
+            current runs are: progress."""
             for j in self.running:
                 for seed, rec in b.finished(j.arm).items():
                     if seed not in seen[j.arm.name]:
                         seen[j.arm.name].add(seed)
                         b.run_done(j.arm, rec)
+                now = read_report(b.arm_dir(j.arm) / PROGRESS_FILE)
+                if now is not None and now.get("seed") not in seen[j.arm.name]:
+                    b.run_progress(j.arm, now)
+            b.tick()
 
         def start(arm: Arm, slot: int) -> None:
             arm_dir = b.arm_dir(arm)
@@ -192,7 +203,8 @@ class LocalBackend:
             cmd = child_command(opts, arm, arm_dir)
             record.write_text(arm_dir / "command.txt", shlex.join(cmd) + "\n")
             log = open(arm_dir / "train.log", "a" if opts.resume else "w", encoding="utf-8")
-            env = dict(os.environ, **slots[slot])
+            (arm_dir / PROGRESS_FILE).unlink(missing_ok=True)
+            env = dict(os.environ, **slots[slot], **{PROGRESS_FILE_ENV: str(arm_dir / PROGRESS_FILE)})
             # a session of its own: a terminal's Ctrl-C reaches only this process, which then asks
             # each child once to stop (a second SIGINT could cut its last write)
             try:
@@ -209,6 +221,7 @@ class LocalBackend:
             poll()
             self.running.remove(j)
             j.log.close()
+            (b.arm_dir(j.arm) / PROGRESS_FILE).unlink(missing_ok=True)
             n = len([r for r in b.finished(j.arm).values() if r["status"] == "completed"])
             if j.proc.returncode == 0:
                 b.status[j.arm.name] = "completed"

@@ -21,6 +21,10 @@ is reported by the task as a message, ends that arm, and is not retried: it woul
 A head that stops answering (its GCS port, looked at every second and whenever a task is lost)
 ends the battery: the summary is written as it stands, and ``--resume`` trains the rest.
 Joining the cluster, and what a task may ask of it, are :mod:`hlbcli.experiments.ray_cluster`'s.
+
+Progress: each task's runs report where they are (:class:`hlbcli.progress.StepProgress`, about
+once a second) to a small actor of the driver's (:class:`Board`, no CPU), which the driver reads
+every second for its display; a lost board costs the display, never a run.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from hlbcli.experiments.batch import earlier_runs, summarize
 from hlbcli.experiments.summary import run_path
 from hlbcli.readback import FINISHED
 from hlbcli.resolve import resolve_data
+from hlbcli.progress import StepProgress
 from hlbcli.run import run_seed, warm_up
 from hlbcli.session import open_session
 
@@ -119,10 +124,13 @@ def train_block(task: dict) -> Iterator[dict]:
 
             torch.set_num_threads(task["threads"])
         session = _session(task)
+        board, arm = task.get("board"), task.get("arm")
         for seed in task["seeds"]:
             failed: list[dict] = []
+            told = StepProgress(None, "", seed=seed, report=None if board is None else
+                                lambda state: board.put.remote(arm, state))
             try:
-                rec = run_seed(session, seed, keep=failed.append, arm=task.get("arm"))
+                rec = run_seed(session, seed, keep=failed.append, arm=arm, on_step=told)
             except Exception:
                 if failed:
                     yield {"kind": "run", "record": failed[0]}
@@ -136,6 +144,21 @@ def train_block(task: dict) -> Iterator[dict]:
 
 
 # --- the driver side -------------------------------------------------------------------------
+
+
+class Board:
+    """Where the battery's runs are, as their tasks report it (a Ray actor of the driver's)."""
+
+    def __init__(self):
+        self.states: dict[tuple, dict] = {}
+
+    def put(self, arm: str, state: dict) -> None:
+        self.states[arm, state.get("seed")] = state
+
+    def take(self) -> list[tuple[str, dict]]:
+        """The reports since the last look (the latest of each run), and forget them."""
+        got, self.states = self.states, {}
+        return [(arm, state) for (arm, _), state in got.items()]
 
 
 @dataclass
@@ -232,6 +255,11 @@ class RayBackend:
             tasks += [_Task(arm, blk) for blk in blocks(todo, size)]
             b.status[arm.name] = "waiting" if todo else "completed"
         cluster = ray.cluster_resources()
+        try:
+            board = ray.remote(num_cpus=0)(Board).remote()
+        except Exception:
+            board = None  # no display of the runs within: the battery goes on
+        ended: set[tuple[str, int]] = set()  # (arm, seed) of the finished runs: later reports of theirs are stale
         b.say(
             f"{len(b.arms)} arms x {opts.runs} seeds (seeds {opts.seed}..{opts.seed + opts.runs - 1}) as {len(tasks)} Ray "
             f"task(s) of up to {size} seeds, {res['num_gpus']} GPU and {res['num_cpus']} CPU each, on a cluster of "
@@ -261,6 +289,7 @@ class RayBackend:
                 "config": t.arm.config, "seeds": t.rest(), "device": opts.device, "data_dir": opts.data_dir,
                 "download": opts.download, "threads": opts.cpus_per_task if not res["num_gpus"] else None,
                 "hlb_version": hlbcli.__version__, "trick_sources": t.arm.sources, "arm": t.arm.name,
+                "board": board,
             }
             t.gen = remote.remote(payload)
             live.append(t)
@@ -302,6 +331,7 @@ class RayBackend:
             elif kind == "run":
                 rec = msg["record"]
                 record.write_json(run_path(b.arm_dir(t.arm), opts.seed, rec["seed"]), rec)
+                ended.add((t.arm.name, rec["seed"]))
                 if rec.get("status") in FINISHED:
                     t.done.append(rec["seed"])
                     b.run_done(t.arm, rec)
@@ -323,7 +353,24 @@ class RayBackend:
             if b.status[arm.name] == "completed":
                 arm_over(arm)  # all kept from an earlier try (--resume)
         b.write(partial=True)
+        by_name = {arm.name: arm for arm in b.arms}
+
+        def look() -> None:
+            """Where the running runs are (the board's reports): the display, and its tick."""
+            try:
+                got = ray.get(board.take.remote(), timeout=5) if board is not None else []
+            except Exception:
+                got = []
+            for name, state in got:
+                if name in by_name and (name, state.get("seed")) not in ended:
+                    b.run_progress(by_name[name], state)
+            b.tick()
+
+        last_look = time.monotonic()
         while live:
+            if time.monotonic() - last_look >= 1.0:
+                look()
+                last_look = time.monotonic()
             if got:
                 raise Interrupted(got[0])
             health.check()
