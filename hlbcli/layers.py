@@ -1,7 +1,8 @@
 """Layered configuration: preset < ``--config FILE`` < ``--set key=value``, as plain data (the
 models that validate it are :mod:`hlbcli.config`'s): presets and config files read, ``--set``
 values parsed, tables merged, what the user wrote (and where) for the messages about settings
-that would do nothing, and the active tricks."""
+that would do nothing, the active tricks, and what one resolved config adds, removes and changes
+against another (:func:`changes`: an arm against its baseline)."""
 
 from __future__ import annotations
 
@@ -264,3 +265,37 @@ def active_tricks(data: dict, enable: list[str], disable: list[str]) -> list[str
         if t not in out and t not in disable:
             out.append(t)
     return out
+
+
+# --- one config against another --------------------------------------------------------------
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 1}}`` as ``{"train.lr": 1}``."""
+    if not isinstance(d, dict) or (prefix and not d):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def changes(base: dict, other: dict) -> dict[str, list[str]]:
+    """What the resolved config ``other`` does that ``base`` does not, in words: ``adds`` and
+    ``removes`` (the tricks, each trick's settings going with it), ``sets`` (every other setting
+    that differs: ``train.lr 0.2 -> 0.3``; a key only one side has: ``(absent)``)."""
+    had, has = list(base.get("tricks", [])), list(other.get("tricks", []))
+    gone, new = [t for t in had if t not in has], [t for t in has if t not in had]
+    fb, fo = flatten(base), flatten(other)
+    own = tuple(f"{t}." for t in gone + new)
+    absent = object()
+
+    def shown(v: Any) -> str:
+        return json.dumps(v, ensure_ascii=False)
+
+    sets = [f"{k} {shown(fb[k]) if k in fb else '(absent)'} -> {shown(fo[k]) if k in fo else '(absent)'}"
+            for k in dict.fromkeys([*fb, *fo])
+            if k != "tricks" and not k.startswith(own) and fb.get(k, absent) != fo.get(k, absent)]
+    if [t for t in had if t in has] != [t for t in has if t in had]:
+        sets.insert(0, f"the tricks' order: {', '.join(t for t in has if t in had)}")
+    return {"adds": new, "removes": gone, "sets": sets}

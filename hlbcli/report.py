@@ -22,6 +22,7 @@ from urllib.parse import quote
 from hlbcli import readback, record
 from hlbcli.claims import check_claim
 from hlbcli.errors import UsageError
+from hlbcli.layers import changes, flatten
 from hlbcli.output import SYNTHETIC, pct, pts, runs_saved_line, seconds, synthetic
 from hlbcli.report_env import environment_rows
 from hlbcli.report_svg import curves
@@ -233,16 +234,6 @@ def picture(s: dict, label: str) -> str:
     return f'<img id="accuracy" alt="accuracy per arm" src="data:image/png;base64,{data}">'
 
 
-def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"train": {"lr": 1}}`` as ``{"train.lr": 1}``."""
-    if not isinstance(d, dict) or (prefix and not d):
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
-
-
 def _value(v: Any) -> str:
     return json.dumps(v, ensure_ascii=False) if v is not _ABSENT else "(absent)"
 
@@ -251,6 +242,8 @@ _ABSENT = object()
 
 
 def config_section(arms: list[dict]) -> str:
+    """What each arm adds, removes and sets against the first (:func:`hlbcli.layers.changes`),
+    then every differing key side by side, and the first arm's config in full."""
     flat = [(a["name"], flatten(a["config"])) for a in arms]
     base = flat[0][1]
     keys = [k for k in dict.fromkeys(key for _, f in flat for key in f)
@@ -261,11 +254,18 @@ def config_section(arms: list[dict]) -> str:
         return f"<p>{_e(arms[0]['name'])}: one config.</p>{whole}"
     if not keys:
         return f"<p>The arms' configs are the same.</p>{whole}"
-    rows = [[k, _value(base.get(k, _ABSENT)), *(_value(f.get(k, _ABSENT)) if f.get(k, _ABSENT) != base.get(k, _ABSENT) else "="
-                                                for _, f in flat[1:])] for k in keys]
-    return (_table(["key", *(n for n, _ in flat)], rows, "configs")
-            + f'<p class="note">the settings in which an arm differs from {_e(flat[0][0])} (flattened keys; = the same); '
-              "from each arm's config.json</p>" + whole)
+    said = [(a["name"], changes(arms[0]["config"], a["config"])) for a in arms[1:]]
+    rows = [[name, ", ".join(c["adds"]) or "-", ", ".join(c["removes"]) or "-", "; ".join(c["sets"]) or "-"]
+            for name, c in said]
+    rows_keys = [[k, _value(base.get(k, _ABSENT)), *(_value(f.get(k, _ABSENT)) if f.get(k, _ABSENT) != base.get(k, _ABSENT) else "="
+                                                     for _, f in flat[1:])] for k in keys]
+    return (_table(["arm", "adds tricks", "removes tricks", "sets"], rows, "changes")
+            + f'<p class="note">what each arm does that {_e(flat[0][0])} does not: a trick added or removed takes its '
+              "settings with it; sets: every other setting that differs, from -> to</p>"
+            + f"<details><summary>every key that differs ({len(keys)})</summary>"
+            + _table(["key", *(n for n, _ in flat)], rows_keys, "configs")
+            + f'<p class="note">flattened keys; = the same as {_e(flat[0][0])}; from each arm\'s config.json</p></details>'
+            + whole)
 
 
 def environment_section(rep: dict) -> str:

@@ -59,11 +59,11 @@ def environment_rows(rep: dict) -> tuple[list[list[str]], int]:
                      "one" + (f" ({dated} record(s) do not name theirs)" if dated else "")])
     b, ran = rep["bench"], runs_source(recs)
     if ran:
-        rows.append(["commit", ran[0] + (" (with uncommitted changes)" if ran[1] else "") + " (run records)"])
+        rows.append(["commit that trained", ran[0] + (" (with uncommitted changes)" if ran[1] else "") + " (run records)"])
     elif b and b.get("git_commit"):
-        rows.append(["commit", f"{b['git_commit']}" + (" (with uncommitted changes)" if b.get("git_dirty") else "") + " (bench.json)"])
+        rows.append(["commit that trained", f"{b['git_commit']}" + (" (with uncommitted changes)" if b.get("git_dirty") else "") + " (bench.json)"])
     else:
-        rows.append(["commit", "not in the records (written by an hlb that did not record it)"])
+        rows.append(["commit that trained", "not in the records (written by an hlb that did not record it)"])
     commit, dirty = source_commit()
-    rows.append(["this page", f"hlb report {__version__}, {commit}" + (" (with uncommitted changes)" if dirty else "")])
+    rows.append(["page written by", f"hlb report {__version__}, {commit}" + (" (with uncommitted changes)" if dirty else "")])
     return rows, len(recs)

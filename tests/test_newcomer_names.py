@@ -123,3 +123,20 @@ def test_the_readmes_quoting_rule_is_what_parse_value_does():
     assert parse_value('[16,"abc"]') == [16, "abc"] and parse_value('"[a]"') == "[a]"
     with pytest.raises(UsageError):
         parse_value("[16,abc]")
+
+
+def test_the_report_says_what_an_arm_adds_removes_and_sets():
+    """Issue 36, item 4: the config difference as what the arm does, not two trick lists."""
+    from hlbcli.config import to_dict
+    from hlbcli.layers import changes
+    from hlbcli.report import config_section
+    from hlbcli.resolve import resolve
+
+    base = to_dict(resolve("94")[0])
+    arm = to_dict(resolve("94", disable=["ema"], enable=["cutout"], sets=["train.lr=0.3"])[0])
+    c = changes(base, arm)
+    assert c["removes"] == ["ema"] and c["adds"] == ["cutout"]
+    assert c["sets"] == [f"train.lr {base['train']['lr']} -> 0.3"]  # ema.* and cutout.* go with their tricks
+    assert changes(base, base) == {"adds": [], "removes": [], "sets": []}
+    html = config_section([{"name": "baseline", "config": base}, {"name": "arm", "config": arm}])
+    assert '<table id="changes">' in html and "<td>cutout</td><td>ema</td>" in html

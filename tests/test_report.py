@@ -167,7 +167,7 @@ def test_page_opens_offline_and_shows_the_summary(kind, folders, browser, cli, t
     rec = json.loads(next(folder.glob("**/run-000-seed0.json")).read_text())
     assert env["device"] == rec["device"] and env["torch"] == rec["versions"]["torch"]
     assert env["hlbcli"] == rec["versions"]["hlbcli"]
-    assert env["commit"].startswith(rec["git_commit"]) and env["commit"].endswith("(run records)")
+    assert env["commit that trained"].startswith(rec["git_commit"]) and env["commit that trained"].endswith("(run records)")
     # every record has a link, and every link reaches its file
     records = sorted(p.relative_to(folder).as_posix() for p in folder.glob("**/run-*.json"))
     assert sorted(unquote(h) for h in got["hrefs"] if "run-" in h) == records
@@ -178,11 +178,13 @@ def test_page_opens_offline_and_shows_the_summary(kind, folders, browser, cli, t
         claim = dict((r[0], r[1]) for r in got["tables"]["claim"])
         assert claim["target"] == "5%" and claim["p, one-sided"].startswith(f"{b['p_value']:.2g} ")
         assert claim["runs needed for p < 0.01"] == str(b["runs_needed"]) and claim["claim line"] == b["summary_line"]
-        assert env["commit"].startswith(b["git_commit"])
+        assert env["commit that trained"].startswith(b["git_commit"])
     if kind in ("ablate", "until_resolved"):
         configs = {r[0]: r[1:] for r in got["tables"]["configs"][1:]}
         off = "ema" if kind == "ablate" else "tta"
         assert f'"{off}"' in configs["tricks"][0] and f'"{off}"' not in configs["tricks"][1]
+        # what the arm does, in words: the trick it removes, and nothing else
+        assert got["tables"]["changes"][1:] == [[f"-{off}", "-", off, "-"]]
     if kind == "until_resolved":
         seq = s["sequential"]
         arm = s["arms"][1]
