@@ -229,6 +229,43 @@ def report_cmd(
     typer.echo(str(write_search_report(folder, out) if is_search(folder) else write_report(folder, out)))
 
 
+@app.command("profile")
+def profile_cmd(
+    preset: str = PresetOpt,
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[List[str]] = SetOpt,
+    disable: Optional[List[str]] = DisableOpt,
+    enable: Optional[List[str]] = EnableOpt,
+    steps: int = typer.Option(20, "--steps", min=1, max=100_000, help="training steps to record"),
+    skip: int = typer.Option(5, "--skip", min=0, max=1_000_000, help="steps to train first, unrecorded (first-call costs)"),
+    no_eval: bool = typer.Option(False, "--no-eval", help="stop after the steps: no final evaluation recorded (the run ends there)"),
+    seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="the run's seed"),
+    device: str = DeviceOpt,
+    data_dir: Optional[Path] = DataDirOpt,
+    no_download: bool = NoDownloadOpt,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="write profile.json and the traces here (default ./hlb-profile-PRESET-TIME)"),
+) -> None:
+    """Where a run's time goes (torch.profiler): the kernels, the time by phase, and traces for Perfetto and TensorBoard."""
+    threads_from_env()
+    from hlbcli import record
+    from hlbcli.experiments.plan import default_out
+    from hlbcli.profile import format_profile, profile
+    from hlbcli.resolve import resolve
+
+    cfg, tm = resolve(preset, str(config) if config else None, set_ or [], enable or [], disable or [], only_on=True)
+    folder = Path(out) if out else default_out(preset, "profile")
+    hold = record.claim(folder)
+    try:
+        record.check_out(hold.folder, "profile", False)
+        p = profile(cfg, tm, device, str(data_dir) if data_dir else None, not no_download, steps, skip, not no_eval,
+                    hold.folder, seed, say=lambda text: typer.echo(text, err=True))
+    finally:
+        hold.release()
+    typer.echo(format_profile(p).lstrip("\n"))
+    typer.echo(f"traces: {folder}/trace-*.json (ui.perfetto.dev or chrome://tracing); "
+               f"tensorboard --logdir {folder}/tensorboard (torch-tb-profiler); tables in {folder}/profile.json")
+
+
 @app.command()
 def bench(
     preset: str = PresetOpt,

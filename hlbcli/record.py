@@ -265,16 +265,19 @@ FOLDER_KINDS = {
     "ablation": ("an ablation", "hlb ablate with --resume"),
     "alternation": ("the A/B records of hlb bench --against", None),
     "search": ("a search", "hlb search with --resume"),
+    "profile": ("a profile (hlb profile)", None),
 }
 
 
 def folder_kinds(folder: Path) -> list[str]:
-    """What ``folder`` holds, of :data:`FOLDER_KINDS`: a search (``search.json``), an ablation (``ablation.json``, or
+    """What ``folder`` holds, of :data:`FOLDER_KINDS`: a profile (``profile.json``), a search (``search.json``), an ablation (``ablation.json``, or
     anything in ``arms/``), ``hlb bench --against``'s sides (records or a summary in ``A/`` or
     ``B/``), a batch (records at the top, or a summary.json that is not an ablation's)."""
     f = Path(folder)
     if (f / "search.json").exists() or (f / "search.db").exists():
         return ["search"]  # its trials' records lie in arms/, its summary at the top
+    if (f / "profile.json").exists():
+        return ["profile"]
     kinds = []
     if (f / "ablation.json").exists() or ((f / "arms").is_dir() and any((f / "arms").iterdir())):
         kinds.append("ablation")

@@ -23,7 +23,7 @@ from hlbcli.session import Session, device_name, reset_weights
 from hlbcli.signals import Interrupted
 from hlbcli.build import build_optimization
 from hlbcli.selection import run_selection
-from hlbcli.step import StepRecord, build_step
+from hlbcli.step import LABELS, StepRecord, build_step
 from hlbcli.stream import epoch_set, epoch_steps
 from hlbcli.blame import culprit, memory_error, raised, raised_in_torch, raised_natively
 from hlbcli.timers import TIMERS
@@ -60,11 +60,14 @@ class RunPlan:
     keep: torch.Tensor | None = None
     weights: torch.Tensor | None = None
     k: int = 0
+    #: ``hlb profile``: the step's parts in profiler ranges (:func:`hlbcli.step.build_step`)
+    labelled: bool = False
 
     def step_fn(self, forward: torch.nn.Module, batch_transforms: list[Transform], forward_loss=None):
         return build_step(
             forward, self.loss_fn, self.optimizers, self.base_lrs, self.lr_tables, batch_transforms,
             self.actions, self.ctx.dataset.num_classes, self.ctx, self.record, forward_loss, self.weights,
+            self.labelled,
         )
 
 
@@ -119,7 +122,7 @@ def plan_run(session: Session, seed: int, warmup: bool = False, ctx: RunContext 
     keep, weights, k = run_selection(session, ctx, transforms)
     tm.hook.hlb_train_start(ctx=ctx)
     return RunPlan(ctx, transforms, o.loss_fn, o.optimizers, o.base_lrs, o.lr_table, actions, lr_tables=o.lr_tables,
-                   keep=keep, weights=weights, k=k)
+                   keep=keep, weights=weights, k=k, labelled=session.profiling)
 
 
 def fit(
@@ -167,7 +170,8 @@ def fit(
         if step_fn is None or key != phase_key or ctx.rebuild_step:
             step_fn = plan.step_fn(fwd, batch_tr, session.forward_loss(plan.loss_fn, bool(batch_tr), ctx))
             phase_key = key
-        images, perm = epoch_set(ctx, transforms, epoch, gen, t.channels_last)
+        with torch.profiler.record_function(LABELS["data"]):
+            images, perm = epoch_set(ctx, transforms, epoch, gen, t.channels_last)
         steps.clear()
         bs = t.batch_size
         for i in range(epoch_steps(ctx, step)):
@@ -211,8 +215,9 @@ def fit(
         forward = tm.hook.hlb_eval_forward(model=fwd, cfg=cfg, ctx=ctx, final=True)
         ctx.eval_progress = getattr(on_step, "evaluating", None)
         try:
-            final = tm.hook.hlb_evaluate(model=model, images=ds.test_images, labels=ds.test_labels, forward=forward,
-                                         ctx=ctx, final=True)
+            with torch.profiler.record_function(LABELS["evaluation"]):
+                final = tm.hook.hlb_evaluate(model=model, images=ds.test_images, labels=ds.test_labels, forward=forward,
+                                             ctx=ctx, final=True)
         finally:
             ctx.eval_progress = None
         dt = timer.seconds(t0)

@@ -94,6 +94,8 @@ class Session:
     #: :func:`hlbcli.record.source_commit`, read once when the session opens: each run record
     #: says which code trained it
     source: tuple = ("not a git checkout", False)
+    #: ``hlb profile``: each run's step assembled with profiler ranges (:func:`hlbcli.step.build_step`)
+    profiling: bool = False
 
     @property
     def precision(self) -> str:

@@ -26,6 +26,7 @@ def build_step(
     record: "StepRecord",
     forward_loss: Callable | None = None,
     weights: torch.Tensor | None = None,
+    labelled: bool = False,
 ) -> Callable[[torch.Tensor, torch.Tensor, int], None]:
     """Fuse one phase's transforms and actions into a plain step function.
 
@@ -37,7 +38,9 @@ def build_step(
     :func:`group_schedules`. ``forward_loss``: ``(x, targets) -> (summed loss, logits)`` in
     one call, in place of the forward and the loss (``train.compile_loss``: :func:`fused_forward_loss`).
     ``weights``: the selection stage's per-example weights, row ``i`` for step ``i``
-    (:class:`hlbcli.contract.Selection`), multiplying each example's loss before the sum."""
+    (:class:`hlbcli.contract.Selection`), multiplying each example's loss before the sum.
+    ``labelled`` (``hlb profile``): each part is wrapped, here at assembly, in a profiler range
+    (:data:`LABELS`) that names its phase; the step of every other command has none."""
     before = tuple(a for a in actions if a.where == "before_forward")
     after_bwd = tuple(a for a in actions if a.where == "after_backward")
     after = tuple(a for a in actions if a.where == "after_step")
@@ -49,6 +52,11 @@ def build_step(
         forward_loss = plain_forward_loss(forward, loss_fn, soft, ctx)
     zero_grads = tuple(opt.zero_grad for opt in optimizers)
     opt_steps = tuple(opt.step for opt in optimizers)
+    if labelled:
+        before, after_bwd, after = ([labelled_action(a) for a in part] for part in (before, after_bwd, after))
+        transforms = tuple(label(LABELS["transforms"], fn) for fn in transforms)
+        forward_loss = label(LABELS["forward"], forward_loss)
+        opt_steps = tuple(label(LABELS["optimizer"], fn) for fn in opt_steps)
     losses, last = record.losses, record.last
 
     def step(x: torch.Tensor, y: torch.Tensor, i: int) -> None:
@@ -78,6 +86,30 @@ def build_step(
         last[:] = (logits, y)
 
     return step
+
+
+#: the profiler ranges of a labelled step (``hlb profile``'s phases); the backward is autograd's
+#: own (``autograd::engine::evaluate_function: ...``), the actions' ``hlb: action NAME``
+#: (outside the step, in every run: ``data`` the epoch's set, ``evaluation`` the final one)
+LABELS = {"transforms": "hlb: batch transforms", "forward": "hlb: forward and loss", "optimizer": "hlb: optimizer",
+          "action": "hlb: action ", "data": "hlb: epoch data", "evaluation": "hlb: final evaluation"}
+
+
+def label(name: str, fn: Callable) -> Callable:
+    """``fn`` inside a profiler range called ``name``."""
+
+    def labelled(*args, **kwargs):
+        with torch.profiler.record_function(name):
+            return fn(*args, **kwargs)
+
+    return labelled
+
+
+def labelled_action(a: StepAction) -> StepAction:
+    """A copy of the step action ``a`` whose ``fn`` runs in the range ``hlb: action NAME``."""
+    from dataclasses import replace
+
+    return replace(a, fn=label(LABELS["action"] + a.name, a.fn))
 
 
 def plain_forward_loss(forward: Callable, loss_fn: Callable, soft: bool, ctx: RunContext) -> Callable:
