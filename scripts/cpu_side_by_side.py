@@ -9,7 +9,8 @@ ignored folder, never committed; see scripts/gpu_bench.sh for how to lay it out)
 memory for the CPU (fp32 instead of fp16, no .cuda(), host clocks instead of CUDA events, the
 widths and epochs narrowed) and run in a fresh process; hlb runs ``hlb train --preset 94`` with
 the same widths and epochs. ``--recipe 94-record`` runs hiverge's ``cifar10_speedrun.py`` from
-``external/hiverge/`` (fetched from github hiverge/cifar10-speedrun into that ignored folder) against
+``external/hiverge/`` (commit 06c6072 of github hiverge/cifar10-speedrun, as the ljbuturovic fork
+holds it, fetched into that ignored folder: see scripts/gpu_bench.sh) against
 ``hlb train --preset 94-record``. ``--recipe 96-faster`` runs ``external/airbench/airbench96_faster.py``
 against ``hlb train --preset 96-faster``, both networks narrowed (the main one to ``--widths``, the
 proxy to ``--proxy-widths``). Each process: seed 0 (then 1, ... per pair), the same thread count.
@@ -101,15 +102,19 @@ patches = [
     ("(0.247, 0.2435, 0.2616), dtype=torch.half)", "(0.247, 0.2435, 0.2616), dtype=torch.float)"),
     ('map_location=torch.device("cuda")', "map_location='cpu'"),
     ("(self.images.half() / 255)", "(self.images.float() / 255)"),
-    (").pin_memory().contiguous()", ").contiguous()"),
     ('dtype=torch.long, device="cuda")', 'dtype=torch.long, device="cpu")'),
     ("widths = dict(block1=64, block2=256, block3=256)", "widths = dict(block1=%d, block2=%d, block3=%d)" % tuple(w)),
     ("            mod.half()", "            mod.float()"),
-    ("total_train_steps = ceil(7.59 * len(train_loader))", "total_train_steps = ceil(%r * len(train_loader))" % epochs),
 ]
 for old, new in patches:
     assert old in src, "cifar10_speedrun.py changed: " + old
     src = src.replace(old, new)
+# the pinned staging buffer of commits before 06c6072 (a CPU tensor cannot be pinned without CUDA)
+src = src.replace(").pin_memory().contiguous()", ").contiguous()")
+import re
+src, n = re.subn(r"total_train_steps = ceil\([0-9.]+ \* len\(train_loader\)\)",
+                 "total_train_steps = ceil(%r * len(train_loader))" % epochs, src)
+assert n == 1, "cifar10_speedrun.py changed: total_train_steps"
 
 def no_compile(fn=None, **kw):
     return fn if fn is not None else (lambda f: f)

@@ -9,9 +9,10 @@
 #   git --git-dir=$g show HEAD:legacy/airbench94.py > external/airbench/airbench94.py
 #   git --git-dir=$g show HEAD:airbench94_muon.py > external/airbench/airbench94_muon.py
 #   git --git-dir=$g show HEAD:airbench96_faster.py > external/airbench/airbench96_faster.py
-# and external/hiverge holds hiverge's record, from a fetched snapshot of hiverge/cifar10-speedrun:
-#   mkdir -p external/hiverge && git --git-dir=/work/.mirror/hiverge+cifar10-speedrun/repo \
-#       show HEAD:cifar10_speedrun.py > external/hiverge/cifar10_speedrun.py
+# and external/hiverge holds hiverge's record at its commit 06c6072 (2025-10-17; the hiverge snapshot stops
+# at 5cd49b1, the fork ljbuturovic/cifar10-speedrun has it):
+#   mkdir -p external/hiverge && git --git-dir=/work/.mirror/ljbuturovic+cifar10-speedrun/repo \
+#       show 06c6072:cifar10_speedrun.py > external/hiverge/cifar10_speedrun.py
 # Runs, in this order: hlb 94 compiled (preset default: fp16 weights, max-autotune), hlb 94 eager,
 # airbench94 (legacy, eager), hlb 94-muon (compiled), airbench94_muon (compiled), hlb 94-record
 # (compiled), hiverge's cifar10_speedrun (compiled), hlb 96-faster (compiled), airbench96_faster
