@@ -13,15 +13,17 @@
 # at 5cd49b1, the fork ljbuturovic/cifar10-speedrun has it):
 #   mkdir -p external/hiverge && git --git-dir=/work/.mirror/ljbuturovic+cifar10-speedrun/repo \
 #       show 06c6072:cifar10_speedrun.py > external/hiverge/cifar10_speedrun.py
-# Runs, in this order: hlb 94 compiled (preset default: fp16 weights, max-autotune), hlb 94 eager,
-# airbench94 (legacy, eager), hlb 94-muon (compiled), airbench94_muon (compiled), hlb 94-record
-# (compiled), hiverge's cifar10_speedrun (compiled), hlb 96-faster (compiled), airbench96_faster
-# (compiled, max-autotune); RUNS seeds each. HLB_BENCH_STEPS picks some of them (a call lasts 10 minutes
-# at most: split the nine over calls, e.g. "hlb94 hlb94-eager airbench94", then "hlb94-muon
-# airbench94-muon", then "hlb94-record hiverge", then "hlb96-faster", then "airbench96-faster" with
-# HLB_BENCH_RUNS=5, with the same OUT).
-# Everything goes under $OUT (default ./gpu-out); the table of all that is there comes last.
-# Rehearse on the CPU: HLB_BENCH_PRESET=smoke HLB_BENCH_DEVICE=cpu HLB_BENCH_RUNS=2 bash scripts/gpu_bench.sh
+# One call (issue 35, item 6; at most ~9 minutes), in this order, everything under $OUT:
+#   fingerprint   the machine (hlbcli.machine.fingerprint) -> $OUT/machine.json
+#   alternate94   hlb PRESET against airbench94 in blocks of BLOCK runs, A B B A (2 x BLOCK runs each side)
+#   record        hlb 94-record (PRESET when rehearsing) against hiverge's cifar10_speedrun, BLOCK runs each
+#   profile94     hlb profile of PRESET: kernels, phases, traces -> $OUT/profile-PRESET
+# More steps, by name in HLB_BENCH_STEPS (the older nine): hlb94 hlb94-eager airbench94 hlb94-muon
+# airbench94-muon hlb94-record hiverge hlb96-faster airbench96-faster (RUNS seeds each).
+# Each step has its own time limit, so one that overruns leaves the rest; the table of all that is
+# under $OUT comes last. The external scripts need CUDA: on the CPU their steps say so and skip.
+# Rehearse on the CPU (tests/test_gpu_bench.py does, in the suite):
+#   OUT=/tmp/gpu-rehearsal HLB_BENCH_PRESET=smoke HLB_BENCH_DEVICE=cpu HLB_BENCH_BLOCK=1 bash scripts/gpu_bench.sh
 # The record search (issue 33; not run by this script, and not yet on a GPU): least time at 94% around
 # 94-record, every trial on 8 paired seeds, the best confirmed on fresh seeds (about 2 s a run, so
 # 40 trials x 8 seeds and the confirmation fit in ~15 minutes of runs plus one compile per trial's process):
@@ -32,10 +34,12 @@ OUT=${OUT:-./gpu-out}
 PRESET=${HLB_BENCH_PRESET:-94}
 DEVICE=${HLB_BENCH_DEVICE:-cuda}
 RUNS=${HLB_BENCH_RUNS:-10}
+BLOCK=${HLB_BENCH_BLOCK:-3}
 AIRBENCH_RUNS=${HLB_AIRBENCH_RUNS:-$RUNS}
 EXTRA=${HLB_BENCH_SET:-}   # e.g. 'train.compile_mode="default"'
-STEPS=" ${HLB_BENCH_STEPS:-hlb94 hlb94-eager airbench94 hlb94-muon airbench94-muon hlb94-record hiverge hlb96-faster airbench96-faster} "
+STEPS=" ${HLB_BENCH_STEPS:-fingerprint alternate94 record profile94} "
 want() { [[ "$STEPS" == *" $1 "* ]]; }
+say() { echo "== $*" | tee -a "$OUT/steps.txt"; }
 mkdir -p "$OUT"
 {
   date -u +%FT%TZ
@@ -43,35 +47,57 @@ mkdir -p "$OUT"
 } | tee "$OUT/env.txt"
 
 sets=(); [ -n "$EXTRA" ] && sets=(--set "$EXTRA")
-want hlb94 && hlb bench --preset "$PRESET" --runs "$RUNS" --device "$DEVICE" "${sets[@]}" --out "$OUT/hlb-compiled" 2>&1 | tee "$OUT/hlb-compiled.txt"
-want hlb94-eager && hlb bench --preset "$PRESET" --runs "$RUNS" --device "$DEVICE" "${sets[@]}" --set 'train.compile="off"' --out "$OUT/hlb-eager" 2>&1 | tee "$OUT/hlb-eager.txt"
-[ "$PRESET" = 94 ] && want hlb94-muon && hlb bench --preset 94-muon --runs "$RUNS" --device "$DEVICE" "${sets[@]}" --out "$OUT/hlb-94-muon" 2>&1 | tee "$OUT/hlb-94-muon.txt"
-[ "$PRESET" = 94 ] && want hlb94-record && hlb bench --preset 94-record --runs "$RUNS" --target 0.94 --device "$DEVICE" "${sets[@]}" --out "$OUT/hlb-94-record" 2>&1 | tee "$OUT/hlb-94-record.txt"
-[ "$PRESET" = 94 ] && want hlb96-faster && hlb bench --preset 96-faster --runs "$RUNS" --target 0.96 --device "$DEVICE" "${sets[@]}" --out "$OUT/hlb-96-faster" 2>&1 | tee "$OUT/hlb-96-faster.txt"
+[ -f external/airbench/cifar10/test.pt ] || { [ "$DEVICE" = cuda ] && [ -d external/airbench ] && python -m hlbcli.bench airbench-data external/airbench/cifar10; }
 
-# airbench side by side, from an ignored folder (never committed), fed the same CIFAR-10
-if [ -d external/airbench ] && [ "$DEVICE" = cuda ]; then
-  [ -f external/airbench/cifar10/test.pt ] || python -m hlbcli.bench airbench-data external/airbench/cifar10
-  if [ -f external/airbench/airbench94.py ] && want airbench94; then
-    sed "s/for run in range(25)/for run in range($AIRBENCH_RUNS)/" external/airbench/airbench94.py > external/airbench/run94.py
-    (cd external/airbench && timeout 300 python run94.py) > "$OUT/airbench94.txt" 2>&1
-  fi
-  if [ -f external/airbench/airbench94_muon.py ] && want airbench94-muon; then
-    sed "s/for run in range(200)/for run in range($AIRBENCH_RUNS)/" external/airbench/airbench94_muon.py > external/airbench/run_muon.py
-    (cd external/airbench && timeout 400 python run_muon.py) > "$OUT/airbench94_muon.txt" 2>&1
-  fi
-  if [ -f external/airbench/airbench96_faster.py ] && want airbench96-faster; then
-    sed "s/for run in range(200)/for run in range($AIRBENCH_RUNS)/" external/airbench/airbench96_faster.py > external/airbench/run96_faster.py
-    (cd external/airbench && timeout 550 python run96_faster.py) > "$OUT/airbench96_faster.txt" 2>&1
-  fi
+# an external script's block: its own loop cut to N runs (+1: its first run is a cold start, left out of the table)
+external() {  # external NAME DIR SCRIPT LOOP N LIMIT
+  local name=$1 dir=$2 script=$3 loop=$4 n=$5 limit=$6
+  if [ "$DEVICE" != cuda ]; then say "$name: skipped (the original script needs CUDA)"; return; fi
+  if [ ! -f "$dir/$script" ]; then say "$name: skipped ($dir/$script is absent: see this script's header)"; return; fi
+  sed "s/for run in range($loop)/for run in range($n)/" "$dir/$script" > "$dir/run_$script"
+  say "$name: $n runs ($dir/$script)"
+  (cd "$dir" && timeout "$limit" python "run_$script") >> "$OUT/$name.txt" 2>&1 || say "$name: exit $?"
+}
+hlb_block() {  # hlb_block NAME LIMIT ARGS...: hlb bench into $OUT/NAME
+  local name=$1 limit=$2; shift 2
+  say "$name: hlb bench $*"
+  timeout "$limit" hlb bench "$@" --device "$DEVICE" "${sets[@]}" --out "$OUT/$name" > "$OUT/$name.txt" 2>&1 || say "$name: exit $?"
+}
+
+if want fingerprint; then
+  say "fingerprint"
+  python -c "import json, sys; from hlbcli.machine import fingerprint; json.dump(fingerprint(sys.argv[1]), sys.stdout, indent=1)" \
+    "$([ "$DEVICE" = cuda ] && echo cuda || echo cpu)" > "$OUT/machine.json" && cat "$OUT/machine.json"
 fi
-# hiverge's record: its own warm-up run on random data, then RUNS timed runs (a 3 s device sleep before each)
-if [ -f external/hiverge/cifar10_speedrun.py ] && [ "$DEVICE" = cuda ] && want hiverge; then
-  [ -f external/airbench/cifar10/test.pt ] || python -m hlbcli.bench airbench-data external/airbench/cifar10
-  ln -sfn ../airbench/cifar10 external/hiverge/cifar10
-  sed "s/for run in range(200)/for run in range($AIRBENCH_RUNS)/" external/hiverge/cifar10_speedrun.py > external/hiverge/run_record.py
-  (cd external/hiverge && timeout 500 python run_record.py) > "$OUT/hiverge.txt" 2>&1
+if want alternate94; then  # A B B A: hlb, airbench94, airbench94, hlb
+  [ -d external/hiverge ] && ln -sfn ../airbench/cifar10 external/hiverge/cifar10
+  hlb_block alt-hlb-1 170 --preset "$PRESET" --runs "$BLOCK" --seed 0
+  external airbench94-alt-1 external/airbench airbench94.py 25 $((BLOCK + 1)) 120
+  external airbench94-alt-2 external/airbench airbench94.py 25 $((BLOCK + 1)) 120
+  hlb_block alt-hlb-2 170 --preset "$PRESET" --runs "$BLOCK" --seed "$BLOCK"
 fi
+if want record; then
+  rec=$([ "$PRESET" = 94 ] && echo 94-record || echo "$PRESET")
+  hlb_block record-hlb 240 --preset "$rec" --runs "$BLOCK" --target 0.94
+  [ -d external/hiverge ] && ln -sfn ../airbench/cifar10 external/hiverge/cifar10
+  external hiverge-record external/hiverge cifar10_speedrun.py 200 "$((BLOCK + 1))" 300
+fi
+if want profile94; then
+  say "profile: hlb profile --preset $PRESET"
+  timeout 120 hlb profile --preset "$PRESET" --steps 20 --skip 5 --device "$DEVICE" "${sets[@]}" --out "$OUT/profile-$PRESET" \
+    > "$OUT/profile-$PRESET.txt" 2>&1 || say "profile: exit $?"
+fi
+
+# the older steps, each when named in HLB_BENCH_STEPS
+want hlb94 && hlb_block hlb-compiled 300 --preset "$PRESET" --runs "$RUNS"
+want hlb94-eager && hlb_block hlb-eager 300 --preset "$PRESET" --runs "$RUNS" --set 'train.compile="off"'
+want airbench94 && external airbench94 external/airbench airbench94.py 25 "$AIRBENCH_RUNS" 300
+want hlb94-muon && hlb_block hlb-94-muon 300 --preset 94-muon --runs "$RUNS"
+want airbench94-muon && external airbench94_muon external/airbench airbench94_muon.py 200 "$AIRBENCH_RUNS" 400
+want hlb94-record && hlb_block hlb-94-record 300 --preset 94-record --runs "$RUNS" --target 0.94
+want hiverge && external hiverge external/hiverge cifar10_speedrun.py 200 "$AIRBENCH_RUNS" 500
+want hlb96-faster && hlb_block hlb-96-faster 500 --preset 96-faster --runs "$RUNS" --target 0.96
+want airbench96-faster && external airbench96_faster external/airbench airbench96_faster.py 200 "$AIRBENCH_RUNS" 550
 
 python - "$OUT" <<'PY'
 import json, re, statistics, sys
@@ -80,16 +106,12 @@ out = Path(sys.argv[1])
 print("\n== side by side ==")
 print((out / "env.txt").read_text().strip().replace("\n", ", "))
 print(f"{'what':28} {'n':>3} {'acc mean':>9} {'acc std':>8} {'time mean':>10} {'median':>8}  untimed")
-for name in ("hlb-compiled", "hlb-eager", "hlb-94-muon", "hlb-94-record", "hlb-96-faster"):
-    f = out / name / "bench.json"
-    if f.exists():
-        b = json.loads(f.read_text())
-        print(f"{name:28} {b['n']:>3} {100*b['accuracy_mean']:9.2f} {100*b['accuracy_std']:8.2f} {b['time_mean']:10.3f} "
-              f"{b['time_median']:8.3f}  compile+warm-up {b['warmup_seconds'] or 0:.1f} s")
-for name in ("airbench94", "airbench94_muon", "hiverge", "airbench96_faster"):
-    f = out / f"{name}.txt"
-    if not f.exists():
-        continue
+for f in sorted(out.glob("*/bench.json")):
+    b = json.loads(f.read_text())
+    print(f"{f.parent.name:28} {b['n']:>3} {100*b['accuracy_mean']:9.2f} {100*b['accuracy_std']:8.2f} {b['time_mean']:10.3f} "
+          f"{b['time_median']:8.3f}  compile+warm-up {b['warmup_seconds'] or 0:.1f} s")
+for f in sorted(out.glob("*.txt")):
+    name = f.stem
     rows = [l for l in f.read_text().splitlines() if re.match(r"\|[^|]*\|\s+eval\s+\|", l)]
     vals = [[c.strip() for c in l.strip("|").split("|")] for l in rows]
     accs = [float(v[-2]) for v in vals]
@@ -99,4 +121,9 @@ for name in ("airbench94", "airbench94_muon", "hiverge", "airbench96_faster"):
     if times:
         print(f"{name + ' (runs 2..n)':28} {len(times):>3} {100*statistics.fmean(accs):9.2f} "
               f"{100*(statistics.stdev(accs) if len(accs) > 1 else 0):8.2f} {statistics.fmean(times):10.3f} {statistics.median(times):8.3f}")
+for f in sorted(out.glob("*/profile.json")):
+    p = json.loads(f.read_text())
+    for part, d in p["parts"].items():
+        total = sum(d["phases"].values()) or 1.0
+        print(f"{f.parent.name} {part}: " + ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in d["phases"].items() if v))
 PY

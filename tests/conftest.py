@@ -109,3 +109,47 @@ def pip_venv(root: Path, projects: list[Path]):
 
     run.root = root
     return run
+
+
+# --- the two tiers -------------------------------------------------------------------------------
+# The fast tier (`python -m pytest -m "not slow"`, README's first test command) runs every command
+# once in a few minutes; the full suite (`python -m pytest`, what CI runs) adds what is listed here:
+# each a test that trains many runs, starts a Ray head or a search, or bounds a time on a machine
+# that may be loaded (`timing`). Listed in one place, by file and test name (a name covers all its
+# parameters). Where a file is listed without names, every test in it is slow.
+SLOW = {
+    "test_search.py": {"test_the_confirmation_trains_fresh_seeds_and_writes_best_only_for_a_resolved_winner",
+                       "test_a_stopped_search_resumes_with_no_trial_lost_or_run_twice",
+                       "test_a_clearly_worse_trial_is_pruned_before_its_last_seed"},
+    "test_ray.py": {"test_same_seeds_same_records_on_both_backends",
+                    "test_a_worker_killed_mid_block_is_replaced_and_keeps_its_finished_runs",
+                    "test_resume_on_ray_trains_only_what_is_missing",
+                    "test_ctrl_c_cancels_the_tasks_keeps_finished_runs_and_resume_completes",
+                    "test_a_search_on_ray_asks_and_tells_from_the_driver"},
+    "test_faults_ray.py": set(),  # Ray heads, and time bounds that a loaded machine can break: timing
+    "test_tracking.py": {"test_ablate_is_a_parent_run_with_arms_and_seeds_nested",
+                         "test_bench_against_tracks_each_side_as_an_arm_in_the_order_they_ran"},
+    "test_progress.py": {"test_ablate_and_bench_against_are_never_silent_and_say_where_the_running_run_is_when_piped"},
+    "test_machine.py": {"test_ablate_resume_on_another_machine_is_one_warning_line"},
+    "test_ablate_vary.py": {"test_vary_arm_on_the_ray_backend_and_its_resume",
+                            "test_vary_arm_trains_the_changed_setting_resumes_and_summarises"},
+    "test_trick_names.py": {"test_swap_ablation_on_the_local_backend", "test_qualified_name_in_a_preset_and_in_a_run"},
+    "test_alternate.py": {"test_ctrl_c_stops_both_sides_and_keeps_the_finished_pairs"},
+    "test_gpu_bench.py": set(),
+    "test_speed_paths.py": set(),
+    "test_out_kinds.py": set(),
+    "test_faults_ablate.py": set(),
+    "test_interrupt.py": set(),
+    "test_report_links.py": set(),
+}
+#: of :data:`SLOW`, the files whose tests bound a time (marked ``timing`` as well)
+TIMING = {"test_faults_ray.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        file, name = item.path.name, getattr(item, "originalname", item.name)
+        if file in SLOW and (not SLOW[file] or name in SLOW[file]):
+            item.add_marker(pytest.mark.slow)
+            if file in TIMING:
+                item.add_marker(pytest.mark.timing)
