@@ -131,8 +131,7 @@ def profile(cfg, tm, device: str, data_dir, download: bool, steps: int, skip: in
     steps = min(steps, total - skip)
     say(f"profiling {steps} step(s) after {skip} of {total} on {device_name(session.device)}"
         + ("; then the final evaluation" if evaluate else ""))
-    if session.compiled:
-        warm_up(session, seed)
+    warm_up(session, seed)  # (nothing to do where the net is not compiled)
     cuda = session.device.type == "cuda"
     os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiler library's own lines: errors only
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])

@@ -3,7 +3,7 @@ phase before the loop. Per step: no hook call, no host sync, no Python per image
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -107,8 +107,6 @@ def label(name: str, fn: Callable) -> Callable:
 
 def labelled_action(a: StepAction) -> StepAction:
     """A copy of the step action ``a`` whose ``fn`` runs in the range ``hlb: action NAME``."""
-    from dataclasses import replace
-
     return replace(a, fn=label(LABELS["action"] + a.name, a.fn))
 
 

@@ -70,7 +70,6 @@ if want fingerprint; then
     "$([ "$DEVICE" = cuda ] && echo cuda || echo cpu)" > "$OUT/machine.json" && cat "$OUT/machine.json"
 fi
 if want alternate94; then  # A B B A: hlb, airbench94, airbench94, hlb
-  [ -d external/hiverge ] && ln -sfn ../airbench/cifar10 external/hiverge/cifar10
   hlb_block alt-hlb-1 170 --preset "$PRESET" --runs "$BLOCK" --seed 0
   external airbench94-alt-1 external/airbench airbench94.py 25 $((BLOCK + 1)) 120
   external airbench94-alt-2 external/airbench airbench94.py 25 $((BLOCK + 1)) 120

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -14,7 +15,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_the_gpu_call_rehearsed_on_the_cpu(tmp_path):
     out = tmp_path / "gpu-out"
-    env = {**os.environ, "OUT": str(out), "HLB_BENCH_PRESET": "smoke", "HLB_BENCH_DEVICE": "cpu", "HLB_BENCH_BLOCK": "1"}
+    # the script calls `hlb` and `python`: this interpreter's, activated or not
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "PATH": path, "OUT": str(out), "HLB_BENCH_PRESET": "smoke", "HLB_BENCH_DEVICE": "cpu", "HLB_BENCH_BLOCK": "1"}
     proc = subprocess.run(["bash", "scripts/gpu_bench.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     steps = (out / "steps.txt").read_text().splitlines()

@@ -140,9 +140,9 @@ class _Side:
             pass
         self.lines.put("")  # EOF
 
-    def _line(self) -> str:
-        """The next line of the protocol (``""``: the child is gone); progress lines go to the
-        display, which ticks while it waits."""
+    def _answer(self) -> dict | None:
+        """The next answer of the protocol (None: the child is gone); progress messages go to
+        the display, which ticks while it waits."""
         while True:
             try:
                 line = self.lines.get(timeout=0.5)
@@ -150,11 +150,13 @@ class _Side:
                 if self.progress is not None:
                     self.progress.tick()
                 continue
-            if line.startswith('{"progress"'):
-                if self.progress is not None:
-                    self.progress.run_progress(self.name, json.loads(line)["progress"])
-                continue
-            return line
+            if not line:
+                return None
+            got = json.loads(line)
+            if "progress" not in got:
+                return got
+            if self.progress is not None:
+                self.progress.run_progress(self.name, got["progress"])
 
     def ask(self, msg: dict | None) -> dict:
         """Send ``msg`` (None: only read) and read one answer; a child gone is one line naming it."""
@@ -164,12 +166,11 @@ class _Side:
                 self.proc.stdin.flush()
         except OSError:
             pass
-        line = self._line()
-        if not line:
+        got = self._answer()
+        if got is None:
             self.proc.wait()
             raise UsageError(f"side {self.name} ({self.label}) stopped (exit {self.proc.returncode}): {self.last_error()}",
                              self.hint, exit_code=1)
-        got = json.loads(line)
         if "error" in got and "record" not in got:
             raise UsageError(f"side {self.name} ({self.label}): {got['error']}", self.hint, exit_code=1)
         return got
