@@ -26,9 +26,13 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from hlbcli.stats import mean_std, ratio_of_times, welch_difference  # noqa: E402
 
 # run inside the airbench child process: patch the source text for the CPU, then call main()
 AIRBENCH_CHILD = r'''
@@ -249,9 +253,52 @@ def _short(phases: dict) -> str:
     return "(" + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()) + ")"
 
 
+def _setup(a: argparse.Namespace) -> dict:
+    """What the table says beside each figure: the proxy, the machine, the commit, the command."""
+    from hlbcli.machine import fingerprint
+    from hlbcli.record import source_commit
+
+    commit, dirty = source_commit()
+    fp = fingerprint("cpu")
+    return {"recipe": a.recipe, "widths": a.widths, "epochs": a.epochs, "threads": a.threads,
+            "proxy_widths": a.proxy_widths if a.recipe == "96-faster" else None, "set": a.set,
+            "commit": commit[:7] + ("+changes" if dirty else ""), "date": time.strftime("%Y-%m-%d"),
+            "cpu": f"{fp['cpu']} ({', '.join(fp['vector_extensions'])})",
+            "command": "python scripts/cpu_side_by_side.py " + " ".join(sys.argv[1:])}
+
+
+def _interval(lo: float, hi: float, scale: float = 1, fmt: str = "{:+.2f}") -> str:
+    return "[" + ", ".join(fmt.format(scale * v) for v in (lo, hi)) + "]"
+
+
+def table(results: list[dict]) -> str:
+    """The side by sides in ``results`` (each what --json writes) as one markdown table: each
+    side's mean accuracy, hlb's difference with its 95% interval and p (Welch: the two
+    implementations share no random streams, so seeds do not pair), and the time ratio (geometric
+    means) with its interval. Then where each row came from."""
+    lines = ["| recipe | proxy | n a side | hlb accuracy | original's accuracy | hlb - original, points (95%, Welch) | p "
+             "| hlb s | original s | time ratio hlb/original (95%) |", "|" + "---|" * 10]
+    notes = []
+    for res in results:
+        rows = res["rows"]
+        for other in [k for k in rows[0] if k not in ("seed", "hlb")]:
+            pairs = [r for r in rows if "hlb" in r and other in r]
+            acc = {k: [r[k]["accuracy"] for r in pairs] for k in ("hlb", other)}
+            sec = {k: [r[k]["seconds"] for r in pairs] for k in ("hlb", other)}
+            d, t = welch_difference(acc[other], acc["hlb"]), ratio_of_times(sec[other], sec["hlb"])
+            proxy = f"{res['widths']} x {res['epochs']:g} ep" + (f" (proxy {res['proxy_widths']})" if res.get("proxy_widths") else "")
+            lines.append(
+                f"| {res['recipe']} | {proxy} | {len(pairs)} | {100 * mean_std(acc['hlb'])[0]:.2f}% | {other} "
+                f"{100 * mean_std(acc[other])[0]:.2f}% | {100 * d['mean']:+.2f} {_interval(*d['ci95'], 100)} | {d['p']:.2g} "
+                f"| {mean_std(sec['hlb'])[0]:.1f} | {mean_std(sec[other])[0]:.1f} | {t['ratio']:.3f} {_interval(*t['ci95'], fmt='{:.3f}')} |")
+        notes.append(f"- {res['recipe']}: {res['date']}, commit {res['commit']}, {res['cpu']}, {res['threads']} thread(s), "
+                     f"fp32; `{res['command']}`" + (f"; hlb --set {' '.join(res['set'])}" if res.get("set") else ""))
+    return "\n".join(lines + [""] + notes)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data-dir", required=True)
+    ap.add_argument("--data-dir", help="the real CIFAR-10 (needed unless --table)")
     ap.add_argument("--recipe", choices=sorted(RECIPES), default="94",
                     help="94: airbench94; 94-muon: airbench94_muon; 94-record: hiverge's cifar10_speedrun.py; 96-faster: airbench96_faster")
     ap.add_argument("--airbench", help="the original script (default: external/airbench/airbench94.py, external/airbench/airbench94_muon.py or external/hiverge/cifar10_speedrun.py)")
@@ -265,14 +312,30 @@ def main() -> None:
     ap.add_argument("--airbench-host-memory", choices=["system", "keep", "both"], default="system",
                     help="airbench's C allocator: system (as published), keep (glibc told by environment what hlb's"
                          " train.host_memory=keep sets), or both as two arms")
-    ap.add_argument("--json", help="write the rows here")
+    ap.add_argument("--json", help="write the rows here after every pair (a stopped run keeps what it has)")
+    ap.add_argument("--resume", action="store_true", help="with --json: keep its pairs and run the seeds it lacks")
+    ap.add_argument("--table", nargs="+", metavar="JSON", help="print the table of these --json files and stop")
     a = ap.parse_args()
+    if a.table:
+        print(table([json.loads(Path(p).read_text()) for p in a.table]))
+        return
+    if not a.data_dir:
+        sys.exit("error: --data-dir is required (a folder holding cifar-10-batches-py), unless --table")
+    if a.resume and not a.json:
+        sys.exit("error: --resume continues a --json file: give --json FILE")
     preset, script, child, more = RECIPES[a.recipe]
     src = Path(a.airbench or ROOT / "external" / script)
     if not src.is_file():
         sys.exit(f"error: {src.resolve()} not found (lay out external/ as scripts/gpu_bench.sh says)")
+    res = {**_setup(a), "rows": []}
+    if a.resume and Path(a.json).is_file():
+        old = json.loads(Path(a.json).read_text())
+        same = ("recipe", "widths", "epochs", "threads", "proxy_widths", "set")
+        if any(old.get(k) != res[k] for k in same):
+            sys.exit(f"error: {a.json} was run with other settings ({', '.join(f'{k}={old.get(k)}' for k in same)}): "
+                     "give the same ones, or another --json")
+        res["rows"] = old["rows"]
     with tempfile.TemporaryDirectory() as tmp:
-        sys.path.insert(0, str(ROOT))
         from hlbcli.bench import write_airbench_data
 
         write_airbench_data(str(Path(tmp) / "cifar10"), a.data_dir)
@@ -280,7 +343,6 @@ def main() -> None:
         proxy = [f"select.proxy_widths=[{a.proxy_widths}]"] if a.recipe == "96-faster" else []
         extra = [x for s in [*more(widths), *proxy, *a.set] for x in ("--set", s)]
         child_widths = a.widths + (f"/{a.proxy_widths}" if a.recipe == "96-faster" else "")
-        rows = []
         name = "hiverge" if a.recipe == "94-record" else "airbench" + a.recipe
         arms = {}
         if a.only != "airbench":
@@ -289,29 +351,21 @@ def main() -> None:
             for keep in {"system": [False], "keep": [True], "both": [False, True]}[a.airbench_host_memory]:
                 arms[name + ("+keep" if keep else "")] = lambda seed, keep=keep: run_airbench(
                     child, src, Path(tmp), child_widths, a.epochs, seed, a.threads, keep)
-        for seed in range(a.pairs):
+        for seed in range(len(res["rows"]), a.pairs):
             row = {"seed": seed}
             # the order turns round every pair, so that a drifting machine favours no side
             for k in (list(arms) if seed % 2 == 0 else list(arms)[::-1]):
                 row[k] = arms[k](seed)
             row = {"seed": seed, **{k: row[k] for k in arms}}
-            rows.append(row)
+            res["rows"].append(row)
+            if a.json:
+                Path(a.json).write_text(json.dumps(res, indent=2))
             print(f"seed {seed}: " + "; ".join(
                 f"{k} {100 * v['accuracy']:.2f}% in {v['seconds']:.1f} s {_short(v['phases'])}" for k, v in row.items() if k != "seed"
             ) + "".join(f"; ratio to {k} {row['hlb']['seconds'] / row[k]['seconds']:.3f}" for k in arms if k != "hlb" and "hlb" in arms),
                 flush=True)
-    n = len(rows)
-    mean = {k: (sum(r[k]["seconds"] for r in rows) / n, sum(r[k]["accuracy"] for r in rows) / n) for k in arms}
-    line = f"{a.recipe}, widths {a.widths}" + (f" (proxy {a.proxy_widths})" if a.recipe == "96-faster" else "") + f", {a.epochs:g} epochs, {a.threads} threads, {n} seed(s): " + ", ".join(
-        f"{k} {100 * acc:.2f}% {t:.1f} s" for k, (t, acc) in mean.items())
-    if "hlb" in mean:
-        ht, ha = mean["hlb"]
-        for k, (at, aa) in mean.items():
-            if k != "hlb":
-                line += f"; against {k}: time ratio {ht / at:.3f}, accuracy difference {100 * (ha - aa):+.2f} points"
-    print(line)
-    if a.json:
-        Path(a.json).write_text(json.dumps(rows, indent=2))
+    if "hlb" in arms and len(arms) > 1 and res["rows"]:
+        print(table([res]))
 
 
 if __name__ == "__main__":
