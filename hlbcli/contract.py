@@ -12,6 +12,8 @@ import torch
 
 from hlbcli.config import EVAL_BATCH
 from hlbcli import hookimpl
+# the update a trick may own (hlb_update_build): its parts, the core's, and the closure rule
+from hlbcli.update import Update, UpdateParts, needs_closure, plain_update  # noqa: F401
 
 #: The stages a trick can hook into, in pipeline order.
 STAGES = ("setup", "data", "model", "loss", "optimizer", "step", "select", "run", "eval")

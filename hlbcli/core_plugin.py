@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from hlbcli import hookimpl
-from hlbcli.contract import CrossEntropy, RunContext, kilostep_scale, sgd_hparams
+from hlbcli.contract import CrossEntropy, RunContext, kilostep_scale, plain_update, sgd_hparams
 from hlbcli.data import load_cifar, synthetic
 from hlbcli.evaluation import evaluate
 from hlbcli.model import build_net
@@ -64,6 +64,11 @@ def piecewise_linear(total_steps: int, start: float, peak_at: float, end: float)
 def hlb_lr_schedule(total_steps, cfg):
     t = cfg.train
     return piecewise_linear(total_steps, t.lr_start, t.lr_peak_at, t.lr_end)
+
+
+@hookimpl(trylast=True)
+def hlb_update_build(parts):
+    return plain_update(parts)
 
 
 @hookimpl(trylast=True)

@@ -24,7 +24,8 @@ import torch
 from pydantic import BaseModel
 
 from hlbcli import hookspec
-from hlbcli.contract import Dataset, DataSpec, ProxyNet, RunContext, Selection, StepAction, TrickInfo, Transform
+from hlbcli.contract import (Dataset, DataSpec, ProxyNet, RunContext, Selection, StepAction, TrickInfo, Transform, Update,
+                             UpdateParts)
 
 #: Which stage each hook belongs to, in the order of ``hlbcli.contract.STAGES``: the one source
 #: of the stage table (``hlb tricks list`` reports a trick's stages from it, leaving out setup;
@@ -42,6 +43,7 @@ HOOK_STAGES = {
     "hlb_optimizer_build": "optimizer",
     "hlb_lr_schedule": "optimizer",
     "hlb_step_actions": "step",
+    "hlb_update_build": "step",
     "hlb_select": "select",
     "hlb_train_start": "run",
     "hlb_epoch_start": "run",
@@ -132,7 +134,8 @@ def hlb_model_build(cfg: Any, num_classes: int, in_channels: int) -> torch.nn.Mo
 def hlb_model_init(model: torch.nn.Module, ctx: RunContext) -> None:
     """Initialise weights from data or by rule (whitening, dirac). Called once per run, the
     first of the per-run hooks, after the weights are reset to the seed's defaults; all
-    implementations run, in registration order. Counts as timed work (the run's ``init``
+    implementations run, the last trick of the config's ``tricks`` list first (pluggy calls the
+    last registered first; hlb registers in the list's order). Counts as timed work (the run's ``init``
     phase); ``ctx.train_images`` holds the normalised training set."""
 
 
@@ -187,7 +190,10 @@ def hlb_optimizer_build(param_groups: list[dict], cfg: Any, ctx: RunContext) -> 
 def hlb_lr_schedule(total_steps: int, cfg: Any, ctx: RunContext) -> torch.Tensor:
     """Return a float tensor of at least ``total_steps + 1`` multipliers of each group's base
     lr, computed before the loop: step ``i`` (counted from 0) uses value ``i``. Called once per
-    run, after ``hlb_optimizer_build``. First result wins; fewer values is an error."""
+    run, after ``hlb_optimizer_build``. First result wins; fewer values is an error. The core's
+    (last) is piecewise linear from ``train.lr_start`` up to 1 at ``train.lr_peak_at`` and down
+    to ``train.lr_end``: a trick that returns its own makes those keys do nothing, so it
+    declares them in ``TrickInfo.overrides``."""
 
 
 # --- step ------------------------------------------------------------------------------------
@@ -202,6 +208,26 @@ def hlb_step_actions(
     after the last step (``at_end``). ``optimizer`` is the first optimizer, ``optimizers`` all
     of them. Called once per run, after ``hlb_lr_schedule``; results are concatenated (an
     action or a list of them per implementation)."""
+
+
+@hookspec(firstresult=True)
+def hlb_update_build(parts: UpdateParts, cfg: Any, ctx: RunContext) -> Update:
+    """Build the step's *update*: ``update(x, targets, weights, step) -> (summed loss, logits)``
+    (:data:`hlbcli.contract.Update`), the part of the step from the batch (after the batch
+    transforms) to new weights. Own it to change how a step trains: SAM's two passes, a
+    closure-based optimizer, gradient accumulation. ``parts`` (:class:`~hlbcli.contract.UpdateParts`)
+    holds the phase's forward-and-loss (compiled when the net is compiled), the optimizers and
+    their parameters, the ``after_backward`` actions, the lr setting, ``zero_grad``,
+    ``optimizer_step`` and ``closure``.
+
+    Called once per phase when its step is assembled (before the first epoch, and again where
+    the batch transforms change or ``ctx.rebuild_step`` is set), never per step; the function
+    it returns is called every step, so it does device work only (no hook call, no ``.item()``).
+    First result wins: the core's (last) is :func:`hlbcli.contract.plain_update`, one forward
+    and backward, the ``after_backward`` actions, then ``parts.optimizer_step(step)``; a wrapper
+    (``@hookimpl(wrapper=True)``) receives the update from ``yield`` and may wrap it. An update
+    must call ``parts.after_backward(step)`` once, after the gradients the optimizers will use,
+    and ``parts.optimizer_step(step)`` (which sets the lrs) once."""
 
 
 # --- select --------------------------------------------------------------------------------
@@ -219,7 +245,9 @@ def hlb_select(stream: Any, build_proxy: Callable[..., ProxyNet], cfg: Any, ctx:
 
     ``stream`` (:class:`hlbcli.stream.BatchStream`) replays the batches the run will train on,
     ``(step, images, labels)`` for each step, same order and same epoch-level augmentations,
-    from a copy of the run's generator (iterating it does not move the run's). Iterate it as
+    from a copy of the run's generator (iterating it does not move the run's), and the run's
+    generator is put back after this hook, so a draw from ``ctx.generator`` here does not move
+    the run away from the batches the stream replayed. Iterate it as
     often as needed. ``build_proxy(model={...}, freeze=(names,), steps=N)`` returns a
     :class:`~hlbcli.contract.ProxyNet`: a second net with ``cfg.model`` changed by ``model``,
     set up by the run's own hooks (build, init, loss, groups, optimizer, lr schedule) on the
@@ -286,6 +314,7 @@ def hlb_run_end(ctx: RunContext, status: str, metrics: dict | None, phases: dict
     and whatever ``hlb_evaluate`` returned, as the record's ``final``) for a completed run,
     else None. ``phases`` holds the timed seconds so far: ``init``, ``train``, ``eval``.
 
+    Two tricks' implementations run the last trick of the config's ``tricks`` list first.
     Called after the run's record is made: in ``hlb train`` (and ``hlb ablate``'s arms, either
     backend) a failed or interrupted run's record is already kept when it runs. An exception
     raised here is the trick's bug (exit 2), and the record stays as the run ended; while a

@@ -12,7 +12,7 @@ import math
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from hlbcli.config import unknown_key_message
 from hlbcli.errors import ConfigError, UsageError
@@ -230,11 +230,14 @@ def layered_sources(preset: str, config_file: str | None, sets: list[str]) -> tu
     return data, user
 
 
-def check_overridden(user: dict[str, str], overrides: dict[str, str]) -> None:
+def check_overridden(user: dict[str, str], overrides: dict[str, str], spare: Iterable[str] = ()) -> None:
     """A key the user wrote that an active trick sets itself (``model.bn_eps`` under
-    ``noisy_bn``: ``overrides`` maps it to the trick) would do nothing: an error."""
+    ``noisy_bn``: ``overrides`` maps it to the trick) would do nothing: an error. ``spare``:
+    tricks an ablation arm turns on (``--enable``, a swap) whose overridden keys the user wrote
+    for the other arms (the baseline trains with them): accepted there."""
+    spare = set(spare)
     rows = [(k, f"does nothing while trick '{overrides[k]}' is active (it sets this itself; {where})")
-            for k, where in user.items() if k in overrides]
+            for k, where in user.items() if k in overrides and overrides[k] not in spare]
     if rows:
         trick = overrides[rows[0][0]]
         raise ConfigError(rows, f"set it in the [{trick}] section (see `hlb tricks show {trick}`), or add --disable {trick}")

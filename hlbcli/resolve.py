@@ -22,11 +22,14 @@ def resolve(
     extra: dict[str, object] | None = None,
     replaced: dict[str, str] | None = None,
     only_on: bool = False,
+    arm: bool = False,
 ) -> tuple[Any, TrickManager]:
     """preset < --config FILE < --set; then the active tricks (preset list + --enable -
     --disable, each key of ``replaced`` swapped for its value) are registered, each
     contributing its settings section, and the whole is validated. ``only_on`` (``hlb train``,
-    ``hlb bench``): a ``--disable`` of a trick that is not on is refused (:func:`check_disable`)."""
+    ``hlb bench``): a ``--disable`` of a trick that is not on is refused (:func:`check_disable`).
+    ``arm`` (an ablation arm): the ``--set``s are every arm's, so a key that a trick ``enable``
+    turns on sets itself is accepted (:func:`~hlbcli.layers.check_overridden`)."""
     enable, disable = list(enable), list(disable)
     extra = extra or {}
     on = check_names([n for n in enable if n not in extra], "--enable")
@@ -34,7 +37,7 @@ def resolve(
     data, user = layered_sources(preset, config_file, list(sets))
     if only_on:
         check_disable(catalog().refs_of(active_tricks(data, on, []), "the tricks list", extra), off, "drop --disable {name}")
-    return resolve_data(data, user, enable, disable, extra, replaced)
+    return resolve_data(data, user, enable, disable, extra, replaced, arm)
 
 
 def check_disable(active: list[str], disable: Iterable[str], fix: str) -> None:
@@ -55,6 +58,7 @@ def resolve_data(
     disable: Iterable[str] = (),
     extra: dict[str, object] | None = None,
     replaced: dict[str, str] | None = None,
+    arm: bool = False,
 ) -> tuple[Any, TrickManager]:
     """:func:`resolve` from the merged settings themselves: also how a resolved config
     (a run record's ``config``, what the Ray backend sends its workers) becomes a config and
@@ -69,7 +73,8 @@ def resolve_data(
     inactive = ({cat.name_of(r) for r in cat.refs()} | set(extra)) - {cat.name_of(r) for r in active}
     check_inactive_sections(user, inactive, [cat.name_of(r) for r in off])
     tm = build_manager(active, extra=extra)
-    check_overridden(user, {k: n for n in tm.trick_names() for k in getattr(tm.info(n), "overrides", ())})
+    spare = [cat.name_of(r) for r in cat.refs_of(enable, "--enable", extra)] + list((replaced or {}).values()) if arm else []
+    check_overridden(user, {k: n for n in tm.trick_names() for k in getattr(tm.info(n), "overrides", ())}, spare)
     data["tricks"], data["replaced"] = active, replaced
     cfg = validate(data, tm.settings_models(), inactive, user)
     return cfg, tm

@@ -62,12 +62,14 @@ class RunPlan:
     k: int = 0
     #: ``hlb profile``: the step's parts in profiler ranges (:func:`hlbcli.step.build_step`)
     labelled: bool = False
+    #: ``hlb_update_build`` bound to the run: called once per phase, when its step is assembled
+    update_build: Callable | None = None
 
     def step_fn(self, forward: torch.nn.Module, batch_transforms: list[Transform], forward_loss=None):
         return build_step(
             forward, self.loss_fn, self.optimizers, self.base_lrs, self.lr_tables, batch_transforms,
             self.actions, self.ctx.dataset.num_classes, self.ctx, self.record, forward_loss, self.weights,
-            self.labelled,
+            self.labelled, self.update_build,
         )
 
 
@@ -122,7 +124,8 @@ def plan_run(session: Session, seed: int, warmup: bool = False, ctx: RunContext 
     keep, weights, k = run_selection(session, ctx, transforms)
     tm.hook.hlb_train_start(ctx=ctx)
     return RunPlan(ctx, transforms, o.loss_fn, o.optimizers, o.base_lrs, o.lr_table, actions, lr_tables=o.lr_tables,
-                   keep=keep, weights=weights, k=k, labelled=session.profiling)
+                   keep=keep, weights=weights, k=k, labelled=session.profiling,
+                   update_build=lambda parts: tm.hook.hlb_update_build(parts=parts, cfg=cfg, ctx=ctx))
 
 
 def fit(

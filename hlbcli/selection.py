@@ -19,13 +19,17 @@ from hlbcli.stream import BatchStream
 
 def run_selection(session: Any, ctx: RunContext, transforms: list[Transform]) -> tuple[torch.Tensor | None, torch.Tensor | None, int]:
     """The selection stage of a run (``hlb_select``), once, before the loop: its result
-    checked, as ``(keep, weights, k)`` (:func:`check_selection`)."""
+    checked, as ``(keep, weights, k)`` (:func:`check_selection`). The run's generator is put
+    back as it was before the hook, so the run trains on the batches ``stream`` replayed
+    whatever the trick drew from ``ctx.generator``."""
     stream = BatchStream(ctx, transforms, session.dataset.train_labels, session.cfg.train.channels_last)
 
     def build_proxy(model: dict | None = None, freeze: tuple[str, ...] = (), steps: int | None = None) -> ProxyNet:
         return proxy_net(session, ctx, dict(model or {}), tuple(freeze), steps)
 
+    before = ctx.generator.get_state()
     sel = session.tm.hook.hlb_select(stream=stream, build_proxy=build_proxy, cfg=session.cfg, ctx=ctx)
+    ctx.generator.set_state(before)  # a draw from ctx.generator here leaves the run on the stream it replayed
     return check_selection(sel, ctx, session.tm.owners().get("hlb_select", "core"))
 
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from hlbcli.contract import RunContext, StepAction, Transform, set_lrs
 from hlbcli.errors import TrickError
+from hlbcli.update import Update, UpdateParts, plain_update, update_parts
 
 
 def build_step(
@@ -27,6 +28,7 @@ def build_step(
     forward_loss: Callable | None = None,
     weights: torch.Tensor | None = None,
     labelled: bool = False,
+    update_build: Callable[[UpdateParts], Update | None] | None = None,
 ) -> Callable[[torch.Tensor, torch.Tensor, int], None]:
     """Fuse one phase's transforms and actions into a plain step function.
 
@@ -40,7 +42,10 @@ def build_step(
     ``weights``: the selection stage's per-example weights, row ``i`` for step ``i``
     (:class:`hlbcli.contract.Selection`), multiplying each example's loss before the sum.
     ``labelled`` (``hlb profile``): each part is wrapped, here at assembly, in a profiler range
-    (:data:`LABELS`) that names its phase; the step of every other command has none."""
+    (:data:`LABELS`) that names its phase; the step of every other command has none.
+    ``update_build``: ``hlb_update_build`` bound to the run (the core's answer, when no trick
+    owns the update, is :func:`hlbcli.update.plain_update`), called here once with the phase's
+    :class:`~hlbcli.update.UpdateParts`; None builds the core's directly."""
     before = tuple(a for a in actions if a.where == "before_forward")
     after_bwd = tuple(a for a in actions if a.where == "after_backward")
     after = tuple(a for a in actions if a.where == "after_step")
@@ -50,7 +55,6 @@ def build_step(
     tables = tuple(lr_tables)
     if forward_loss is None:
         forward_loss = plain_forward_loss(forward, loss_fn, soft, ctx)
-    zero_grads = tuple(opt.zero_grad for opt in optimizers)
     opt_steps = tuple(opt.step for opt in optimizers)
     if labelled:
         before, after_bwd, after = ([labelled_action(a) for a in part] for part in (before, after_bwd, after))
@@ -58,6 +62,15 @@ def build_step(
         forward_loss = label(LABELS["forward"], forward_loss)
         opt_steps = tuple(label(LABELS["optimizer"], fn) for fn in opt_steps)
     losses, last = record.losses, record.last
+
+    def after_backward(i: int) -> None:
+        for a in after_bwd:
+            if a.active(i):
+                a.fn(i)
+
+    parts = update_parts(forward_loss, optimizers, after_backward, lambda i: set_lrs(groups, base_lrs, tables, i), opt_steps)
+    update = update_build(parts) if update_build is not None else None
+    update = update if update is not None else plain_update(parts)
 
     def step(x: torch.Tensor, y: torch.Tensor, i: int) -> None:
         for a in before:
@@ -68,16 +81,7 @@ def build_step(
             targets = F.one_hot(y, num_classes).float()
             for fn in transforms:
                 x, targets = fn(x, targets)
-        loss, logits = forward_loss(x, targets) if weights is None else forward_loss(x, targets, weights[i])
-        for zero_grad in zero_grads:
-            zero_grad(set_to_none=True)
-        loss.backward()
-        for a in after_bwd:
-            if a.active(i):
-                a.fn(i)
-        set_lrs(groups, base_lrs, tables, i)
-        for opt_step in opt_steps:
-            opt_step()
+        loss, logits = update(x, targets, None if weights is None else weights[i], i)
         done = i + 1
         for a in after:
             if a.active(done):

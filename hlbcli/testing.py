@@ -15,6 +15,7 @@
     plan = testing.plan(s, seed=0)                 # the build-time hooks: plan.optimizers, ...
     result = testing.run(s, seed=0)                # one run; s.model holds the final weights
     rec = testing.run_record(s, seed=0)            # one run as hlb train records it, hlb_run_end included
+    summary = testing.track(MyTracker(target))     # tiny runs with a tracker, as hlb train --track calls it
 
 Nothing here touches the installed third-party tricks unless asked: a manager built by
 :func:`manager` holds the core and the plugins given, with every other trick blocked.
@@ -35,7 +36,7 @@ from hlbcli.run import fit, plan_run, run_seed
 from hlbcli.session import check_session, open_session
 
 __all__ = ["ConfigError", "HookRecorder", "TINY_SETS", "UsageError", "check", "manager", "plan", "plugin_name",
-           "resolve_config", "run", "run_record", "session", "synthetic", "train"]
+           "resolve_config", "run", "run_record", "session", "synthetic", "track", "train"]
 
 #: ``--set`` overrides that make any preset tiny: synthetic data, small widths, two epochs.
 TINY_SETS = [
@@ -106,6 +107,28 @@ def resolve_config(
 def train(cfg: Any, tm: TrickManager, runs: int = 1, seed: int = 0, device: str = "cpu") -> dict:
     """Train in this process, quietly; return the summary (``runs`` holds each run record)."""
     summary, _ = train_batch(cfg, tm, TrainOptions(runs=runs, seed=seed, device=device, quiet=True, download=False))
+    return summary
+
+
+def track(tracker: Any, cfg: Any = None, tm: TrickManager | None = None, out: Any = None, runs: int = 1,
+          seed: int = 0) -> dict:
+    """Train ``runs`` tiny runs in this process with ``tracker`` (an instance of a
+    :class:`hlbcli.tracking.Tracker` subclass, its ``target`` set) called as ``hlb train
+    --track`` calls it: ``start``, then per run ``run_start``, ``epoch`` per epoch, ``run_end``,
+    and ``end`` last. ``cfg, tm``: default :func:`resolve_config` (the smoke preset, tiny);
+    ``out``: the ``--out`` folder (records written there, ``command.out``; None: none). Returns
+    the summary; read back what the tracker wrote. An exception the tracker raises goes up here
+    (``hlb train`` would name it in a warning and go on without the tracker)."""
+    from pathlib import Path
+
+    from hlbcli.tracking import Trackers
+
+    if cfg is None:
+        cfg, tm = resolve_config()
+    trackers = Trackers([(type(tracker).__name__, tracker)], quiet=True, strict=True)
+    opts = TrainOptions(runs=runs, seed=seed, device="cpu", quiet=True, download=False, track=trackers,
+                        out=Path(out) if out is not None else None)
+    summary, _ = train_batch(cfg, tm, opts)
     return summary
 
 

@@ -17,4 +17,5 @@ BUILTINS = {
     "tta": "hlb_plugins.tta",
     "muon": "hlb_plugins.muon",
     "select": "hlb_plugins.select",
+    "sam": "hlb_plugins.sam",
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import hlbcli.run as run_mod
@@ -31,9 +32,12 @@ def guarded_build_step(state: dict):
     return build_step
 
 
-def _count_hook_calls(batch_size: int, extra=()):
-    cfg, tm = resolve("smoke", sets=tiny_sets(f"train.batch_size={batch_size}", "select.keep=8", *extra),
-                      enable=["cutmix", "weight_norm", "select"])
+#: the tricks each hot-path test turns on: with the core's update, and with one a trick owns (sam)
+ENABLED = [["cutmix", "weight_norm", "select"], ["cutmix", "weight_norm", "select", "sam"]]
+
+
+def _count_hook_calls(batch_size: int, enable: list[str], extra=()):
+    cfg, tm = resolve("smoke", sets=tiny_sets(f"train.batch_size={batch_size}", "select.keep=8", *extra), enable=enable)
     s = open_session(cfg, tm, "cpu")
     calls: list[str] = []
     in_step = {"on": False, "steps": 0}
@@ -56,16 +60,18 @@ def _count_hook_calls(batch_size: int, extra=()):
     return calls, in_step["steps"]
 
 
-def test_no_hook_call_inside_a_step_and_calls_do_not_grow_with_steps():
-    few, n_few = _count_hook_calls(64)  # 4 steps per epoch
-    many, n_many = _count_hook_calls(16)  # 16 steps per epoch
+@pytest.mark.parametrize("enable", ENABLED, ids=["core-update", "sam"])
+def test_no_hook_call_inside_a_step_and_calls_do_not_grow_with_steps(enable):
+    few, n_few = _count_hook_calls(64, enable)  # 4 steps per epoch
+    many, n_many = _count_hook_calls(16, enable)  # 16 steps per epoch
     assert n_many == 4 * n_few
     assert sorted(few) == sorted(many)  # hook calls depend on epochs, not steps
 
 
-def test_no_host_sync_inside_a_step(monkeypatch):
+@pytest.mark.parametrize("enable", ENABLED, ids=["core-update", "sam"])
+def test_no_host_sync_inside_a_step(monkeypatch, enable):
     """Reading a tensor on the host inside a step raises: item(), tolist(), bool(), float()."""
-    cfg, tm = resolve("smoke", sets=tiny_sets("select.keep=8"), enable=["cutmix", "weight_norm", "select"])
+    cfg, tm = resolve("smoke", sets=tiny_sets("select.keep=8"), enable=enable)
     s = open_session(cfg, tm, "cpu")
     state = {"on": False, "steps": 0}
 

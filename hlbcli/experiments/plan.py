@@ -187,7 +187,7 @@ def check_arm(opts: AblateOptions, arm: Arm, specs: dict | None = None):
         cfg, tm = vary.resolve_arm(opts, arm)
     else:
         cfg, tm = resolve(opts.preset, opts.config, opts.sets, arm.enabled, arm.disabled + arm.silenced,
-                          replaced=arm.replaced)
+                          replaced=arm.replaced, arm=True)
     own_data = tm.owners().get("hlb_dataset_build", "core") != "core"  # a trick brings its data
     # sizes, and each trick's hlb_validate against the data's shape and the model
     check_session(cfg, tm, None if own_data else (specs or {}).get(cfg.data.dataset))

@@ -170,7 +170,7 @@ def resolve_arm(opts, arm):
     for s in arm.sets:
         key, _, raw = s.partition("=")
         user.update({k: f"--vary {key}" for k in leaf_keys(parse_value(raw), key)})
-    return resolve_data(data, user, arm.enabled, arm.disabled + arm.silenced, replaced=arm.replaced)
+    return resolve_data(data, user, arm.enabled, arm.disabled + arm.silenced, replaced=arm.replaced, arm=True)
 
 
 def arm_error(arm, e: HlbError) -> UsageError:
