@@ -123,7 +123,8 @@ class Catalog:
             if both[0].builtin:
                 others = both[1:]
                 out.append(f"warning: trick name '{name}' is both built-in (hlbcli) and in {_and(e.origin for e in others)}: "
-                           f"'{name}' means the built-in one; write {_or(e.qualified for e in others)} for the other")
+                           f"--enable {name} (and a preset's '{name}') trains the built-in one; write "
+                           f"{_or(e.qualified for e in others)} for the other")
             else:
                 out.append(f"warning: trick name '{name}' is in both {_and(e.origin for e in both)}: "
                            f"write {_or(e.qualified for e in both)} (a bare '{name}' is an error)")

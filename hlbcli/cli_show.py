@@ -64,6 +64,7 @@ def tricks_list(
     from rich.console import Console
     from rich.table import Table
 
+    from hlbcli.contract_history import CONTRACT, contract_note
     from hlbcli.errors import UsageError
     from hlbcli.plugins import build_manager, check_names, known_tricks
 
@@ -75,9 +76,12 @@ def tricks_list(
     table = Table(box=None, pad_edge=False, show_edge=False)
     for col in ["name", "stages", "summary", "origin"] + ([f"in {preset}"] if preset else []):
         table.add_column(col, overflow="fold")
+    notes = []
     for name in tm.trick_names():
         info = tm.info(name)
-        row = [name, ",".join(tm.stages(name)), info.summary, tm.origins[name]]
+        note = [n for n in [contract_note(getattr(info, "contract", 0)), *tm.deprecated.get(name, [])] if n]
+        notes += [f"{name} ({tm.origins[name]}): {n}" for n in note]
+        row = [name + (" *" if note else ""), ",".join(tm.stages(name)), info.summary, tm.origins[name]]
         if preset:
             row.append("on" if name in active else "off")
         table.add_row(*row)
@@ -85,6 +89,10 @@ def tricks_list(
         table.add_row(name, "-", f"BROKEN: {why}", "-", *(["-"] if preset else []))
     console = Console(highlight=False, width=200 if not sys.stdout.isatty() else None)
     console.print(table)
+    if notes:  # a trick written for an older contract, or using what this one deprecates
+        console.print(f"\n* written for an older trick contract (this hlb: contract {CONTRACT}):", markup=False)
+        for n in notes:
+            console.print(f"  {n}", markup=False)
     if preset:
         flags = [f"--{k} {v}" for k, vs in (("enable", enable), ("disable", disable), ("swap", swap)) for v in vs or []]
         where = " ".join([preset, *flags])
@@ -120,6 +128,7 @@ def _combination(preset: str, disable: list[str], enable: list[str], swap: list[
 @tricks_app.command("show")
 def tricks_show(name: str = typer.Argument(..., help="trick name, or DIST:NAME (builtin:NAME for hlb's own)")) -> None:
     """A trick's settings: type, default and meaning of each field."""
+    from hlbcli.contract_history import contract_note
     from hlbcli.plugins import build_manager, check_names
 
     (ref,) = check_names([name], "tricks show")
@@ -133,6 +142,9 @@ def tricks_show(name: str = typer.Argument(..., help="trick name, or DIST:NAME (
         typer.echo(f"conflicts with: {', '.join(info.conflicts)}")
     if getattr(info, "replaces", ()):
         typer.echo(f"replaces: {', '.join(info.replaces)} (--enable {ref} turns those off)")
+    for note in [contract_note(getattr(info, "contract", 0)), *tm.deprecated.get(ref, [])]:
+        if note:
+            typer.echo(f"contract: {note}")
     models = tm.settings_models()
     if not models:
         typer.echo("no settings")

@@ -14,6 +14,7 @@ from hlbcli.config import EVAL_BATCH
 from hlbcli import hookimpl
 # the update a trick may own (hlb_update_build): its parts, the core's, and the closure rule
 from hlbcli.update import Update, UpdateParts, needs_closure, plain_update  # noqa: F401
+from hlbcli.contract_history import CONTRACT  # noqa: F401 (the contract's version)
 
 #: The stages a trick can hook into, in pipeline order.
 STAGES = ("setup", "data", "model", "loss", "optimizer", "step", "select", "run", "eval")
@@ -64,6 +65,9 @@ class TrickInfo:
     #: tricks this one takes the place of (names): ``--enable`` of this trick turns those off,
     #: and the config's ``replaced`` (in each run record) says so
     replaces: tuple[str, ...] = ()
+    #: the contract version it was written for (:data:`CONTRACT`; 0: not said): ``hlb tricks
+    #: list`` flags an older one with what changed since (:mod:`hlbcli.contract_history`)
+    contract: int = 0
 
 
 @dataclass(frozen=True)
@@ -344,6 +348,7 @@ def trick(
     conflicts: tuple[str, ...] = (),
     overrides: tuple[str, ...] = (),
     replaces: tuple[str, ...] = (),
+    contract: int = 0,
 ):
     """The two setup hooks every trick has, to assign at module level::
 
@@ -351,8 +356,9 @@ def trick(
 
     or on a trick class (``class MyTrick: hlb_trick_info, hlb_config_model = trick(...)``,
     registered as an instance). ``settings`` (a :class:`hlbcli.config.Settings` subclass)
-    becomes the config section ``name``; without it the trick has no settings."""
-    info = TrickInfo(name, summary, version, tuple(requires), tuple(conflicts), tuple(overrides), tuple(replaces))
+    becomes the config section ``name``; without it the trick has no settings. ``contract``:
+    the contract version the trick was written for (:data:`CONTRACT`)."""
+    info = TrickInfo(name, summary, version, tuple(requires), tuple(conflicts), tuple(overrides), tuple(replaces), contract)
 
     # ``*_self``: the same functions work at module level and as attributes of a trick class
     # (where Python passes the instance)

@@ -24,6 +24,7 @@ import torch
 from pydantic import BaseModel
 
 from hlbcli import hookspec
+from hlbcli.contract_history import DEPRECATED_ARGS
 from hlbcli.contract import (Dataset, DataSpec, ProxyNet, RunContext, Selection, StepAction, TrickInfo, Transform, Update,
                              UpdateParts)
 
@@ -199,14 +200,15 @@ def hlb_lr_schedule(total_steps: int, cfg: Any, ctx: RunContext) -> torch.Tensor
 # --- step ------------------------------------------------------------------------------------
 
 
-@hookspec
+@hookspec(warn_on_impl_args={k: DeprecationWarning(v) for k, v in DEPRECATED_ARGS["hlb_step_actions"].items()})
 def hlb_step_actions(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer, optimizers: list, cfg: Any, ctx: RunContext
 ) -> list[StepAction]:
     """Return functions to place in the fused step (:class:`~hlbcli.contract.StepAction`), to
     run before the forward pass, after the backward pass, after the optimizer step, or once
-    after the last step (``at_end``). ``optimizer`` is the first optimizer, ``optimizers`` all
-    of them. Called once per run, after ``hlb_lr_schedule``; results are concatenated (an
+    after the last step (``at_end``). ``optimizers``: all of them; ``optimizer``, the first, is
+    deprecated (contract 3: a DeprecationWarning when a trick asking for it registers; use
+    ``optimizers[0]``). Called once per run, after ``hlb_lr_schedule``; results are concatenated (an
     action or a list of them per implementation)."""
 
 

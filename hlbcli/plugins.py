@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import re
+import warnings
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Iterable
@@ -41,6 +42,8 @@ class TrickManager:
     origins: dict[str, str] = field(default_factory=dict)
     #: tricks that could not be registered (``build_manager(skip_broken=True)``): name -> why
     broken: dict[str, str] = field(default_factory=dict)
+    #: what each trick uses that the contract deprecates (pluggy's warnings at registration)
+    deprecated: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def hook(self):
@@ -210,7 +213,9 @@ def _load_and_register(tm: TrickManager, name: str, extra: dict, cat: Catalog) -
 
 def _register(tm: TrickManager, plugin: object | ModuleType, name: str, origin: str, section: str) -> None:
     try:
-        tm.pm.register(plugin, name=name)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            tm.pm.register(plugin, name=name)
     except pluggy.PluginValidationError as e:
         raise UsageError(
             f"trick '{name}' ({origin}) does not match the hook contract: {_one_line(e)}",
@@ -218,6 +223,10 @@ def _register(tm: TrickManager, plugin: object | ModuleType, name: str, origin: 
         ) from None
     except ValueError as e:
         raise UsageError(f"trick '{name}' ({origin}) could not register: {e}", f"run with --disable {name}") from None
+    for w in caught:  # kept for hlb tricks list, and warned on as pluggy warned (the filters decide)
+        if issubclass(w.category, DeprecationWarning):
+            tm.deprecated.setdefault(name, []).append(str(w.message))
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     tm.origins[name] = origin
     guard_impls(tm.pm, plugin, name, origin)
     info = tm.info(name)

@@ -9,7 +9,7 @@ from typing import Any, Iterable
 
 from hlbcli.config import validate
 from hlbcli.layers import active_tricks, check_inactive_sections, check_overridden, layered_sources
-from hlbcli.errors import UsageError
+from hlbcli.errors import ConfigError, HlbError, UsageError
 from hlbcli.plugins import TrickManager, build_manager, catalog, check_names, replaces_of
 
 
@@ -76,8 +76,34 @@ def resolve_data(
     spare = [cat.name_of(r) for r in cat.refs_of(enable, "--enable", extra)] + list((replaced or {}).values()) if arm else []
     check_overridden(user, {k: n for n in tm.trick_names() for k in getattr(tm.info(n), "overrides", ())}, spare)
     data["tricks"], data["replaced"] = active, replaced
-    cfg = validate(data, tm.settings_models(), inactive, user)
+    try:
+        cfg = validate(data, tm.settings_models(), inactive, user)
+    except ConfigError as e:
+        raise _namesake_setting(e, cat, active) or e from None
     return cfg, tm
+
+
+def _namesake_setting(e: ConfigError, cat, active: list[str]) -> ConfigError | None:
+    """An unknown key in a section whose name two tricks share, that the active one lacks and
+    the other has (``--enable muon --set muon.foo=1``, foo being a third party's ``muon``'s):
+    one line saying whose setting it is and how to train that one; else None. The other trick
+    is imported here, on this error's path only."""
+    for where, what in e.rows:
+        section, _, key = where.partition(".")
+        if not what.startswith("unknown key") or section not in cat.shared or "." in key:
+            continue
+        mine = next((r for r in active if cat.name_of(r) == section), None)
+        for other in (x.ref for x in cat.shared[section] if x.ref != mine):
+            try:
+                model = build_manager([other], check_relations=False).settings_models().get(section)
+            except HlbError:
+                continue
+            if model is not None and key in model.model_fields:
+                return ConfigError(
+                    [(where, f"a setting of {other} ({cat.entries[other].origin}), not of the '{section}' that is "
+                             f"active ({mine}, {cat.entries[mine].origin if mine in cat.entries else 'given'})")],
+                    f"to train {other}, write --enable {other} (with --disable {mine} where the preset turns it on)")
+    return None
 
 
 def choose_tricks(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +83,23 @@ def _flatten(results: list) -> list:
     return out
 
 
+#: the ties of transform order said in this process (each once)
+_TIES_SAID: set[tuple[str, ...]] = set()
+
+
+def in_order(transforms: list[Transform]) -> list[Transform]:
+    """The transforms by ``order``, ties by name (whatever order the tricks registered in); a
+    tie is said on stderr once per process, naming which runs first."""
+    out = sorted(transforms, key=lambda tr: (tr.order, tr.name))
+    for order in sorted({tr.order for tr in out}):
+        tied = tuple(tr.name for tr in out if tr.order == order)
+        if len(tied) > 1 and tied not in _TIES_SAID:
+            _TIES_SAID.add(tied)
+            print(f"note: transforms {', '.join(repr(n) for n in tied)} share order {order}: they run in that order "
+                  "(ties go by name); give one an order of its own to choose", file=sys.stderr, flush=True)
+    return out
+
+
 def new_context(session: Session, seed: int, warmup: bool = False, arm: str | None = None,
                 out: Path | None = None) -> RunContext:
     """The run's :class:`RunContext`, before any hook: sizes, the model, and the run's
@@ -118,7 +136,7 @@ def plan_run(session: Session, seed: int, warmup: bool = False, ctx: RunContext 
         train_images = train_images.contiguous(memory_format=torch.channels_last)
     ctx.train_images = train_images
     tm.hook.hlb_model_init(model=model, ctx=ctx)
-    transforms = sorted(_flatten(tm.hook.hlb_batch_transforms(cfg=cfg, ctx=ctx)), key=lambda tr: tr.order)
+    transforms = in_order(_flatten(tm.hook.hlb_batch_transforms(cfg=cfg, ctx=ctx)))
     o = build_optimization(tm, cfg, ctx, model, total_steps)
     actions = _flatten(tm.hook.hlb_step_actions(model=model, optimizer=o.optimizers[0], optimizers=o.optimizers, cfg=cfg, ctx=ctx))
     keep, weights, k = run_selection(session, ctx, transforms)

@@ -17,9 +17,9 @@ import pytest
 
 from conftest import pip_venv, set_args, tiny_sets, write_distribution
 from hlbcli import catalog as catalogs
-from hlbcli import hookimpl
+from hlbcli import hookimpl, testing
 from hlbcli.config import to_dict
-from hlbcli.contract import TrickInfo, trick
+from hlbcli.contract import ORDER_MIXING, Transform, TrickInfo, trick
 from hlbcli.errors import UsageError
 from hlbcli.experiments.plan import AblateOptions, Arm, plan_arms, plan_battery
 from hlbcli.resolve import resolve, resolve_data
@@ -185,8 +185,8 @@ def test_catalog_names_both_and_qualifies_the_other(monkeypatch, capsys):
     cat = catalogs.catalog()
     err = capsys.readouterr().err.splitlines()
     assert err == [
-        "warning: trick name 'tta' is both built-in (hlbcli) and in hlb-Alpha 9.9: 'tta' means the built-in one; "
-        "write hlb-alpha:tta for the other",
+        "warning: trick name 'tta' is both built-in (hlbcli) and in hlb-Alpha 9.9: --enable tta (and a preset's 'tta') trains the "
+        "built-in one; write hlb-alpha:tta for the other",
         "warning: trick name 'both' is in both hlb_alpha 9.9 and hlb.beta 9.9: write hlb-alpha:both or hlb-beta:both "
         "(a bare 'both' is an error)",
     ]
@@ -256,8 +256,8 @@ def venv(tmp_path_factory):
     return pip_venv(root, [_write_dist(root, "hlb-alpha", "hlbx_alpha", ALPHA), _write_dist(root, "hlb-beta", "hlbx_beta", BETA)])
 
 
-WARN_TTA = ("warning: trick name 'tta' is both built-in (hlbcli) and in hlb-alpha 0.1.0: 'tta' means the built-in one; "
-            "write hlb-alpha:tta for the other")
+WARN_TTA = ("warning: trick name 'tta' is both built-in (hlbcli) and in hlb-alpha 0.1.0: --enable tta (and a preset's 'tta') trains the "
+            "built-in one; write hlb-alpha:tta for the other")
 WARN_SHARED = ("warning: trick name 'shared' is in both hlb-alpha 0.1.0 and hlb-beta 0.1.0: "
                "write hlb-alpha:shared or hlb-beta:shared (a bare 'shared' is an error)")
 
@@ -341,3 +341,58 @@ def test_swap_ablation_on_the_local_backend(venv, tmp_path):
         assert rec["status"] == "completed" and rec["seed"] == s["arms"][0]["runs"][0]["seed"]
         assert rec["config"]["replaced"] == {"tta": new} and new in rec["tricks"] and "tta" not in rec["tricks"]
     assert "replaced" not in s["arms"][0]["runs"][0]["config"]
+
+
+# --- where a shared name bites: a setting of the other, two transforms on one order slot ----------
+
+
+MUON_FAKE = """
+from pydantic import Field
+from hlbcli.config import Settings
+from hlbcli.contract import trick
+
+class Theirs(Settings):
+    spectral: bool = Field(False, description="a setting the built-in muon lacks")
+
+hlb_trick_info, hlb_config_model = trick("muon", "a third party's muon", Theirs)
+"""
+
+
+def test_a_setting_of_the_other_namesake_says_whose_it_is(monkeypatch):
+    mod = types.ModuleType("mod_hlb_theirs_muon")
+    exec(MUON_FAKE, mod.__dict__)
+    monkeypatch.setitem(sys.modules, "mod_hlb_theirs_muon", mod)
+    _fake_eps(monkeypatch, ("hlb_theirs", "muon"))
+    with pytest.raises(UsageError) as e:
+        resolve("smoke", sets=tiny_sets("muon.spectral=true"), enable=["muon"])
+    line = e.value.line()
+    assert "muon.spectral: a setting of hlb-theirs:muon (hlb_theirs 9.9), not of the 'muon' that is active (muon, built-in)" in line
+    assert "write --enable hlb-theirs:muon" in line
+    # a key neither has stays the plain unknown-key error
+    with pytest.raises(UsageError, match="unknown key"):
+        resolve("smoke", sets=tiny_sets("muon.nonesuch=1"), enable=["muon"])
+
+
+def _at(name: str, order: int):
+    class At:
+        hlb_trick_info, hlb_config_model = trick(name, f"a transform at order {order}")
+
+        @hookimpl
+        def hlb_batch_transforms(self):
+            return [Transform(name, lambda x, y: (x, y), level="batch", order=order)]
+
+    return At()
+
+
+@pytest.mark.parametrize("listed", [("zeta", "alpha"), ("alpha", "zeta")])
+def test_two_transforms_on_one_order_slot_run_by_name_and_are_said(listed, capsys, monkeypatch):
+    import hlbcli.run as run_mod
+
+    monkeypatch.setattr(run_mod, "_TIES_SAID", set())
+    cfg, tm = testing.resolve_config(*[_at(n, ORDER_MIXING) for n in listed], disable=["flip", "translate"])
+    plan = testing.plan(testing.session(cfg, tm))
+    assert [t.name for t in plan.transforms] == ["alpha", "zeta"]
+    err = capsys.readouterr().err
+    assert f"note: transforms 'alpha', 'zeta' share order {ORDER_MIXING}: they run in that order (ties go by name)" in err
+    testing.plan(testing.session(cfg, tm))
+    assert "share order" not in capsys.readouterr().err  # once per process

@@ -35,7 +35,8 @@ def mixup(images: torch.Tensor, targets: torch.Tensor, alpha: float) -> tuple[to
     return images * li + images[partner] * (1 - li), targets * lt + targets[partner] * (1 - lt)
 
 
-hlb_trick_info, hlb_config_model = trick(NAME, "blend pairs of images and their labels with Beta(alpha, alpha) weights", MixupSettings, version=__version__)
+hlb_trick_info, hlb_config_model = trick(NAME, "blend pairs of images and their labels with Beta(alpha, alpha) weights", MixupSettings, version=__version__,
+                                         contract=3)
 
 
 @hookimpl
