@@ -149,6 +149,7 @@ SLOW = {
                        "test_a_failed_arm_is_reported_and_the_others_kept"},
     "test_faults_config.py": {"test_arms_train_the_plan_as_resolved_when_the_battery_started"},
     "test_sequential.py": {"test_resume_mid_way_trains_only_what_is_missing"},
+    "test_fixture_packages.py": {"test_a_swapped_in_trick_and_a_tracker_through_an_ablation"},
     "test_gpu_bench.py": set(),
     "test_speed_paths.py": set(),
     "test_out_kinds.py": set(),

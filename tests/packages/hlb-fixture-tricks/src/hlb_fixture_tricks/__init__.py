@@ -1,0 +1,3 @@
+"""Three tricks for hlb, written against contract 3."""
+
+CONTRACT = 3
