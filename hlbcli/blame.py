@@ -118,6 +118,7 @@ RESULT_CHECKS: dict[str, Callable[[Any], str | None]] = {
     "hlb_optimizer_build": _expect(lambda: (_torch().optim.Optimizer,), "an optimizer or a list of them", many=True),
     "hlb_lr_schedule": _expect(lambda: (_torch().Tensor,), "a tensor of multipliers"),
     "hlb_step_actions": _expect(lambda: (_contract().StepAction,), "a StepAction or a list of them", many=True),
+    "hlb_update_build": _check_callable,
     "hlb_eval_forward": _check_callable,
     "hlb_evaluate": _check_evaluate,
 }

@@ -36,7 +36,8 @@ def test_a_deprecated_argument_warns_through_pluggy_and_still_works():
     with pytest.warns(DeprecationWarning, match=r"optimizers\[0\]"):
         tm = testing.manager(trick_)
     assert tm.deprecated["old_actions"] and "contract 4" in tm.deprecated["old_actions"][0]
-    cfg, tm = testing.resolve_config(trick_)
+    with pytest.warns(DeprecationWarning):  # at each registration
+        cfg, tm = testing.resolve_config(trick_)
     plan = testing.plan(testing.session(cfg, tm))
     assert trick_.seen is plan.optimizers[0]
 

@@ -170,3 +170,19 @@ def test_the_update_is_built_once_per_phase_and_wrappers_see_the_core_one():
     assert res.status == "completed"
     assert trick_.built == rec.count("hlb_update_build") == 2
     assert trick_.ran == res.epochs[-1]["steps"]
+
+
+class NotAnUpdate:
+    hlb_trick_info, hlb_config_model = trick("not_an_update", "returns a string from hlb_update_build")
+
+    @hookimpl
+    def hlb_update_build(self):
+        return "sam"
+
+
+def test_an_update_that_is_not_a_function_is_the_tricks_bug_found_at_assembly():
+    from hlbcli.errors import TrickBug
+
+    cfg, tm = testing.resolve_config(NotAnUpdate())
+    with pytest.raises(TrickBug, match=r"trick 'not_an_update' \(given\) returned .*str.* where a function is due in hlb_update_build"):
+        testing.run(testing.session(cfg, tm))
