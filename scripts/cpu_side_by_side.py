@@ -250,7 +250,7 @@ def run_hlb(preset: str, data_dir: str, widths: str, epochs: float, seed: int, t
 
 
 def _short(phases: dict) -> str:
-    return "(" + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()) + ")"
+    return "(" + ", ".join(f"{k} {100 * v:.2f}%" if "accuracy" in k else f"{k} {v:.1f}" for k, v in phases.items()) + ")"
 
 
 def _setup(a: argparse.Namespace) -> dict:
