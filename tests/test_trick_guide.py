@@ -47,12 +47,13 @@ def test_a_step_action_may_run_autograd():
 
 
 class ScaleHead:
-    """A module hook registered per run (after the net is compiled): it halves the head's output."""
+    """A module hook registered per run (after the net is compiled): it halves the head's output.
+    At the final evaluation it compares the compiled forward with the eager one, hook on and off."""
 
     hlb_trick_info, hlb_config_model = trick("scale_head", "a forward hook on the head, registered per run")
 
     def __init__(self):
-        self.calls = 0
+        self.calls, self.outputs = 0, {}
 
     @hookimpl
     def hlb_model_init(self, model, ctx):
@@ -60,29 +61,37 @@ class ScaleHead:
             self.calls += 1
             return out * 0.5
 
-        handle = model.head.register_forward_hook(halve)
-        ctx.state["scale_head"] = handle
+        ctx.state["scale_head"] = model.head.register_forward_hook(halve)
 
-    @hookimpl
-    def hlb_run_end(self, ctx):
-        ctx.state["scale_head"].remove()
+    @hookimpl(wrapper=True)
+    def hlb_eval_forward(self, model, ctx):
+        forward = yield  # the compiled model (the core's result, tta off)
+        x = ctx.train_images[:32]
+        ctx.model.eval()
+        with torch.no_grad():
+            self.outputs["compiled"] = forward(x).float()
+            self.outputs["eager"] = ctx.model(x).float()
+            ctx.state["scale_head"].remove()
+            self.outputs["eager without the hook"] = ctx.model(x).float()
+        ctx.model.train()
+        return forward
 
 
 def test_module_hooks_fire_on_a_compiled_net():
     """A forward hook added to the session's module after it was compiled changes the compiled
-    run as it changes the eager one (torch.compile traces module hooks and recompiles when one is
-    added); its Python side effect runs on every call."""
-    out = {}
-    for mode in ("off", "on"):
-        trick_ = ScaleHead()
-        cfg, tm = testing.resolve_config(trick_, sets=[f'train.compile="{mode}"', "train.epochs=1", "data.synthetic_train=128"],
-                                         disable=["tta"])
-        s = testing.session(cfg, tm)
-        assert s.compiled == (mode == "on")
-        rec = testing.run_record(s)
-        out[mode] = (rec["epochs"][-1]["train_loss"], trick_.calls, rec["epochs"][-1]["steps"])
-    assert out["on"][0] == pytest.approx(out["off"][0], rel=1e-3)
-    assert out["on"][1] >= out["on"][2]  # at least once per step
+    forward as it changes the eager one (torch.compile traces module hooks and compiles again
+    when one is added), and its Python runs on every call."""
+    trick_ = ScaleHead()
+    cfg, tm = testing.resolve_config(trick_, sets=['train.compile="on"', "train.epochs=1", "data.synthetic_train=128"],
+                                     disable=["tta"])
+    s = testing.session(cfg, tm)
+    assert s.compiled
+    res = testing.run(s)
+    assert res.status == "completed"
+    out = trick_.outputs
+    assert torch.allclose(out["compiled"], out["eager"], rtol=1e-4, atol=1e-5)
+    assert torch.allclose(out["eager"], 0.5 * out["eager without the hook"], rtol=1e-4, atol=1e-5)
+    assert trick_.calls >= res.epochs[-1]["steps"]  # at least once per step
 
 
 def _order_trick(name: str, seen: list):

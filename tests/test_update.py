@@ -92,20 +92,19 @@ def test_sam_trains_and_its_settings_are_checked():
         resolve("smoke", sets=tiny_sets("sam.rho=0"), enable=["sam"])
 
 
-def test_sam_compiled_matches_eager():
-    """The update runs inside the compiled forward-and-loss when the net is compiled: the same
-    weights after an epoch as eagerly, within fp32 tolerance."""
-    ends = {}
-    for mode in ("off", "on"):
-        cfg, tm = resolve("smoke", sets=tiny_sets("sam.rho=0.05", f'train.compile="{mode}"', "train.epochs=1",
-                                                  "data.synthetic_train=128"), enable=["sam"])
-        s = open_session(cfg, tm, "cpu")
-        assert s.compiled == (mode == "on")
-        res = fit(s, 0)
-        ends[mode] = (res.epochs[-1]["train_loss"], [p.detach().clone() for p in s.model.parameters()])
-    assert ends["on"][0] == pytest.approx(ends["off"][0], rel=1e-3)
-    for a, b in zip(ends["off"][1], ends["on"][1]):
-        assert torch.allclose(a, b, rtol=1e-3, atol=1e-3)
+def test_sam_compiled_is_sams_update():
+    """Compiled (the forward-and-loss one graph, as train.compile_loss builds it), one SAM step
+    from the seed's weights lands where the reference does, within compiled-vs-eager rounding."""
+    s, plan = _plan(0.05, 'train.compile="on"')
+    assert s.compiled
+    x, y = _batch(s)
+    opt = copy.deepcopy(plan.optimizers[0])
+    opt.param_groups[0]["lr"] = plan.base_lrs[0] * plan.lr_tables[0][0]
+    want = reference_sam(s.model, opt, x, y, 0.05)
+    plan.step_fn(s.forward_model, [], s.forward_loss(plan.loss_fn, False, plan.ctx))(x, y, 0)
+    got = [p.detach().clone() for p in s.model.parameters() if p.requires_grad]
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-4), (a - b).abs().max()
 
 
 class Lbfgs:
