@@ -34,6 +34,7 @@ hlb_trick_info, hlb_config_model = trick(NAME, "sharpness-aware minimisation: th
 def sam_update(parts: UpdateParts, rho: float):
     """The SAM update of ``parts``: device work only, no host sync."""
     params, forward_loss, zero_grad = parts.params, parts.forward_loss, parts.zero_grad
+    closing = any(parts.takes_closure)  # read once, at assembly
 
     def update(x: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None, i: int):
         loss, logits = forward_loss(x, targets, weights)
@@ -51,7 +52,7 @@ def sam_update(parts: UpdateParts, rho: float):
         with torch.no_grad():
             torch._foreach_copy_(live, saved)
         parts.after_backward(i)
-        parts.optimizer_step(i, parts.closure(x, targets, weights) if any(parts.takes_closure) else None)
+        parts.optimizer_step(i, parts.closure(x, targets, weights) if closing else None)
         return loss, logits
 
     return update
