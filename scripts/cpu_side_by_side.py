@@ -6,8 +6,8 @@
 DIR holds the real CIFAR-10 (``cifar-10-batches-py``; ``python ../shared/data/cifar10/materialize.py
 DIR`` writes it). airbench's own script is read from ``external/airbench/airbench94.py`` (an
 ignored folder, never committed; see scripts/gpu_bench.sh for how to lay it out), patched in
-memory for the CPU (fp32 instead of fp16, no .cuda(), host clocks instead of CUDA events, the
-widths and epochs narrowed) and run in a fresh process; hlb runs ``hlb train --preset 94`` with
+memory for the CPU by scripts/originals.py (fp32 instead of fp16, no .cuda(), host clocks instead
+of CUDA events, the widths and epochs narrowed) and run in a fresh process; hlb runs ``hlb train --preset 94`` with
 the same widths and epochs. ``--recipe 94-record`` runs hiverge's ``cifar10_speedrun.py`` from
 ``external/hiverge/`` (commit 06c6072 of github hiverge/cifar10-speedrun, as the ljbuturovic fork
 holds it, fetched into that ignored folder: see scripts/gpu_bench.sh) against
@@ -34,161 +34,24 @@ sys.path.insert(0, str(ROOT))
 
 from hlbcli.stats import mean_std, ratio_of_times, welch_difference  # noqa: E402
 
-# run inside the airbench child process: patch the source text for the CPU, then call main()
-AIRBENCH_CHILD = r'''
-import json, sys, time, torch
-src_path, widths, epochs, seed, threads, out = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
-torch.set_num_threads(threads)
-src = open(src_path).read()
-patches = [
-    ("map_location=torch.device(gpu)", "map_location='cpu'"),
-    ("self.images.half() / 255", "self.images.float() / 255"),
-    ("net = net.half().cuda()", "net = net.float()"),
-]
-for old, new in patches:
-    assert old in src, "airbench94.py changed: " + old
-    src = src.replace(old, new)
+sys.path.insert(0, str(ROOT / "scripts"))
+from originals import PATCHES  # noqa: E402
 
-%(shim)s
-ns = {"__name__": "airbench94_cpu"}
-sys.argv = [src_path]  # the script reads its own source through sys.argv[0]
-exec(compile(src, src_path, "exec"), ns)
-w = [int(v) for v in widths.split(",")]
-ns["hyp"]["net"]["widths"] = dict(block1=w[0], block2=w[1], block3=w[2])
-ns["hyp"]["opt"]["train_epochs"] = epochs
-torch.manual_seed(seed)
-run = lambda: ns["main"](seed)
-%(capture)s'''
-
-
-# the same for airbench94_muon.py: fp32 instead of fp16 (Newton-Schulz too), no torch.compile, the
-# widths and epochs narrowed (its logits scale with 1/width by itself)
-AIRBENCH_MUON_CHILD = r'''
-import json, sys, time, torch
-src_path, widths, epochs, seed, threads, out = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
-torch.set_num_threads(threads)
-w = [int(v) for v in widths.split(",")]
-src = open(src_path).read()
-patches = [
-    ("@torch.compile\n", ""),
-    ("X = G.bfloat16()", "X = G.float()"),
-    ('map_location=torch.device("cuda")', "map_location='cpu'"),
-    ("self.images.half() / 255", "self.images.float() / 255"),
-    ("widths = dict(block1=64, block2=256, block3=256)", "widths = dict(block1=%d, block2=%d, block3=%d)" % tuple(w)),
-    ("                mod.half()", "                mod.float()"),
-    ("total_train_steps = ceil(8 * len(train_loader))", "total_train_steps = ceil(%r * len(train_loader))" % epochs),
-]
-for old, new in patches:
-    assert old in src, "airbench94_muon.py changed: " + old
-    src = src.replace(old, new)
-
-%(shim)s
-ns = {"__name__": "airbench94_muon_cpu"}
-sys.argv = [src_path]  # the script reads its own source through sys.argv[0]
-exec(compile(src, src_path, "exec"), ns)
-torch.manual_seed(seed)
-model = ns["CifarNet"]().to(memory_format=torch.channels_last)
-run = lambda: ns["main"](seed, model)
-%(capture)s'''
-
-# the same for hiverge's cifar10_speedrun.py (94-record): torch.compile made a no-op (eager on the CPU, as
-# hlb's preset runs there), fp32 instead of fp16 (its Muon's fp16 momentum buffers stay, as in hlb's preset),
-# CPU tensors instead of CUDA and pinned memory, the widths and epochs narrowed (its logits scale with
-# 1/width by itself); main() returns (accuracy without TTA, accuracy with its selective TTA, timed seconds)
-HIVERGE_CHILD = r'''
-import json, sys, time, torch
-src_path, widths, epochs, seed, threads, out = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
-torch.set_num_threads(threads)
-w = [int(v) for v in widths.split(",")]
-src = open(src_path).read()
-patches = [
-    ("dtype=torch.half)\nCIFAR_STD", "dtype=torch.float)\nCIFAR_STD"),
-    ("(0.247, 0.2435, 0.2616), dtype=torch.half)", "(0.247, 0.2435, 0.2616), dtype=torch.float)"),
-    ('map_location=torch.device("cuda")', "map_location='cpu'"),
-    ("(self.images.half() / 255)", "(self.images.float() / 255)"),
-    ('dtype=torch.long, device="cuda")', 'dtype=torch.long, device="cpu")'),
-    ("widths = dict(block1=64, block2=256, block3=256)", "widths = dict(block1=%d, block2=%d, block3=%d)" % tuple(w)),
-    ("            mod.half()", "            mod.float()"),
-]
-for old, new in patches:
-    assert old in src, "cifar10_speedrun.py changed: " + old
-    src = src.replace(old, new)
-# the pinned staging buffer of commits before 06c6072 (a CPU tensor cannot be pinned without CUDA)
-src = src.replace(").pin_memory().contiguous()", ").contiguous()")
-import re
-src, n = re.subn(r"total_train_steps = ceil\([0-9.]+ \* len\(train_loader\)\)",
-                 "total_train_steps = ceil(%r * len(train_loader))" % epochs, src)
-assert n == 1, "cifar10_speedrun.py changed: total_train_steps"
-
-def no_compile(fn=None, **kw):
-    return fn if fn is not None else (lambda f: f)
-torch.compile = no_compile
-%(shim)s
-ns = {"__name__": "cifar10_speedrun_cpu"}
-sys.argv = [src_path]  # the script reads its own source through sys.argv[0]
-exec(compile(src, src_path, "exec"), ns)
-torch.manual_seed(seed)
-model = ns["CifarNet"]().to(memory_format=torch.channels_last)
-t0 = time.perf_counter()
-val_acc, tta_acc, seconds = ns["main"](seed, model)
-json.dump({"accuracy": float(tta_acc), "seconds": float(seconds), "wall": time.perf_counter() - t0,
-           "phases": {"no-tta accuracy": float(val_acc)}}, open(out, "w"))
-'''
-
-# the same for airbench96_faster.py: fp32 instead of fp16, CPU tensors instead of CUDA, no torch.compile
-# (the script's __main__ is not run: the three nets are built here as it builds them), both nets and the
-# epochs narrowed; python's random seeded with the seed (the script draws its data seed from it)
-AIRBENCH96_FASTER_CHILD = r'''
+# run in a fresh process per run: load the original script patched for the CPU (scripts/originals.py), seed,
+# then the recipe's own body (below) runs it and writes its result to ``out``
+CHILD_HEAD = r"""
 import json, random, sys, time, torch
-src_path, widths, epochs, seed, threads, out = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+sys.path.insert(0, SCRIPTS)
+from originals import load
+recipe, src_path, widths, epochs, seed, threads, out = sys.argv[1:3] + [sys.argv[3], float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), sys.argv[7]]
 torch.set_num_threads(threads)
-main_w, proxy_w = ([int(v) for v in part.split(",")] for part in widths.split("/"))
-src = open(src_path).read()
-patches = [
-    ("map_location='cuda'", "map_location='cpu'"),
-    ("(self.images.half() / 255)", "(self.images.float() / 255)"),
-    ("torch.tensor([True]*len(self.images)).cuda()", "torch.tensor([True]*len(self.images))"),
-    ("torch.zeros(len(inputs)).cuda().bool()", "torch.zeros(len(inputs)).bool()"),
-    ("net = net.half().cuda()", "net = net.float()"),
-    ("model._orig_mod[0]", "model[0]"),
-    ("model_trainbias._orig_mod[0]", "model_trainbias[0]"),
-]
-for old, new in patches:
-    assert old in src, "airbench96_faster.py changed: " + old
-    src = src.replace(old, new)
-
-%(shim)s
-ns = {"__name__": "airbench96_faster_cpu"}
-sys.argv = [src_path]
-exec(compile(src, src_path, "exec"), ns)
-hyp = ns["hyp"]
-hyp["net"]["widths"] = dict(block1=main_w[0], block2=main_w[1], block3=main_w[2])
-hyp["proxy"]["widths"] = dict(block1=proxy_w[0], block2=proxy_w[1], block3=proxy_w[2])
-hyp["opt"]["train_epochs"] = epochs
+main_w, *proxy_w = [[int(v) for v in part.split(",")] for part in widths.split("/")]
+ns = load(recipe, src_path, main_w, epochs, proxy_w[0] if proxy_w else None)
 torch.manual_seed(seed)
-random.seed(seed)
-proxy = ns["make_net"](hyp["proxy"])
-proxy[0].bias.requires_grad = False
-trainbias, freezebias = ns["make_net"](hyp["net"]), ns["make_net"](hyp["net"])
-freezebias[0].bias.requires_grad = False
-run = lambda: ns["main"](seed, hyp, proxy, trainbias, freezebias)
-%(capture)s'''
+""".replace("SCRIPTS", repr(str(Path(__file__).resolve().parent)))
 
-# CUDA events and synchronize, for the host clock (both children)
-HOST_CLOCK = """
-class HostEvent:
-    def __init__(self, enable_timing=False):
-        self.t = None
-    def record(self):
-        self.t = time.perf_counter()
-    def elapsed_time(self, end):
-        return 1e3 * (end.t - self.t)
-
-torch.cuda.Event = HostEvent
-torch.cuda.synchronize = lambda *a, **k: None
-"""
-# both children: read airbench's own printout for the total and the time before its final
-# evaluation (the variable is total_time_seconds in airbench94, time_seconds in _muon), run it
+# airbench's scripts print their own figures: read the total and the time before the final evaluation
+# from their printout (the variable is total_time_seconds in airbench94, time_seconds in _muon)
 CAPTURE = """
 seen = {"epochs": []}
 orig = ns["print_training_details"]
@@ -204,23 +67,41 @@ total, before_eval = float(seen[TIME_KEY]), float(seen["epochs"][-1])
 json.dump({"accuracy": float(acc), "seconds": total, "wall": time.perf_counter() - t0,
            "phases": {"init+train": before_eval, "eval": total - before_eval}}, open(out, "w"))
 """
-AIRBENCH_CHILD = AIRBENCH_CHILD.replace("%(shim)s", HOST_CLOCK).replace(
-    "%(capture)s", CAPTURE.replace("TIME_KEY", '"total_time_seconds"'))
-AIRBENCH_MUON_CHILD = AIRBENCH_MUON_CHILD.replace("%(shim)s", HOST_CLOCK).replace(
-    "%(capture)s", CAPTURE.replace("TIME_KEY", '"time_seconds"'))
-HIVERGE_CHILD = HIVERGE_CHILD.replace("%(shim)s", HOST_CLOCK)
-AIRBENCH96_FASTER_CHILD = AIRBENCH96_FASTER_CHILD.replace("%(shim)s", HOST_CLOCK).replace(
-    "%(capture)s", CAPTURE.replace("TIME_KEY", '"total_time_seconds"'))
+BODIES = {
+    "94": 'run = lambda: ns["main"](seed)\n' + CAPTURE.replace("TIME_KEY", '"total_time_seconds"'),
+    "94-muon": 'model = ns["CifarNet"]().to(memory_format=torch.channels_last)\nrun = lambda: ns["main"](seed, model)\n'
+               + CAPTURE.replace("TIME_KEY", '"time_seconds"'),
+    # hiverge's main() returns (accuracy without TTA, accuracy with its selective TTA, timed seconds)
+    "94-record": """
+model = ns["CifarNet"]().to(memory_format=torch.channels_last)
+t0 = time.perf_counter()
+val_acc, tta_acc, seconds = ns["main"](seed, model)
+json.dump({"accuracy": float(tta_acc), "seconds": float(seconds), "wall": time.perf_counter() - t0,
+           "phases": {"no-tta accuracy": float(val_acc)}}, open(out, "w"))
+""",
+    # the script's __main__ is not run: the three nets are built here as it builds them; python's random
+    # seeded with the seed (the script draws its data seed from it)
+    "96-faster": """
+random.seed(seed)
+hyp = ns["hyp"]
+proxy = ns["make_net"](hyp["proxy"])
+proxy[0].bias.requires_grad = False
+trainbias, freezebias = ns["make_net"](hyp["net"]), ns["make_net"](hyp["net"])
+freezebias[0].bias.requires_grad = False
+run = lambda: ns["main"](seed, hyp, proxy, trainbias, freezebias)
+""" + CAPTURE.replace("TIME_KEY", '"total_time_seconds"'),
+}
+
 
 RECIPES = {
-    # name: (hlb preset, the original script under external/, its child, extra hlb settings given widths)
-    "94": ("94", "airbench/airbench94.py", AIRBENCH_CHILD, lambda w: []),
+    # name: (hlb preset, extra hlb settings given the widths); the original: scripts/originals.py
+    "94": ("94", lambda w: []),
     # airbench94_muon scales the logits by 1/(last width): the narrowed preset does the same
-    "94-muon": ("94-muon", "airbench/airbench94_muon.py", AIRBENCH_MUON_CHILD, lambda w: [f"model.scaling_factor={1 / w[-1]}"]),
+    "94-muon": ("94-muon", lambda w: [f"model.scaling_factor={1 / w[-1]}"]),
     # hiverge's record (external/hiverge/cifar10_speedrun.py): logits / last width, as 94-muon
-    "94-record": ("94-record", "hiverge/cifar10_speedrun.py", HIVERGE_CHILD, lambda w: [f"model.scaling_factor={1 / w[-1]}"]),
+    "94-record": ("94-record", lambda w: [f"model.scaling_factor={1 / w[-1]}"]),
     # airbench96_faster keeps its 1/9 logit scale at any width; the proxy is narrowed by --proxy-widths
-    "96-faster": ("96-faster", "airbench/airbench96_faster.py", AIRBENCH96_FASTER_CHILD, lambda w: []),
+    "96-faster": ("96-faster", lambda w: []),
 }
 
 
@@ -228,12 +109,12 @@ RECIPES = {
 KEEP_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
 
 
-def run_airbench(child: str, src: Path, data_root: Path, widths: str, epochs: float, seed: int, threads: int,
+def run_airbench(recipe: str, src: Path, data_root: Path, widths: str, epochs: float, seed: int, threads: int,
                  keep: bool = False) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), **(KEEP_ENV if keep else {}))
-        subprocess.run([sys.executable, "-c", child, str(src), widths, str(epochs), str(seed), str(threads), str(out)],
+        subprocess.run([sys.executable, "-c", CHILD_HEAD + BODIES[recipe], recipe, str(src), widths, str(epochs), str(seed), str(threads), str(out)],
                        cwd=data_root, env=env, check=True, stdout=subprocess.DEVNULL)
         return json.loads(out.read_text())
 
@@ -323,8 +204,8 @@ def main() -> None:
         sys.exit("error: --data-dir is required (a folder holding cifar-10-batches-py), unless --table")
     if a.resume and not a.json:
         sys.exit("error: --resume continues a --json file: give --json FILE")
-    preset, script, child, more = RECIPES[a.recipe]
-    src = Path(a.airbench or ROOT / "external" / script)
+    preset, more = RECIPES[a.recipe]
+    src = Path(a.airbench or ROOT / "external" / PATCHES[a.recipe][0])
     if not src.is_file():
         sys.exit(f"error: {src.resolve()} not found (lay out external/ as scripts/gpu_bench.sh says)")
     res = {**_setup(a), "rows": []}
@@ -350,7 +231,7 @@ def main() -> None:
         if a.only != "hlb":
             for keep in {"system": [False], "keep": [True], "both": [False, True]}[a.airbench_host_memory]:
                 arms[name + ("+keep" if keep else "")] = lambda seed, keep=keep: run_airbench(
-                    child, src, Path(tmp), child_widths, a.epochs, seed, a.threads, keep)
+                    a.recipe, src, Path(tmp), child_widths, a.epochs, seed, a.threads, keep)
         for seed in range(len(res["rows"]), a.pairs):
             row = {"seed": seed}
             # the order turns round every pair, so that a drifting machine favours no side

@@ -1,0 +1,120 @@
+"""The original scripts a preset names, loaded for the CPU: one place that patches each.
+
+    ns = load("94-record", "external/hiverge/cifar10_speedrun.py", widths=[32, 64, 64], epochs=4)
+    model = ns["CifarNet"]()            # the script's own classes and functions, in fp32 on the CPU
+
+The scripts live in the ignored folder ``external/`` (scripts/gpu_bench.sh says where each comes
+from); nothing of them is committed. Each is read as text, patched in memory (fp32 instead of
+fp16/bf16, CPU tensors instead of CUDA ones, no ``torch.compile``, host clocks instead of CUDA
+events, the widths and epochs narrowed) and executed as a module namespace; a patch whose text
+is no longer in the script stops with the line it looked for. Used by scripts/cpu_side_by_side.py
+(whole runs, one child process each) and scripts/match_original.py (step by step, in-process).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+
+import torch
+
+#: recipe: (the file under external/, its patches as (old, new) pairs; ``{w0}``, ``{w1}``, ``{w2}``
+#: and ``{epochs}`` in ``new`` are filled in)
+PATCHES = {
+    "94": ("airbench/airbench94.py", [
+        ("map_location=torch.device(gpu)", "map_location='cpu'"),
+        ("self.images.half() / 255", "self.images.float() / 255"),
+        ("net = net.half().cuda()", "net = net.float()"),
+    ]),
+    # its logits scale with 1/(last width) by itself
+    "94-muon": ("airbench/airbench94_muon.py", [
+        ("@torch.compile\n", ""),
+        ("X = G.bfloat16()", "X = G.float()"),
+        ('map_location=torch.device("cuda")', "map_location='cpu'"),
+        ("self.images.half() / 255", "self.images.float() / 255"),
+        ("widths = dict(block1=64, block2=256, block3=256)", "widths = dict(block1={w0}, block2={w1}, block3={w2})"),
+        ("                mod.half()", "                mod.float()"),
+        ("total_train_steps = ceil(8 * len(train_loader))", "total_train_steps = ceil({epochs!r} * len(train_loader))"),
+    ]),
+    # hiverge's cifar10_speedrun.py: its Muon's fp16 momentum buffers stay (as in hlb's preset); its
+    # logits scale with 1/width by itself
+    "94-record": ("hiverge/cifar10_speedrun.py", [
+        ("dtype=torch.half)\nCIFAR_STD", "dtype=torch.float)\nCIFAR_STD"),
+        ("(0.247, 0.2435, 0.2616), dtype=torch.half)", "(0.247, 0.2435, 0.2616), dtype=torch.float)"),
+        ('map_location=torch.device("cuda")', "map_location='cpu'"),
+        ("(self.images.half() / 255)", "(self.images.float() / 255)"),
+        ('dtype=torch.long, device="cuda")', 'dtype=torch.long, device="cpu")'),
+        ("widths = dict(block1=64, block2=256, block3=256)", "widths = dict(block1={w0}, block2={w1}, block3={w2})"),
+        ("            mod.half()", "            mod.float()"),
+    ]),
+    # airbench96_faster.py: its __main__ is not run (the caller builds the three nets as it does)
+    "96-faster": ("airbench/airbench96_faster.py", [
+        ("map_location='cuda'", "map_location='cpu'"),
+        ("(self.images.half() / 255)", "(self.images.float() / 255)"),
+        ("torch.tensor([True]*len(self.images)).cuda()", "torch.tensor([True]*len(self.images))"),
+        ("torch.zeros(len(inputs)).cuda().bool()", "torch.zeros(len(inputs)).bool()"),
+        ("net = net.half().cuda()", "net = net.float()"),
+        ("model._orig_mod[0]", "model[0]"),
+        ("model_trainbias._orig_mod[0]", "model_trainbias[0]"),
+    ]),
+}
+
+
+class HostEvent:
+    """``torch.cuda.Event`` on the host clock (the scripts time themselves with CUDA events)."""
+
+    def __init__(self, enable_timing: bool = False):
+        self.t = 0.0
+
+    def record(self) -> None:
+        self.t = time.perf_counter()
+
+    def elapsed_time(self, end: "HostEvent") -> float:
+        return 1e3 * (end.t - self.t)
+
+
+def _no_compile(fn=None, **kw):
+    return fn if fn is not None else (lambda f: f)
+
+
+def source(recipe: str, text: str, widths: list[int], epochs: float) -> str:
+    """The script's text with the recipe's patches applied."""
+    _, patches = PATCHES[recipe]
+    fill = {"w0": widths[0], "w1": widths[1], "w2": widths[2], "epochs": epochs}
+    for old, new in patches:
+        if old not in text:
+            raise SystemExit(f"error: the original script changed: {old!r} is not in it (update scripts/originals.py)")
+        text = text.replace(old, new.format(**fill))
+    if recipe == "94-record":
+        # the pinned staging buffer of commits before 06c6072 (a CPU tensor cannot be pinned without CUDA)
+        text = text.replace(").pin_memory().contiguous()", ").contiguous()")
+        text, n = re.subn(r"total_train_steps = ceil\([0-9.]+ \* len\(train_loader\)\)",
+                          f"total_train_steps = ceil({epochs!r} * len(train_loader))", text)
+        if n != 1:
+            raise SystemExit("error: the original script changed: its total_train_steps line (update scripts/originals.py)")
+    return text
+
+
+def load(recipe: str, path: str, widths: list[int], epochs: float, proxy_widths: list[int] | None = None) -> dict:
+    """Execute the patched script as a module and return its namespace, its settings narrowed
+    (airbench94's and airbench96_faster's ``hyp``; the others by their patched text)."""
+    text = source(recipe, open(path).read(), widths, epochs)
+    torch.cuda.Event = HostEvent
+    torch.cuda.synchronize = lambda *a, **k: None
+    if recipe == "94-record":
+        torch.compile = _no_compile  # eager on the CPU, as hlb's preset runs there
+    ns = {"__name__": f"original_{recipe.replace('-', '_')}_cpu"}
+    argv, sys.argv = sys.argv, [path]  # the scripts read their own source through sys.argv[0]
+    try:
+        exec(compile(text, path, "exec"), ns)
+    finally:
+        sys.argv = argv
+    hyp = ns.get("hyp")
+    if recipe in ("94", "96-faster"):
+        hyp["net"]["widths"] = dict(block1=widths[0], block2=widths[1], block3=widths[2])
+        hyp["opt"]["train_epochs"] = epochs
+    if recipe == "96-faster":
+        p = proxy_widths or [16, 32, 32]
+        hyp["proxy"]["widths"] = dict(block1=p[0], block2=p[1], block3=p[2])
+    return ns
