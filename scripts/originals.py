@@ -78,9 +78,9 @@ def _no_compile(fn=None, **kw):
     return fn if fn is not None else (lambda f: f)
 
 
-def source(recipe: str, text: str, widths: list[int], epochs: float) -> str:
-    """The script's text with the recipe's patches applied."""
-    _, patches = PATCHES[recipe]
+def source(recipe: str, text: str, widths: list[int], epochs: float, extra: list[tuple[str, str]] = ()) -> str:
+    """The script's text with the recipe's patches applied (then ``extra``'s, the caller's)."""
+    patches = [*PATCHES[recipe][1], *extra]
     fill = {"w0": widths[0], "w1": widths[1], "w2": widths[2], "epochs": epochs}
     for old, new in patches:
         if old not in text:
@@ -96,10 +96,12 @@ def source(recipe: str, text: str, widths: list[int], epochs: float) -> str:
     return text
 
 
-def load(recipe: str, path: str, widths: list[int], epochs: float, proxy_widths: list[int] | None = None) -> dict:
+def load(recipe: str, path: str, widths: list[int], epochs: float, proxy_widths: list[int] | None = None,
+         extra: list[tuple[str, str]] = ()) -> dict:
     """Execute the patched script as a module and return its namespace, its settings narrowed
-    (airbench94's and airbench96_faster's ``hyp``; the others by their patched text)."""
-    text = source(recipe, open(path).read(), widths, epochs)
+    (airbench94's and airbench96_faster's ``hyp``; the others by their patched text). ``extra``:
+    more (old, new) patches, applied after the recipe's."""
+    text = source(recipe, open(path).read(), widths, epochs, extra)
     torch.cuda.Event = HostEvent
     torch.cuda.synchronize = lambda *a, **k: None
     if recipe == "94-record":
