@@ -140,12 +140,13 @@ class TrainSettings(Settings):
     lr_start: float = Field(0.2, ge=0, le=100, description="lr multiplier at step 0")
     lr_peak_at: float = Field(0.23, ge=0, le=1, description="fraction of training where the lr multiplier is 1")
     lr_end: float = Field(0.07, ge=0, le=100, description="lr multiplier at the last step")
-    precision: Literal["auto", "fp32", "fp16", "bf16", "fp16-weights", "bf16-weights"] = Field(
+    precision: Literal["auto", "fp32", "fp16", "bf16", "fp16-weights", "bf16-weights", "fp16-all", "bf16-all"] = Field(
         "auto",
         description=(
             "fp16-weights / bf16-weights: the net's weights, activations and optimizer state in half"
-            " precision, batchnorm in fp32, no autocast (airbench's GPU path); fp16 / bf16: fp32 weights"
-            " under autocast; auto: fp16-weights on CUDA, fp32 on the CPU"
+            " precision, batchnorm in fp32, no autocast (airbench's GPU path); fp16-all / bf16-all: the same"
+            " with batchnorm in half precision too (hiverge's record casts every module); fp16 / bf16: fp32"
+            " weights under autocast; auto: fp16-weights on CUDA, fp32 on the CPU"
         ),
     )
     channels_last: bool = Field(True, description="channels_last memory format (faster convs on CUDA and on CPU)")

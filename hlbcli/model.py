@@ -135,12 +135,14 @@ def group_convs(model: nn.Module) -> list[nn.Conv2d]:
     return [m for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and not n.endswith("stem")]
 
 
-def half_weights(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+def half_weights(model: nn.Module, dtype: torch.dtype, batchnorm_fp32: bool = True) -> nn.Module:
     """Weights (and so activations and optimizer state) in ``dtype``, every batchnorm's
     parameters and running statistics kept in fp32: airbench's GPU precision path, with no
     per-step casts of fp32 master weights. Batchnorm takes the half-precision input and
-    returns it in that dtype."""
+    returns it in that dtype. ``batchnorm_fp32=False`` (``train.precision`` ``*-all``): batchnorm
+    in ``dtype`` too, as hiverge's record casts every module."""
     model.to(dtype)
-    for bn in batchnorms(model):
-        bn.float()
+    if batchnorm_fp32:
+        for bn in batchnorms(model):
+            bn.float()
     return model

@@ -74,7 +74,7 @@ def proxy_net(session: Any, ctx: RunContext, model: dict, freeze: tuple[str, ...
     if key not in session.proxies:  # built and compiled once per session, as the run's net
         net = tm.hook.hlb_model_build(cfg=pcfg, num_classes=ds.num_classes, in_channels=ds.in_channels).to(ctx.device)
         if session.dtype != torch.float32:
-            half_weights(net, session.dtype)
+            half_weights(net, session.dtype, batchnorm_fp32=not session.precision.endswith("-all"))
         if cfg.train.channels_last:
             net = net.to(memory_format=torch.channels_last)
         session.proxies[key] = (net, _forward(session, net))

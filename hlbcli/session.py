@@ -49,7 +49,7 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype
     precision = precision_name(precision, device)
     if precision == "fp32":
         return torch.float32, None
-    if precision.endswith("-weights"):
+    if precision.endswith(("-weights", "-all")):
         return HALF[precision.split("-")[0]], None
     return torch.float32, HALF[precision]
 
@@ -99,7 +99,7 @@ class Session:
 
     @property
     def precision(self) -> str:
-        """The resolved ``train.precision`` (fp32, fp16, bf16, fp16-weights, bf16-weights)."""
+        """The resolved ``train.precision`` (fp32, fp16, bf16, fp16-weights, bf16-weights, fp16-all, bf16-all)."""
         return precision_name(self.cfg.train.precision, self.device)
 
     @property
@@ -160,7 +160,7 @@ def open_session(
     model = tm.hook.hlb_model_build(cfg=cfg, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
     model = model.to(dev)
     if dtype != torch.float32:
-        half_weights(model, dtype)
+        half_weights(model, dtype, batchnorm_fp32=not precision_name(cfg.train.precision, dev).endswith("-all"))
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     compile_on = cfg.train.compile == "on" or (cfg.train.compile == "auto" and dev.type == "cuda")

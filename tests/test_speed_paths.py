@@ -40,6 +40,20 @@ def test_half_weights_keep_batchnorm_in_fp32(precision, dtype):
     assert model.groups[0].norm1(model.groups[0].conv1(x)).dtype == dtype
 
 
+@pytest.mark.parametrize("precision,dtype", [("bf16-all", torch.bfloat16), ("fp16-all", torch.float16)])
+def test_all_half_puts_batchnorm_in_half_too(precision, dtype):
+    """``*-all``: hiverge's path, every module cast, batchnorm's parameters and statistics too
+    (the selection's proxy net alike); it trains."""
+    s = _session(f'train.precision="{precision}"', "train.epochs=1")
+    assert s.precision == precision
+    for bn in batchnorms(s.model):
+        assert bn.bias.dtype == dtype and bn.running_mean.dtype == dtype and bn.running_var.dtype == dtype
+    assert group_convs(s.model)[0].weight.dtype == dtype
+    res = fit(s, 0)
+    assert res.status == "completed" and math.isfinite(res.epochs[-1]["train_loss"])
+    assert all(bn.running_var.dtype == dtype for bn in batchnorms(s.model))
+
+
 def test_half_weights_train_as_well_as_fp32():
     """The smoke preset (synthetic data, seconds) in fp32 and with bf16 weights."""
     accs = {}
