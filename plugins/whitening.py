@@ -1,7 +1,8 @@
 """Whitening init: the stem conv's filters are the eigenvectors of the covariance of k x k
 training patches (of the first ``num_images`` images; ``solver``: eigendecomposition, or an SVD
 of the same matrix as hiverge's record computes it), scaled by 1/sqrt(eigenvalue + eps), each
-paired with its negation. The filters are frozen; the stem's bias trains for the first
+paired with its negation. The filters are frozen; the stem's bias (zero, or ``bias_init =
+"default"`` as the conv was built) trains for the first
 ``bias_epochs`` epochs (fractional: the first ceil(bias_epochs * steps per epoch) steps), at
 the run's lr schedule or (``bias_schedule = "linear"``, airbench94_muon and hiverge) its own,
 decaying linearly from 1 to 0 over those steps."""
@@ -29,6 +30,8 @@ class WhiteningSettings(Settings):
         "run", description="the stem bias's lr: the run's schedule, or its own from 1 down to 0 over its training steps (airbench94_muon, hiverge)")
     solver: Literal["eigh", "svd"] = Field(
         "eigh", description="how the patch covariance is decomposed: eigh, or an SVD (hiverge's record; the same filters up to rounding and sign)")
+    bias_init: Literal["zero", "default"] = Field(
+        "zero", description="the stem bias at the start: zero (airbench94), or as the conv was built, PyTorch's default uniform in +-1/sqrt(fan in) (airbench94_muon and hiverge leave it so)")
 
 
 # --- functional core -------------------------------------------------------------------------
@@ -86,7 +89,8 @@ def hlb_model_init(model, ctx):
     with torch.no_grad():
         stem.weight.copy_(whitening_filters(images, k, s.eps, s.solver).to(stem.weight.device))
         if stem.bias is not None:
-            stem.bias.zero_()
+            if s.bias_init == "zero":
+                stem.bias.zero_()
             stem.bias.requires_grad_(s.bias_epochs > 0)
     stem.weight.requires_grad_(False)
 

@@ -19,7 +19,9 @@
 #   record        hlb 94-record (PRESET when rehearsing) against hiverge's cifar10_speedrun, BLOCK runs each
 #   profile94     hlb profile of PRESET: kernels, phases, traces -> $OUT/profile-PRESET
 # More steps, by name in HLB_BENCH_STEPS (the older nine): hlb94 hlb94-eager airbench94 hlb94-muon
-# airbench94-muon hlb94-record hiverge hlb96-faster airbench96-faster (RUNS seeds each).
+# airbench94-muon hlb94-record hiverge hlb96-faster airbench96-faster (RUNS seeds each); and
+# hlb94-record-fp16-all, 94-record with batchnorm in fp16 as hiverge runs it (train.precision fp16-all: what
+# the preset's first listed deviation costs or saves, against hlb94-record).
 # Each step has its own time limit, so one that overruns leaves the rest; the table of all that is
 # under $OUT comes last. The external scripts need CUDA: on the CPU their steps say so and skip.
 # Rehearse on the CPU (tests/test_gpu_bench.py does, in the suite):
@@ -94,6 +96,8 @@ want airbench94 && external airbench94 external/airbench airbench94.py 25 "$AIRB
 want hlb94-muon && hlb_block hlb-94-muon 300 --preset 94-muon --runs "$RUNS"
 want airbench94-muon && external airbench94_muon external/airbench airbench94_muon.py 200 "$AIRBENCH_RUNS" 400
 want hlb94-record && hlb_block hlb-94-record 300 --preset 94-record --runs "$RUNS" --target 0.94
+want hlb94-record-fp16-all && hlb_block hlb-94-record-fp16-all 300 --preset 94-record --runs "$RUNS" --target 0.94 \
+  --set 'train.precision="fp16-all"'
 want hiverge && external hiverge external/hiverge cifar10_speedrun.py 200 "$AIRBENCH_RUNS" 500
 want hlb96-faster && hlb_block hlb-96-faster 500 --preset 96-faster --runs "$RUNS" --target 0.96
 want airbench96-faster && external airbench96_faster external/airbench airbench96_faster.py 200 "$AIRBENCH_RUNS" 550

@@ -63,6 +63,27 @@ def test_the_step_writes_each_groups_lr_from_its_own_table():
 # --- whitening: fractional bias epochs, its own decay, the SVD solver ------------------------
 
 
+@pytest.mark.parametrize("bias_init", ["zero", "default"])
+def test_whitening_bias_starts_at_zero_or_as_the_conv_was_built(bias_init):
+    """zero (airbench94) or PyTorch's Conv2d default, uniform in +-1/sqrt(fan in), drawn from
+    the seed (airbench94_muon and hiverge keep it): the same seed gives the same bias, another
+    seed another one; the filters are the whitening's either way."""
+    s = _session(f'whitening.bias_init="{bias_init}"')
+    stem = s.model.stem
+    fan_in = stem.in_channels * stem.kernel_size[0] * stem.kernel_size[1]
+    plan_run(s, 0)
+    first, filters = stem.bias.detach().clone(), stem.weight.detach().clone()
+    plan_run(s, 0)
+    assert torch.equal(stem.bias, first) and torch.equal(stem.weight, filters)
+    if bias_init == "zero":
+        assert torch.count_nonzero(first) == 0
+        return
+    assert first.abs().max() <= 1 / math.sqrt(fan_in) and first.std() > 0.3 / math.sqrt(fan_in)
+    plan_run(s, 1)
+    assert not torch.equal(stem.bias, first) and torch.allclose(stem.weight, filters)
+    assert stem.bias.requires_grad and not stem.weight.requires_grad
+
+
 def test_whitening_bias_trains_exactly_its_fraction_of_steps():
     """bias_epochs=1.5 of 4 steps per epoch: the bias moves in steps 0..5 and never after
     (without the lookahead EMA, which moves every weight it averages)."""
