@@ -157,22 +157,23 @@ def table(results: list[dict]) -> str:
     side's mean accuracy, hlb's difference with its 95% interval and p (Welch: the two
     implementations share no random streams, so seeds do not pair), and the time ratio (geometric
     means) with its interval. Then where each row came from."""
-    lines = ["| recipe | proxy | n a side | hlb accuracy | original's accuracy | hlb - original, points (95%, Welch) | p "
+    lines = ["| recipe | proxy | n a side (hlb / original) | hlb accuracy | original's accuracy | hlb - original, points (95%, Welch) | p "
              "| hlb s | original s | time ratio hlb/original (95%) |", "|" + "---|" * 10]
     notes = []
     for res in results:
         rows = res["rows"]
-        for other in [k for k in rows[0] if k not in ("seed", "hlb")]:
-            pairs = [r for r in rows if "hlb" in r and other in r]
-            acc = {k: [r[k]["accuracy"] for r in pairs] for k in ("hlb", other)}
-            sec = {k: [r[k]["seconds"] for r in pairs] for k in ("hlb", other)}
+        for other in sorted({k for r in rows for k in r if k not in ("seed", "hlb")}):
+            # each side's runs (Welch pairs nothing: a side may have more seeds than the other)
+            acc = {k: [r[k]["accuracy"] for r in rows if k in r] for k in ("hlb", other)}
+            sec = {k: [r[k]["seconds"] for r in rows if k in r] for k in ("hlb", other)}
+            n = len(acc["hlb"]) if len(acc["hlb"]) == len(acc[other]) else f"{len(acc['hlb'])} / {len(acc[other])}"
             d, t = welch_difference(acc[other], acc["hlb"]), ratio_of_times(sec[other], sec["hlb"])
             proxy = f"{res['widths']} x {res['epochs']:g} ep" + (f" (proxy {res['proxy_widths']})" if res.get("proxy_widths") else "")
             lines.append(
-                f"| {res['recipe']} | {proxy} | {len(pairs)} | {100 * mean_std(acc['hlb'])[0]:.2f}% | {other} "
+                f"| {res.get('label', res['recipe'])} | {proxy} | {n} | {100 * mean_std(acc['hlb'])[0]:.2f}% | {other} "
                 f"{100 * mean_std(acc[other])[0]:.2f}% | {100 * d['mean']:+.2f} {_interval(*d['ci95'], 100)} | {d['p']:.2g} "
                 f"| {mean_std(sec['hlb'])[0]:.1f} | {mean_std(sec[other])[0]:.1f} | {t['ratio']:.3f} {_interval(*t['ci95'], fmt='{:.3f}')} |")
-        notes.append(f"- {res['recipe']}: {res['date']}, commit {res['commit']}, {res['cpu']}, {res['threads']} thread(s), "
+        notes.append(f"- {res.get('label', res['recipe'])}: {res['date']}, commit {res['commit']}, {res['cpu']}, {res['threads']} thread(s), "
                      f"fp32; `{res['command']}`" + (f"; hlb --set {' '.join(res['set'])}" if res.get("set") else ""))
     return "\n".join(lines + [""] + notes)
 

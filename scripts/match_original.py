@@ -181,7 +181,7 @@ def data_check(a, ns, session, plan, epochs: int = 2) -> None:
 
     ds, ctx = session.dataset, plan.ctx
     plain = ctx.train_images
-    real = ns["CifarLoader"]
+    real = ns["_ORIGINAL_LOADER"]
     made = {}
 
     class Capture(Exception):
@@ -193,13 +193,13 @@ def data_check(a, ns, session, plan, epochs: int = 2) -> None:
         made.update(batch_size=batch_size, aug=aug)
         raise Capture
 
-    ns["CifarLoader"] = capture
+    ours, ns["CifarLoader"] = ns["CifarLoader"], capture
     try:
         ns["main"](a.seed, ns["CifarNet"]())
     except Capture:
         pass
     finally:
-        ns["CifarLoader"] = real
+        ns["CifarLoader"] = ours
     rows = {"hlb": [], "original": []}
     gen = ctx.generator
     for epoch in range(epochs):
@@ -209,9 +209,19 @@ def data_check(a, ns, session, plan, epochs: int = 2) -> None:
         write_airbench_data(str(Path(tmp) / "cifar10"), a.data_dir)
         torch.manual_seed(a.seed)
         loader = real(str(Path(tmp) / "cifar10"), train=True, batch_size=made["batch_size"], aug=made["aug"])
+        shuffles, randperm = [], torch.randperm
+
+        def kept(*args, **kw):  # the loader's shuffle, kept: which image each row of the epoch is
+            shuffles.append(randperm(*args, **kw))
+            return shuffles[-1]
+
         for epoch in range(epochs):
-            batches = [x for x, _ in loader]
-            idx = loader._indices[: sum(len(x) for x in batches)]
+            torch.randperm = kept
+            try:
+                batches = [x for x, _ in loader]
+            finally:
+                torch.randperm = randperm
+            idx = shuffles[-1][: sum(len(x) for x in batches)]
             rows["original"].append(epoch_stats(torch.cat(batches), plain[idx]))
             rows["original"][-1]["flags_at"] = idx.clone()
     print("\n| epoch | side | mean | std | moved from the plain image (rms) | mirrored |\n|---|---|---|---|---|---|")
@@ -305,6 +315,7 @@ def main() -> None:
     # the original: its own main() on our batches, its state kept before every step
     ns = load(a.recipe, str(src), widths, a.epochs, extra=extra)
     ns["_HARNESS_OPTIMIZERS"] = opts = []
+    ns["_ORIGINAL_LOADER"] = ns["CifarLoader"]  # the data check uses the script's own loader
     torch.manual_seed(a.seed)
     orig = ns["CifarNet"]().to(memory_format=torch.channels_last)
     states: list = []
@@ -321,6 +332,7 @@ def main() -> None:
     ns["CifarLoader"] = loader
     try:
         ns["main"](a.seed, orig)
+        states.append(snapshot(orig, opts))  # it ran to its end: the state after its last step
     except Stop:
         pass
     print(f"original: {src} ({len(states) - 1} steps kept); hlb: --preset {a.recipe} --set {' --set '.join(sets)}")
@@ -344,7 +356,13 @@ def main() -> None:
     mode = "hlb runs on from its own state" if a.free else "each step from the original's state"
     print(f"\n| step | largest difference, relative ({mode}) | tensors |\n|---|---|---|")
     worst_step = (0.0, -1)
+    spe = plan.ctx.steps_per_epoch
     for g in range(len(states) - 1):
+        if g % spe == 0:  # an epoch starts: its hooks, as the training loop calls them (the whitening bias freezes)
+            plan.ctx.rebuild_step = False
+            tm.hook.hlb_epoch_start(epoch=g // spe, ctx=plan.ctx)
+            if plan.ctx.rebuild_step:
+                step_fn = plan.step_fn(session.forward_model, [], session.forward_loss(plan.loss_fn, False, plan.ctx))
         if not a.free:
             load_state(model, plan.optimizers, states[g], original_name)
         x, y = batch(train_norm, ds.train_labels, g, bs)
