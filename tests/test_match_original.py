@@ -86,3 +86,19 @@ def test_a_step_from_the_same_state_shows_only_what_differs(lr_factor, expect_di
     _step(b, opt_b, x, y)
     worst = mo.compare(mo.snapshot(b, [opt_b]), mo.snapshot(a, [opt_a]), lambda k: k)[0][0]
     assert (worst > 1e-4) if expect_difference else (worst == 0.0)
+
+
+def test_the_side_by_side_table_takes_each_sides_runs():
+    """Welch pairs nothing: a side with more runs than the other counts them all, and says so."""
+    import cpu_side_by_side as sbs
+    from hlbcli.stats import welch_difference
+
+    hlb, orig = [0.80, 0.82], [0.83, 0.84, 0.82]
+    rows = [{"seed": i, **({"hlb": {"accuracy": hlb[i], "seconds": 10.0}} if i < 2 else {}),
+             "hiverge": {"accuracy": orig[i], "seconds": 20.0}} for i in range(3)]
+    res = {"recipe": "94-record", "label": "94-record (label)", "widths": "32,64,64", "epochs": 4, "threads": 1,
+           "date": "2026-12-07", "commit": "abc1234", "cpu": "cpu", "command": "cmd", "rows": rows}
+    out = sbs.table([res])
+    line = next(l for l in out.splitlines() if l.startswith("| 94-record (label)"))
+    d = welch_difference(orig, hlb)
+    assert "| 2 / 3 |" in line and f"{100 * d['mean']:+.2f}" in line and "| 0.500 [" in line
