@@ -1,6 +1,6 @@
-"""hlb against airbench94 (or airbench94_muon, hiverge's record, airbench96_faster) on the CPU, narrowed the same way, back to back.
+"""hlb against airbench94 (or airbench94_muon, hiverge's record, airbench96, airbench96_faster) on the CPU, narrowed the same way, back to back.
 
-    python scripts/cpu_side_by_side.py --data-dir DIR [--recipe 94|94-muon|94-record|96-faster] [--pairs 1] [--widths 32,64,64]
+    python scripts/cpu_side_by_side.py --data-dir DIR [--recipe 94|94-muon|94-record|96|96-faster] [--pairs 1] [--widths 32,64,64]
                                       [--epochs 4] [--proxy-widths 16,32,32] [--airbench-host-memory system|keep|both]
 
 DIR holds the real CIFAR-10 (``cifar-10-batches-py``; ``python ../shared/data/cifar10/materialize.py
@@ -11,7 +11,8 @@ of CUDA events, the widths and epochs narrowed) and run in a fresh process; hlb 
 the same widths and epochs. ``--recipe 94-record`` runs hiverge's ``cifar10_speedrun.py`` from
 ``external/hiverge/`` (commit 06c6072 of github hiverge/cifar10-speedrun, as the ljbuturovic fork
 holds it, fetched into that ignored folder: see scripts/gpu_bench.sh) against
-``hlb train --preset 94-record``. ``--recipe 96-faster`` runs ``external/airbench/airbench96_faster.py``
+``hlb train --preset 94-record``. ``--recipe 96`` runs ``external/airbench/airbench96.py`` (legacy) against
+``hlb train --preset 96``. ``--recipe 96-faster`` runs ``external/airbench/airbench96_faster.py``
 against ``hlb train --preset 96-faster``, both networks narrowed (the main one to ``--widths``, the
 proxy to ``--proxy-widths``). Each process: seed 0 (then 1, ... per pair), the same thread count.
 Both report their own timed seconds (whitening init + training steps + final evaluation with
@@ -69,6 +70,7 @@ json.dump({"accuracy": float(acc), "seconds": total, "wall": time.perf_counter()
 """
 BODIES = {
     "94": 'run = lambda: ns["main"](seed)\n' + CAPTURE.replace("TIME_KEY", '"total_time_seconds"'),
+    "96": 'run = lambda: ns["main"](seed)\n' + CAPTURE.replace("TIME_KEY", '"total_time_seconds"'),
     "94-muon": 'model = ns["CifarNet"]().to(memory_format=torch.channels_last)\nrun = lambda: ns["main"](seed, model)\n'
                + CAPTURE.replace("TIME_KEY", '"time_seconds"'),
     # hiverge's main() returns (accuracy without TTA, accuracy with its selective TTA, timed seconds)
@@ -96,6 +98,8 @@ run = lambda: ns["main"](seed, hyp, proxy, trainbias, freezebias)
 RECIPES = {
     # name: (hlb preset, extra hlb settings given the widths); the original: scripts/originals.py
     "94": ("94", lambda w: []),
+    # airbench96 (legacy) keeps its 1/9 logit scale at any width, as the preset does
+    "96": ("96", lambda w: []),
     # airbench94_muon scales the logits by 1/(last width): the narrowed preset does the same
     "94-muon": ("94-muon", lambda w: [f"model.scaling_factor={1 / w[-1]}"]),
     # hiverge's record (external/hiverge/cifar10_speedrun.py): logits / last width, as 94-muon
@@ -182,7 +186,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", help="the real CIFAR-10 (needed unless --table)")
     ap.add_argument("--recipe", choices=sorted(RECIPES), default="94",
-                    help="94: airbench94; 94-muon: airbench94_muon; 94-record: hiverge's cifar10_speedrun.py; 96-faster: airbench96_faster")
+                    help="94: airbench94; 94-muon: airbench94_muon; 94-record: hiverge's cifar10_speedrun.py; 96: airbench96 "
+                         "(legacy); 96-faster: airbench96_faster")
     ap.add_argument("--airbench", help="the original script (default: external/airbench/airbench94.py, external/airbench/airbench94_muon.py or external/hiverge/cifar10_speedrun.py)")
     ap.add_argument("--only", choices=["hlb", "airbench"], help="run one side only")
     ap.add_argument("--pairs", type=int, default=1, help="back-to-back pairs, seeds 0, 1, ...")

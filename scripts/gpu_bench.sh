@@ -7,6 +7,7 @@
 # KellerJordan/cifar10-airbench:
 #   mkdir -p external/airbench && g=/work/.mirror/KellerJordan+cifar10-airbench/repo
 #   git --git-dir=$g show HEAD:legacy/airbench94.py > external/airbench/airbench94.py
+#   git --git-dir=$g show HEAD:legacy/airbench96.py > external/airbench/airbench96.py
 #   git --git-dir=$g show HEAD:airbench94_muon.py > external/airbench/airbench94_muon.py
 #   git --git-dir=$g show HEAD:airbench96_faster.py > external/airbench/airbench96_faster.py
 # and external/hiverge holds hiverge's record at its commit 06c6072 (2025-10-17; the hiverge snapshot stops

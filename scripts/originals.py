@@ -27,6 +27,12 @@ PATCHES = {
         ("self.images.half() / 255", "self.images.float() / 255"),
         ("net = net.half().cuda()", "net = net.float()"),
     ]),
+    # airbench96 (legacy), airbench94's loop with a wider, deeper net: the same three patches
+    "96": ("airbench/airbench96.py", [
+        ("map_location=torch.device(gpu)", "map_location='cpu'"),
+        ("self.images.half() / 255", "self.images.float() / 255"),
+        ("net = net.half().cuda()", "net = net.float()"),
+    ]),
     # its logits scale with 1/(last width) by itself
     "94-muon": ("airbench/airbench94_muon.py", [
         ("@torch.compile\n", ""),
@@ -113,7 +119,7 @@ def load(recipe: str, path: str, widths: list[int], epochs: float, proxy_widths:
     finally:
         sys.argv = argv
     hyp = ns.get("hyp")
-    if recipe in ("94", "96-faster"):
+    if recipe in ("94", "96", "96-faster"):
         hyp["net"]["widths"] = dict(block1=widths[0], block2=widths[1], block3=widths[2])
         hyp["opt"]["train_epochs"] = epochs
     if recipe == "96-faster":
