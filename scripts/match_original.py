@@ -1,23 +1,27 @@
 """A preset against its original script, step by step: the same weights, the same batches, every tensor compared.
 
-    python scripts/match_original.py --data-dir DIR [--recipe 94-record] [--widths 32,64,64] [--epochs 4]
-                                     [--steps 40] [--seed 0] [--threads 2] [--set KEY=VALUE ...]
+    python scripts/match_original.py --data-dir DIR [--recipe 94-record|94-muon] [--widths 32,64,64] [--epochs 4]
+                                     [--steps 40] [--seed 0] [--threads 2] [--dtype fp32|fp64] [--free]
+                                     [--check all|init|data|steps] [--set KEY=VALUE ...]
 
 Where scripts/cpu_side_by_side.py compares whole runs (each side's own random streams, so only
 their accuracies' distributions can agree), this script takes the randomness out: the original
-(from ``external/``, patched for the CPU by scripts/originals.py) initialises its net; hlb's
-``--preset`` builds its run as ``hlb train`` would (the same widths and epochs), its whitening is
-compared with the original's on the same images, then the original's initial weights are copied
-into hlb's net. Both then train on the same batches (the real training set in order, no
-augmentation) through their own step: forward, loss, backward, learning rates, optimizers,
-every schedule. After each step every parameter and batchnorm statistic is compared (the largest
-difference over the tensor, relative to the tensor's largest value). At the end the final
-evaluation (with TTA) runs on the same weights on both sides.
+(from ``external/``, patched for the CPU by scripts/originals.py) initialises its net and runs its
+own main() on our batches (the real training set in order, no augmentation), its state kept
+before every step; hlb's ``--preset`` plans its run as ``hlb train`` would (the same widths and
+epochs). Before each step hlb's net and optimizers get the original's state (weights, batchnorm
+statistics, momentum buffers; ``--free``: only at the start), both sides take the same batch
+through their own step (forward, loss, backward, every lr schedule, the optimizers, the epoch
+hooks), and every tensor is compared (the largest difference over the tensor, relative to its
+largest value). Then the final evaluation (with TTA) on the same weights on both sides.
 
-fp32 rounding differs between the two (op order, fused kernels), so differences start near 1e-7
-and grow with the steps, smoothly. A difference in what the two compute shows as a jump at the
-step where it first acts (a schedule edge, a renormalisation, a frozen bias): the table names the
-step and the tensor.
+fp32 rounding differs between the two (op order, fused kernels, fp16 momentum buffers): a step
+differs by ~1e-6. ``--dtype fp64`` puts both sides, optimizer state included, in float64 and makes
+their epsilons equal: ~1e-14. A difference in what the two compute stands out at the step where
+it acts (a schedule edge, a renormalisation, a frozen bias): the table names the step and the
+tensors. ``--check init`` compares each side's own initial weights' scales (the same seed, not the
+same numbers), ``--check data`` summarises the first two epochs' augmented sets of each side's own
+loader.
 """
 
 from __future__ import annotations
