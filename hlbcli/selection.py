@@ -12,8 +12,8 @@ import torch
 from hlbcli.build import build_optimization
 from hlbcli.contract import ProxyNet, RunContext, Selection, Transform
 from hlbcli.errors import TrickError, UsageError
-from hlbcli.model import check_fits, half_weights
-from hlbcli.session import reset_weights
+from hlbcli.model import check_fits
+from hlbcli.session import cast_half, reset_weights
 from hlbcli.stream import BatchStream
 
 
@@ -74,7 +74,7 @@ def proxy_net(session: Any, ctx: RunContext, model: dict, freeze: tuple[str, ...
     if key not in session.proxies:  # built and compiled once per session, as the run's net
         net = tm.hook.hlb_model_build(cfg=pcfg, num_classes=ds.num_classes, in_channels=ds.in_channels).to(ctx.device)
         if session.dtype != torch.float32:
-            half_weights(net, session.dtype, batchnorm_fp32=not session.precision.endswith("-all"))
+            cast_half(net, session.dtype, session.precision)
         if cfg.train.channels_last:
             net = net.to(memory_format=torch.channels_last)
         session.proxies[key] = (net, _forward(session, net))

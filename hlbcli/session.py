@@ -42,6 +42,12 @@ def precision_name(precision: str, device: torch.device) -> str:
     return precision
 
 
+def cast_half(model: torch.nn.Module, dtype: torch.dtype, precision: str) -> torch.nn.Module:
+    """:func:`hlbcli.model.half_weights` as the resolved ``precision`` asks: batchnorm kept in
+    fp32, or (``fp16-all`` / ``bf16-all``) in ``dtype`` too."""
+    return half_weights(model, dtype, batchnorm_fp32=not precision.endswith("-all"))
+
+
 def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype, torch.dtype | None]:
     """(dtype of the images and weights, autocast dtype or None) for ``train.precision``.
     The explicit choices hold on any device (half precision on the CPU is slow, but it is
@@ -160,7 +166,7 @@ def open_session(
     model = tm.hook.hlb_model_build(cfg=cfg, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
     model = model.to(dev)
     if dtype != torch.float32:
-        half_weights(model, dtype, batchnorm_fp32=not precision_name(cfg.train.precision, dev).endswith("-all"))
+        cast_half(model, dtype, precision_name(cfg.train.precision, dev))
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     compile_on = cfg.train.compile == "on" or (cfg.train.compile == "auto" and dev.type == "cuda")

@@ -44,7 +44,8 @@ CHILD_HEAD = r"""
 import json, random, sys, time, torch
 sys.path.insert(0, SCRIPTS)
 from originals import load
-recipe, src_path, widths, epochs, seed, threads, out = sys.argv[1:3] + [sys.argv[3], float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), sys.argv[7]]
+recipe, src_path, widths, out = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[7]
+epochs, seed, threads = float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 torch.set_num_threads(threads)
 main_w, *proxy_w = [[int(v) for v in part.split(",")] for part in widths.split("/")]
 ns = load(recipe, src_path, main_w, epochs, proxy_w[0] if proxy_w else None)

@@ -174,7 +174,7 @@ def epoch_stats(epoch_set: torch.Tensor, plain: torch.Tensor) -> dict[str, float
             "mirrored": float(mirrored.float().mean()), "flags": mirrored}
 
 
-def data_check(a, ns, session, plan, epochs: int = 2) -> None:
+def data_check(a, ns, plan, epochs: int = 2) -> None:
     """The first ``epochs`` epochs' augmented sets of each side, summarised (:func:`epoch_stats`).
     The original's loader is its own (on a copy of the data in its file format), fed by the
     arguments its main() gives it; hlb's is its run's epoch stream."""
@@ -183,7 +183,7 @@ def data_check(a, ns, session, plan, epochs: int = 2) -> None:
     from hlbcli.bench import write_airbench_data
     from hlbcli.stream import epoch_set
 
-    ds, ctx = session.dataset, plan.ctx
+    ctx = plan.ctx
     plain = ctx.train_images
     real = ns["_ORIGINAL_LOADER"]
     made = {}
@@ -209,6 +209,7 @@ def data_check(a, ns, session, plan, epochs: int = 2) -> None:
     for epoch in range(epochs):
         images, _ = epoch_set(ctx, plan.transforms, epoch, gen, False)
         rows["hlb"].append(epoch_stats(images, plain))
+        rows["hlb"][-1]["by_image"] = rows["hlb"][-1]["flags"].to(torch.int8)
     with tempfile.TemporaryDirectory() as tmp:
         write_airbench_data(str(Path(tmp) / "cifar10"), a.data_dir)
         torch.manual_seed(a.seed)
@@ -227,23 +228,21 @@ def data_check(a, ns, session, plan, epochs: int = 2) -> None:
                 torch.randperm = randperm
             idx = shuffles[-1][: sum(len(x) for x in batches)]
             rows["original"].append(epoch_stats(torch.cat(batches), plain[idx]))
-            rows["original"][-1]["flags_at"] = idx.clone()
+            by_image = torch.full((len(plain),), -1, dtype=torch.int8)  # -1: dropped at the epoch's edge
+            by_image[idx] = rows["original"][-1]["flags"].to(torch.int8)
+            rows["original"][-1]["by_image"] = by_image
     print("\n| epoch | side | mean | std | moved from the plain image (rms) | mirrored |\n|---|---|---|---|---|---|")
     for epoch in range(epochs):
         for side in ("hlb", "original"):
             r = rows[side][epoch]
             print(f"| {epoch} | {side} | {r['mean']:+.4f} | {r['std']:.4f} | {r['moved (rms)']:.4f} | {r['mirrored']:.4f} |")
     if epochs >= 2:
-        h = rows["hlb"]
-        both = float((h[0]["flags"] != h[1]["flags"]).float().mean())
-        o = rows["original"]
-        f0 = torch.full((len(plain),), -1, dtype=torch.int8)
-        f0[o[0]["flags_at"]] = o[0]["flags"].to(torch.int8)
-        f1 = torch.full((len(plain),), -1, dtype=torch.int8)
-        f1[o[1]["flags_at"]] = o[1]["flags"].to(torch.int8)
-        seen = (f0 >= 0) & (f1 >= 0)
-        obth = float((f0[seen] != f1[seen]).float().mean())
-        print(f"mirrored in exactly one of epochs 0 and 1: hlb {both:.4f}, original {obth:.4f}")
+        def switched(side: str) -> float:  # of the images seen in both epochs, mirrored in one only
+            f0, f1 = (r["by_image"] for r in rows[side][:2])
+            seen = (f0 >= 0) & (f1 >= 0)
+            return float((f0[seen] != f1[seen]).float().mean())
+
+        print(f"mirrored in exactly one of epochs 0 and 1: hlb {switched('hlb'):.4f}, original {switched('original'):.4f}")
 
 
 #: --dtype fp64, per recipe: hlb's settings and the original's patches (after scripts/originals.py's) that
@@ -348,7 +347,7 @@ def main() -> None:
         print("\ninitial weights, each side's own (seed %d): std hlb / std original, most different first" % a.seed)
         print(", ".join(f"{k} {r:.3f}" for r, k in init_scales(snapshot(model), states[0], original_name)))
     if a.check in ("all", "data"):
-        data_check(a, ns, session, plan)
+        data_check(a, ns, plan)
     if a.check not in ("all", "steps"):
         return
     print(f"whitening filters, hlb against the original on the same images (signs matched): "
