@@ -1,6 +1,6 @@
-"""hlb against airbench94 (or airbench94_muon, hiverge's record, airbench96, airbench96_faster) on the CPU, narrowed the same way, back to back.
+"""hlb against airbench94 (or airbench94_muon, hiverge's record, airbench96, airbench96_faster, tysam-code's hlb-CIFAR10 v0.7.0) on the CPU, narrowed the same way, back to back.
 
-    python scripts/cpu_side_by_side.py --data-dir DIR [--recipe 94|94-muon|94-record|96|96-faster] [--pairs 1] [--widths 32,64,64]
+    python scripts/cpu_side_by_side.py --data-dir DIR [--recipe 94|94-muon|94-record|96|96-faster|hlb-v0.7] [--pairs 1] [--widths 32,64,64]
                                       [--epochs 4] [--proxy-widths 16,32,32] [--airbench-host-memory system|keep|both]
 
 DIR holds the real CIFAR-10 (``cifar-10-batches-py``; ``python ../shared/data/cifar10/materialize.py
@@ -14,9 +14,12 @@ holds it, fetched into that ignored folder: see scripts/gpu_bench.sh) against
 ``hlb train --preset 94-record``. ``--recipe 96`` runs ``external/airbench/airbench96.py`` (legacy) against
 ``hlb train --preset 96``. ``--recipe 96-faster`` runs ``external/airbench/airbench96_faster.py``
 against ``hlb train --preset 96-faster``, both networks narrowed (the main one to ``--widths``, the
-proxy to ``--proxy-widths``). Each process: seed 0 (then 1, ... per pair), the same thread count.
-Both report their own timed seconds (whitening init + training steps + final evaluation with
-TTA). Run it alone: anything else on the machine skews the ratio.
+proxy to ``--proxy-widths``). ``--recipe hlb-v0.7`` runs tysam-code's ``main.py`` at v0.7.0 from
+``external/hlb-CIFAR10/`` against ``hlb train --preset hlb-v0.7``; that script times neither its init
+nor its evaluations (it evaluates after every epoch). Each process: seed 0 (then 1, ... per pair),
+the same thread count. Both report their own timed seconds (whitening init + training steps + final
+evaluation with TTA; hlb-v0.7: both sides init + training steps). Run it alone: anything else on the
+machine skews the ratio.
 """
 
 from __future__ import annotations
@@ -93,7 +96,31 @@ trainbias, freezebias = ns["make_net"](hyp["net"]), ns["make_net"](hyp["net"])
 freezebias[0].bias.requires_grad = False
 run = lambda: ns["main"](seed, hyp, proxy, trainbias, freezebias)
 """ + CAPTURE.replace("TIME_KEY", '"total_time_seconds"'),
+    # tysam-code's main() returns its EMA net's accuracy (the eval forward averages each image with its
+    # mirror); it times its training steps only, and evaluates both nets after every epoch: timed here are
+    # its init (make_net, the whitening included) and its own training clock, as hlb's side is
+    "hlb-v0.7": """
+seen = {}
+make_net, printout = ns["make_net"], ns["print_training_details"]
+def timed_make_net():
+    t = time.perf_counter()
+    net = make_net()
+    seen["init"] = time.perf_counter() - t
+    return net
+def capture(columns, *args, **kw):
+    if kw.get("is_final_entry"):  # its columns: epoch, train_loss, val_loss, train_acc, val_acc, ema_val_acc, total_time_seconds
+        seen["no-ema accuracy"], seen["train"] = float(columns[4]), float(columns[6])
+    return printout(columns, *args, **kw)
+ns["make_net"], ns["print_training_details"] = timed_make_net, capture
+t0 = time.perf_counter()
+acc = ns["main"]()
+json.dump({"accuracy": float(acc), "seconds": seen["init"] + seen["train"], "wall": time.perf_counter() - t0,
+           "phases": {k: seen[k] for k in ("init", "train", "no-ema accuracy")}}, open(out, "w"))
+""",
 }
+
+#: recipes whose original times no evaluation of its own: both sides are timed as init + training
+TIMED_WITHOUT_EVAL = {"hlb-v0.7"}
 
 
 RECIPES = {
@@ -107,7 +134,12 @@ RECIPES = {
     "94-record": ("94-record", lambda w: [f"model.scaling_factor={1 / w[-1]}"]),
     # airbench96_faster keeps its 1/9 logit scale at any width; the proxy is narrowed by --proxy-widths
     "96-faster": ("96-faster", lambda w: []),
+    # tysam-code's hlb-CIFAR10 v0.7.0 (external/hlb-CIFAR10/main.py) keeps its 1/9 logit scale at any width
+    "hlb-v0.7": ("hlb-v0.7", lambda w: []),
 }
+
+#: each recipe's original, as its arm is named in the rows and the table
+ORIGINAL = {"94-record": "hiverge", "hlb-v0.7": "hlb-CIFAR10"}
 
 
 # glibc's own environment variables for what hlb's train.host_memory="keep" sets with mallopt
@@ -132,7 +164,8 @@ def run_hlb(preset: str, data_dir: str, widths: str, epochs: float, seed: int, t
                "--set", f"model.widths=[{widths}]", "--set", f"train.epochs={epochs}", *extra]
         subprocess.run(cmd, env=env, check=True)
         rec = json.loads((Path(tmp) / "summary.json").read_text())["runs"][0]
-        return {"accuracy": rec["accuracy"], "seconds": rec["train_seconds"], "phases": rec.get("phases")}
+        seconds = rec["train_seconds"] - (rec["phases"]["eval"] if preset in TIMED_WITHOUT_EVAL else 0)
+        return {"accuracy": rec["accuracy"], "seconds": seconds, "phases": rec.get("phases")}
 
 
 def _short(phases: dict) -> str:
@@ -188,8 +221,8 @@ def main() -> None:
     ap.add_argument("--data-dir", help="the real CIFAR-10 (needed unless --table)")
     ap.add_argument("--recipe", choices=sorted(RECIPES), default="94",
                     help="94: airbench94; 94-muon: airbench94_muon; 94-record: hiverge's cifar10_speedrun.py; 96: airbench96 "
-                         "(legacy); 96-faster: airbench96_faster")
-    ap.add_argument("--airbench", help="the original script (default: external/airbench/airbench94.py, external/airbench/airbench94_muon.py or external/hiverge/cifar10_speedrun.py)")
+                         "(legacy); 96-faster: airbench96_faster; hlb-v0.7: tysam-code's hlb-CIFAR10 main.py v0.7.0")
+    ap.add_argument("--airbench", help="the original script (default: the recipe's file under external/, as scripts/originals.py names it)")
     ap.add_argument("--only", choices=["hlb", "airbench"], help="run one side only")
     ap.add_argument("--pairs", type=int, default=1, help="back-to-back pairs, seeds 0, 1, ...")
     ap.add_argument("--widths", default="32,64,64")
@@ -231,7 +264,9 @@ def main() -> None:
         proxy = [f"select.proxy_widths=[{a.proxy_widths}]"] if a.recipe == "96-faster" else []
         extra = [x for s in [*more(widths), *proxy, *a.set] for x in ("--set", s)]
         child_widths = a.widths + (f"/{a.proxy_widths}" if a.recipe == "96-faster" else "")
-        name = "hiverge" if a.recipe == "94-record" else "airbench" + a.recipe
+        if a.recipe == "hlb-v0.7":  # its torchvision loader reads the upstream layout, under cifar10/ where it runs
+            (Path(tmp) / "cifar10" / "cifar-10-batches-py").symlink_to(Path(a.data_dir).resolve() / "cifar-10-batches-py")
+        name = ORIGINAL.get(a.recipe, "airbench" + a.recipe)
         arms = {}
         if a.only != "airbench":
             arms["hlb"] = lambda seed: run_hlb(preset, a.data_dir, a.widths, a.epochs, seed, a.threads, extra)

@@ -14,6 +14,9 @@
 # at 5cd49b1, the fork ljbuturovic/cifar10-speedrun has it):
 #   mkdir -p external/hiverge && git --git-dir=/work/.mirror/ljbuturovic+cifar10-speedrun/repo \
 #       show 06c6072:cifar10_speedrun.py > external/hiverge/cifar10_speedrun.py
+# (scripts/cpu_side_by_side.py --recipe hlb-v0.7, CPU only, reads tysam-code's main.py at v0.7.0 from
+# external/hlb-CIFAR10: mkdir -p external/hlb-CIFAR10 && git --git-dir=/work/.mirror/tysam-code+hlb-CIFAR10/repo
+#   show ad103b4:main.py > external/hlb-CIFAR10/main.py)
 # One call (issue 35, item 6; at most ~9 minutes), in this order, everything under $OUT:
 #   fingerprint   the machine (hlbcli.machine.fingerprint) -> $OUT/machine.json
 #   alternate94   hlb PRESET against airbench94 in blocks of BLOCK runs, A B B A (2 x BLOCK runs each side)

@@ -13,6 +13,7 @@ is no longer in the script stops with the line it looked for. Used by scripts/cp
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 import time
@@ -54,6 +55,21 @@ PATCHES = {
         ("widths = dict(block1=64, block2=256, block3=256)", "widths = dict(block1={w0}, block2={w1}, block3={w2})"),
         ("            mod.half()", "            mod.float()"),
     ]),
+    # tysam-code's hlb-CIFAR10 main.py at v0.7.0 (ad103b4): it loads the data when imported, through
+    # torchvision from cifar10/cifar-10-batches-py (the caller lays it out; nothing is downloaded), in
+    # the order stored (every epoch draws its own permutation; a shuffled load would make a seed's run
+    # depend on an unseeded draw), without worker processes
+    "hlb-v0.7": ("hlb-CIFAR10/main.py", [
+        ("'device': 'cuda',", "'device': 'cpu',"),
+        ("torchvision.datasets.CIFAR10(", "CIFAR10_AS_STORED("),
+        ("download=True,", "download=False,"),
+        ("shuffle=True, num_workers=2,", "shuffle=False, num_workers=0,"),
+        ("shuffle=False, num_workers=1,", "shuffle=False, num_workers=0,"),
+        (".half().requires_grad_(False)", ".float().requires_grad_(False)"),
+        ("'targets']).half()", "'targets']).float()"),
+        ("net.half() # Convert", "net.float() # Convert"),
+        ("device='cuda')", "device='cpu')"),
+    ]),
     # airbench96_faster.py: its __main__ is not run (the caller builds the three nets as it does)
     "96-faster": ("airbench/airbench96_faster.py", [
         ("map_location='cuda'", "map_location='cpu'"),
@@ -84,6 +100,21 @@ def _no_compile(fn=None, **kw):
     return fn if fn is not None else (lambda f: f)
 
 
+def _cifar10_as_stored():
+    """torchvision's CIFAR10 reader without its checksum test: ../shared's copy (materialize.py) holds
+    the same images and labels in the same layout, pickled anew, so its files' bytes differ."""
+    import torchvision
+
+    base = torchvision.datasets.CIFAR10
+
+    class CIFAR10(base):  # a checksum of None: torchvision checks only that each file is there
+        train_list = [[name, None] for name, _ in base.train_list]
+        test_list = [[name, None] for name, _ in base.test_list]
+        meta = {**base.meta, "md5": None}
+
+    return CIFAR10
+
+
 def source(recipe: str, text: str, widths: list[int], epochs: float, extra: list[tuple[str, str]] = ()) -> str:
     """The script's text with the recipe's patches applied (then ``extra``'s, the caller's)."""
     patches = [*PATCHES[recipe][1], *extra]
@@ -105,7 +136,8 @@ def source(recipe: str, text: str, widths: list[int], epochs: float, extra: list
 def load(recipe: str, path: str, widths: list[int], epochs: float, proxy_widths: list[int] | None = None,
          extra: list[tuple[str, str]] = ()) -> dict:
     """Execute the patched script as a module and return its namespace, its settings narrowed
-    (airbench94's and airbench96_faster's ``hyp``; the others by their patched text). ``extra``:
+    (airbench94's, airbench96's, airbench96_faster's and hlb-CIFAR10's ``hyp``; the others by their
+    patched text). ``extra``:
     more (old, new) patches, applied after the recipe's."""
     text = source(recipe, open(path).read(), widths, epochs, extra)
     torch.cuda.Event = HostEvent
@@ -113,6 +145,8 @@ def load(recipe: str, path: str, widths: list[int], epochs: float, proxy_widths:
     if recipe == "94-record":
         torch.compile = _no_compile  # eager on the CPU, as hlb's preset runs there
     ns = {"__name__": f"original_{recipe.replace('-', '_')}_cpu"}
+    if recipe == "hlb-v0.7":
+        ns["CIFAR10_AS_STORED"] = _cifar10_as_stored()
     argv, sys.argv = sys.argv, [path]  # the scripts read their own source through sys.argv[0]
     try:
         exec(compile(text, path, "exec"), ns)
@@ -122,6 +156,12 @@ def load(recipe: str, path: str, widths: list[int], epochs: float, proxy_widths:
     if recipe in ("94", "96", "96-faster"):
         hyp["net"]["widths"] = dict(block1=widths[0], block2=widths[1], block3=widths[2])
         hyp["opt"]["train_epochs"] = epochs
+    if recipe == "hlb-v0.7":
+        # its widths come from one base depth (x1, x4, x8): set them as they are; its EMA starts at
+        # floor(epochs) - ema epochs, kept at epoch 2 (as at 12.1 epochs) when the run is shortened
+        ns["depths"].update(block1=widths[0], block2=widths[1], block3=widths[2])
+        hyp["misc"]["train_epochs"] = epochs
+        hyp["misc"]["ema"]["epochs"] = math.floor(epochs) - 2
     if recipe == "96-faster":
         p = proxy_widths or [16, 32, 32]
         hyp["proxy"]["widths"] = dict(block1=p[0], block2=p[1], block3=p[2])

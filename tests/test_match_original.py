@@ -102,3 +102,29 @@ def test_the_side_by_side_table_takes_each_sides_runs():
     line = next(l for l in out.splitlines() if l.startswith("| 94-record (label)"))
     d = welch_difference(orig, hlb)
     assert "| 2 / 3 |" in line and f"{100 * d['mean']:+.2f}" in line and "| 0.500 [" in line
+
+
+def test_the_seeds_cifar10_reader_takes_a_copy_pickled_anew(tmp_path):
+    """tysam-code's main.py reads CIFAR-10 through torchvision, which refuses files whose checksums
+    are not upstream's (../shared's copy is pickled anew); the reader the runner gives it checks only
+    that the files are there, and reads them."""
+    import pickle
+
+    import numpy as np
+    import torchvision
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name, _ in torchvision.datasets.CIFAR10.train_list + torchvision.datasets.CIFAR10.test_list:
+        batch = {"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), "labels": [0, 1, 2, 9]}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
+    with pytest.raises(RuntimeError, match="corrupted"):
+        torchvision.datasets.CIFAR10(str(tmp_path), train=False)
+    test = originals._cifar10_as_stored()(str(tmp_path), train=False)
+    assert len(test) == 4 and test.targets == [0, 1, 2, 9] and test.classes[9] == "c9"
+    assert len(originals._cifar10_as_stored()(str(tmp_path), train=True)) == 20
+    (folder / "data_batch_3").unlink()
+    with pytest.raises(RuntimeError, match="not found"):
+        originals._cifar10_as_stored()(str(tmp_path), train=True)
