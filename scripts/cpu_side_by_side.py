@@ -234,7 +234,7 @@ def main() -> None:
                     help="airbench's C allocator: system (as published), keep (glibc told by environment what hlb's"
                          " train.host_memory=keep sets), or both as two arms")
     ap.add_argument("--json", help="write the rows here after every pair (a stopped run keeps what it has)")
-    ap.add_argument("--resume", action="store_true", help="with --json: keep its pairs and run the seeds it lacks")
+    ap.add_argument("--resume", action="store_true", help="with --json: keep its runs and run what it lacks (seeds, or a side of a seed)")
     ap.add_argument("--table", nargs="+", metavar="JSON", help="print the table of these --json files and stop")
     a = ap.parse_args()
     if a.table:
@@ -274,13 +274,17 @@ def main() -> None:
             for keep in {"system": [False], "keep": [True], "both": [False, True]}[a.airbench_host_memory]:
                 arms[name + ("+keep" if keep else "")] = lambda seed, keep=keep: run_airbench(
                     a.recipe, src, Path(tmp), child_widths, a.epochs, seed, a.threads, keep)
-        for seed in range(len(res["rows"]), a.pairs):
-            row = {"seed": seed}
-            # the order turns round every pair, so that a drifting machine favours no side
-            for k in (list(arms) if seed % 2 == 0 else list(arms)[::-1]):
+        kept = {r["seed"]: r for r in res["rows"]}
+        for seed in range(a.pairs):
+            row = kept.get(seed, {"seed": seed})
+            # the order turns round every pair, so that a drifting machine favours no side; a kept row gets the arms it lacks
+            todo = [k for k in (list(arms) if seed % 2 == 0 else list(arms)[::-1]) if k not in row]
+            if not todo:
+                continue
+            for k in todo:
                 row[k] = arms[k](seed)
-            row = {"seed": seed, **{k: row[k] for k in arms}}
-            res["rows"].append(row)
+            kept[seed] = {"seed": seed, **{k: row[k] for k in sorted(row, key=lambda k: (k != "hlb", k)) if k != "seed"}}
+            res["rows"] = [kept[s] for s in sorted(kept)]
             if a.json:
                 Path(a.json).write_text(json.dumps(res, indent=2))
             print(f"seed {seed}: " + "; ".join(

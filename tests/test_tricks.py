@@ -315,6 +315,36 @@ def test_dirac_makes_first_filters_identity():
     assert not torch.allclose(y[:, 4:], torch.zeros_like(y[:, 4:]))
 
 
+def test_dirac_first_conv_add_puts_the_identity_on_the_init_at_the_inits_scale():
+    """hlb-CIFAR10 v0.7's init: each group's first conv is its random init plus the identity,
+    shifted and scaled back to the init's mean and std; the second conv is the identity."""
+    from types import SimpleNamespace
+
+    from hlb_plugins import dirac
+    from hlbcli.model import ConvGroup, Net
+
+    torch.manual_seed(0)
+    net = Net([8, 16, 16], 10)
+    groups = [m for m in net.modules() if isinstance(m, ConvGroup)]
+    init = [g.conv1.weight.detach().clone() for g in groups]
+    dirac.hlb_model_init(model=net, ctx=SimpleNamespace(settings=lambda name: dirac.DiracSettings(first_conv="add")))
+    for g, w0 in zip(groups, init):
+        w = g.conv1.weight.detach()
+        eye = torch.nn.init.dirac_(torch.empty_like(w0))
+        (std0, mean0), (std1, mean1) = torch.std_mean(w0), torch.std_mean(w0 + eye)
+        assert torch.allclose(w, (w0 + eye - mean1) * (std0 / std1) + mean0, atol=1e-6)
+        assert torch.allclose(torch.std(w), std0) and not torch.allclose(w, w0)
+        n = min(w.shape[:2])
+        assert w[range(n), range(n), 1, 1].mean() > 5 * w.abs().mean()  # the identity taps stand out
+        x = torch.randn(2, g.conv2.in_channels, 5, 5)
+        assert torch.allclose(g.conv2(x), x, atol=1e-6)
+    # replace (the default): the first conv's first filters are the identity and nothing else
+    dirac.hlb_model_init(model=net, ctx=SimpleNamespace(settings=lambda name: dirac.DiracSettings()))
+    w = groups[1].conv1.weight.detach()
+    n = min(w.shape[:2])
+    assert torch.equal(w[:n], torch.nn.init.dirac_(torch.empty_like(w[:n])))
+
+
 def test_bias_lr_scales_batchnorm_lr_keeps_absolute_decay():
     cfg, tm = resolve("smoke", sets=tiny_sets("bias_lr.scaler=64", "noisy_bn.freeze_scale=false"))
     model = tm.hook.hlb_model_build(cfg=cfg, num_classes=10, in_channels=3)
