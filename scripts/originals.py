@@ -20,20 +20,19 @@ import time
 
 import torch
 
+#: airbench94's loop (legacy airbench94.py and airbench96.py share it)
+AIRBENCH94_LOOP = [
+    ("map_location=torch.device(gpu)", "map_location='cpu'"),
+    ("self.images.half() / 255", "self.images.float() / 255"),
+    ("net = net.half().cuda()", "net = net.float()"),
+]
+
 #: recipe: (the file under external/, its patches as (old, new) pairs; ``{w0}``, ``{w1}``, ``{w2}``
 #: and ``{epochs}`` in ``new`` are filled in)
 PATCHES = {
-    "94": ("airbench/airbench94.py", [
-        ("map_location=torch.device(gpu)", "map_location='cpu'"),
-        ("self.images.half() / 255", "self.images.float() / 255"),
-        ("net = net.half().cuda()", "net = net.float()"),
-    ]),
-    # airbench96 (legacy), airbench94's loop with a wider, deeper net: the same three patches
-    "96": ("airbench/airbench96.py", [
-        ("map_location=torch.device(gpu)", "map_location='cpu'"),
-        ("self.images.half() / 255", "self.images.float() / 255"),
-        ("net = net.half().cuda()", "net = net.float()"),
-    ]),
+    "94": ("airbench/airbench94.py", AIRBENCH94_LOOP),
+    # airbench96 (legacy), airbench94's loop with a wider, deeper net
+    "96": ("airbench/airbench96.py", AIRBENCH94_LOOP),
     # its logits scale with 1/(last width) by itself
     "94-muon": ("airbench/airbench94_muon.py", [
         ("@torch.compile\n", ""),
@@ -137,8 +136,7 @@ def load(recipe: str, path: str, widths: list[int], epochs: float, proxy_widths:
          extra: list[tuple[str, str]] = ()) -> dict:
     """Execute the patched script as a module and return its namespace, its settings narrowed
     (airbench94's, airbench96's, airbench96_faster's and hlb-CIFAR10's ``hyp``; the others by their
-    patched text). ``extra``:
-    more (old, new) patches, applied after the recipe's."""
+    patched text). ``extra``: more (old, new) patches, applied after the recipe's."""
     text = source(recipe, open(path).read(), widths, epochs, extra)
     torch.cuda.Event = HostEvent
     torch.cuda.synchronize = lambda *a, **k: None
